@@ -1,0 +1,4 @@
+//! The Sotto relay binary.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,2 @@
+//! Wire types shared by the Sotto relay and its clients.
+#![forbid(unsafe_code)]
