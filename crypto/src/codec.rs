@@ -48,7 +48,9 @@ pub(crate) struct Writer {
 impl core::fmt::Debug for Writer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // The buffer may hold secret material; show only its size.
-        f.debug_struct("Writer").field("len", &self.buf.len()).finish()
+        f.debug_struct("Writer")
+            .field("len", &self.buf.len())
+            .finish()
     }
 }
 
@@ -242,7 +244,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = Writer::new();
-        w.u8(1).u16(2).u32(3).u64(4).bool(true).fixed(&[9; 4]).bytes(b"hello");
+        w.u8(1)
+            .u16(2)
+            .u32(3)
+            .u64(4)
+            .bool(true)
+            .fixed(&[9; 4])
+            .bytes(b"hello");
         let bytes = w.into_vec();
         let mut r = Reader::new(&bytes);
         assert_eq!(r.u8().unwrap(), 1);
@@ -264,11 +272,20 @@ mod tests {
             Reader::new(&bytes).bytes(9),
             Err(DecodeError::TooLong { len: 10, max: 9 })
         );
-        assert_eq!(Reader::new(&bytes[..8]).bytes(10), Err(DecodeError::Truncated));
+        assert_eq!(
+            Reader::new(&bytes[..8]).bytes(10),
+            Err(DecodeError::Truncated)
+        );
         let mut r = Reader::new(&bytes);
         r.u8().unwrap();
         assert_eq!(r.finish(), Err(DecodeError::TrailingBytes(13)));
-        assert_eq!(Reader::new(&[2]).bool(), Err(DecodeError::InvalidValue("boolean")));
-        assert_eq!(Reader::new(&[7]).version(1), Err(DecodeError::UnknownVersion(7)));
+        assert_eq!(
+            Reader::new(&[2]).bool(),
+            Err(DecodeError::InvalidValue("boolean"))
+        );
+        assert_eq!(
+            Reader::new(&[7]).version(1),
+            Err(DecodeError::UnknownVersion(7))
+        );
     }
 }

@@ -5,5 +5,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod address;
+pub mod attachment;
 pub(crate) mod codec;
+pub mod fingerprint;
+pub mod keys;
+pub mod pqxdh;
+pub mod ratchet;
+pub mod sender_key;
+pub mod session;
 pub use codec::DecodeError;

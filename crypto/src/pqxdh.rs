@@ -1,0 +1,342 @@
+//! Hybrid session setup: PQXDH (Signal's published design) with X25519 and ML-KEM-768.
+//!
+//! The initiator A holds a verified bundle of the responder B: identity `IK_B`, signed prekey
+//! `SPK_B`, optionally a one-time prekey `OPK_B`, and a KEM prekey `PQPK_B` (one-time or last
+//! resort). A makes an ephemeral `EK_A` and computes
+//!
+//! ```text
+//! DH1 = DH(IK_A, SPK_B)   DH2 = DH(EK_A, IK_B)   DH3 = DH(EK_A, SPK_B)   [DH4 = DH(EK_A, OPK_B)]
+//! (CT, SS) = ML-KEM-768.Encaps(PQPK_B)
+//! IKM  = 0xFF * 32 || DH1 || DH2 || DH3 || [DH4] || SS
+//! info = "Sotto_PQXDH_v1" || SHA-256(transcript)
+//! RK || CK = HKDF-SHA256(salt = 32 zero bytes, IKM, info), 64 bytes
+//! ```
+//!
+//! The transcript binds both identities, both device addresses and every public value:
+//!
+//! ```text
+//! IK_A[65] || IK_B[65] || addr(A) || addr(B) || EK_A[33] || spk_id:u32 || SPK_B[33]
+//! || has_opk:u8 || [opk_id:u32 || OPK_B[33]] || kem_id:u32 || PQPK_B[1185] || CT[1088]
+//! ```
+//!
+//! `RK` is the first root key and `CK` the initiator's first sending chain (the responder's first
+//! receiving chain). The initiator's first ratchet key is its base key `EK_A`: the responder's
+//! first reply ratchets against it. (Its secret therefore lives on in the session until that
+//! reply; it alone yields DH2..DH4 but neither DH1 nor the KEM secret, so it exposes no more than
+//! the session state it sits in.) Every DH output is checked to be
+//! non-zero (contributory), so a small-order key can never force a known secret.
+
+use ml_kem::kem::{Decapsulate, Encapsulate};
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::address::DeviceAddress;
+use crate::codec::{Reader, Writer};
+use crate::keys::{
+    decode_x25519, encode_x25519, IdentityKey, IdentityKeyPair, KemPreKey, OneTimePreKey,
+    SignedPreKey, VerifiedBundle, IDENTITY_KEY_LEN, KEM_CIPHERTEXT_LEN, X25519_PUBLIC_KEY_LEN,
+};
+use crate::ratchet::chain::{hkdf, split64, Key32};
+use crate::ratchet::message::{MESSAGE_TYPE_PREKEY, MESSAGE_VERSION};
+use crate::ratchet::{DecryptError, PreKeyKind, RatchetKeyPair, RatchetMessage};
+use crate::DecodeError;
+
+/// HKDF info label of the PQXDH key derivation.
+pub const PQXDH_INFO: &[u8] = b"Sotto_PQXDH_v1";
+
+/// Why a session could not be set up from a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionSetupError {
+    /// A Diffie-Hellman output was all zeros: some key in the bundle is of small order.
+    #[error("non-contributory key agreement")]
+    NonContributory,
+    /// ML-KEM encapsulation failed.
+    #[error("KEM encapsulation failed")]
+    Kem,
+}
+
+/// A pre-key message: everything the responder needs to set up the session, then the first
+/// ratchet message.
+///
+/// ```text
+/// u8      version            0x01
+/// u8      type               0x02 (pre-key message)
+/// [65]    IK_A               initiator identity key
+/// u32 BE  spk_id
+/// u8      has_opk            0 or 1, then u32 BE opk_id when 1
+/// u32 BE  kem_id
+/// [33]    EK_A               initiator base key (typed X25519)
+/// [1088]  CT                 ML-KEM-768 ciphertext
+/// ...     ratchet message    its full encoding, to the end
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PreKeyMessage {
+    pub(crate) identity_key: IdentityKey,
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) one_time_prekey_id: Option<u32>,
+    pub(crate) kem_prekey_id: u32,
+    pub(crate) base_key: X25519PublicKey,
+    pub(crate) kem_ciphertext: Vec<u8>,
+    pub(crate) message: RatchetMessage,
+}
+
+impl PreKeyMessage {
+    /// The wire encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w =
+            Writer::with_capacity(1200 + KEM_CIPHERTEXT_LEN + self.message.ciphertext.len());
+        w.u8(MESSAGE_VERSION)
+            .u8(MESSAGE_TYPE_PREKEY)
+            .fixed(&self.identity_key.to_bytes())
+            .u32(self.signed_prekey_id);
+        match self.one_time_prekey_id {
+            Some(id) => w.bool(true).u32(id),
+            None => w.bool(false),
+        };
+        w.u32(self.kem_prekey_id)
+            .fixed(&encode_x25519(&self.base_key))
+            .fixed(&self.kem_ciphertext);
+        self.message.write(&mut w);
+        w.into_vec()
+    }
+
+    /// Decodes the wire encoding; checks every key's validity, not the ciphertexts.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version(MESSAGE_VERSION)?;
+        r.tag(MESSAGE_TYPE_PREKEY)?;
+        let identity_key = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
+        let signed_prekey_id = r.u32()?;
+        let one_time_prekey_id = if r.bool()? { Some(r.u32()?) } else { None };
+        let kem_prekey_id = r.u32()?;
+        let base_key = decode_x25519(r.fixed(X25519_PUBLIC_KEY_LEN)?)?;
+        let kem_ciphertext = r.fixed(KEM_CIPHERTEXT_LEN)?.to_vec();
+        let message = RatchetMessage::read(&mut r)?;
+        r.finish()?;
+        Ok(Self {
+            identity_key,
+            signed_prekey_id,
+            one_time_prekey_id,
+            kem_prekey_id,
+            base_key,
+            kem_ciphertext,
+            message,
+        })
+    }
+
+    /// The initiator's identity key, as the message claims it.
+    pub fn identity_key(&self) -> &IdentityKey {
+        &self.identity_key
+    }
+
+    /// The id of the responder's signed prekey used.
+    pub fn signed_prekey_id(&self) -> u32 {
+        self.signed_prekey_id
+    }
+
+    /// The id of the responder's one-time X25519 prekey used, if any.
+    pub fn one_time_prekey_id(&self) -> Option<u32> {
+        self.one_time_prekey_id
+    }
+
+    /// The id of the responder's KEM prekey used.
+    pub fn kem_prekey_id(&self) -> u32 {
+        self.kem_prekey_id
+    }
+
+    /// The initiator's base key (typed encoding); it also identifies the session.
+    pub fn base_key(&self) -> [u8; X25519_PUBLIC_KEY_LEN] {
+        encode_x25519(&self.base_key)
+    }
+}
+
+/// The public values both sides feed into the transcript hash.
+struct Transcript<'a> {
+    initiator_identity: &'a IdentityKey,
+    responder_identity: &'a IdentityKey,
+    initiator: &'a DeviceAddress,
+    responder: &'a DeviceAddress,
+    base_key: &'a X25519PublicKey,
+    signed_prekey: (u32, &'a X25519PublicKey),
+    one_time_prekey: Option<(u32, &'a X25519PublicKey)>,
+    kem_prekey: (u32, &'a [u8]),
+    kem_ciphertext: &'a [u8],
+}
+
+impl Transcript<'_> {
+    fn hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.initiator_identity.to_bytes());
+        h.update(self.responder_identity.to_bytes());
+        h.update(self.initiator.to_bytes());
+        h.update(self.responder.to_bytes());
+        h.update(encode_x25519(self.base_key));
+        h.update(self.signed_prekey.0.to_be_bytes());
+        h.update(encode_x25519(self.signed_prekey.1));
+        match self.one_time_prekey {
+            Some((id, key)) => {
+                h.update([1]);
+                h.update(id.to_be_bytes());
+                h.update(encode_x25519(key));
+            }
+            None => h.update([0]),
+        }
+        h.update(self.kem_prekey.0.to_be_bytes());
+        h.update(self.kem_prekey.1);
+        h.update(self.kem_ciphertext);
+        h.finalize().into()
+    }
+}
+
+fn dh(secret: &StaticSecret, public: &X25519PublicKey) -> Option<Zeroizing<[u8; 32]>> {
+    let shared = secret.diffie_hellman(public);
+    shared
+        .was_contributory()
+        .then(|| Zeroizing::new(*shared.as_bytes()))
+}
+
+fn derive(dhs: &[&[u8; 32]], kem_secret: &[u8], transcript: &Transcript<'_>) -> (Key32, Key32) {
+    let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
+    ikm.extend_from_slice(&[0xff; 32]);
+    for d in dhs {
+        ikm.extend_from_slice(&d[..]);
+    }
+    ikm.extend_from_slice(kem_secret);
+    let th = transcript.hash();
+    let okm = hkdf::<64>(&[0u8; 32], &ikm, &[PQXDH_INFO, &th]);
+    split64(&okm)
+}
+
+/// What the initiator keeps from the setup.
+pub(crate) struct InitiatorSetup {
+    pub(crate) root_key: Key32,
+    pub(crate) chain_key: Key32,
+    /// The base key pair, which is also the initiator's first ratchet key pair.
+    pub(crate) base: RatchetKeyPair,
+    pub(crate) kem_ciphertext: Vec<u8>,
+}
+
+/// The initiator's half of PQXDH.
+pub(crate) fn initiate(
+    identity: &IdentityKeyPair,
+    local: &DeviceAddress,
+    remote: &DeviceAddress,
+    bundle: &VerifiedBundle,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<InitiatorSetup, SessionSetupError> {
+    let base_pair = RatchetKeyPair::generate(rng);
+    let base = base_pair.secret();
+    let base_key = *base_pair.public();
+    let spk = &bundle.signed_prekey.1;
+    let dh1 = dh(identity.agreement(), spk).ok_or(SessionSetupError::NonContributory)?;
+    let dh2 =
+        dh(base, bundle.identity_key.agreement()).ok_or(SessionSetupError::NonContributory)?;
+    let dh3 = dh(base, spk).ok_or(SessionSetupError::NonContributory)?;
+    let dh4 = match &bundle.one_time_prekey {
+        Some((_, opk)) => Some(dh(base, opk).ok_or(SessionSetupError::NonContributory)?),
+        None => None,
+    };
+    let (ct, ss) = bundle
+        .kem_prekey
+        .1
+        .encapsulate(&mut *rng)
+        .map_err(|()| SessionSetupError::Kem)?;
+    let ss = Zeroizing::new(<[u8; 32]>::from(ss));
+    let local_identity = identity.public();
+    let transcript = Transcript {
+        initiator_identity: &local_identity,
+        responder_identity: &bundle.identity_key,
+        initiator: local,
+        responder: remote,
+        base_key: &base_key,
+        signed_prekey: (bundle.signed_prekey.0, spk),
+        one_time_prekey: bundle.one_time_prekey.as_ref().map(|(id, k)| (*id, k)),
+        kem_prekey: (bundle.kem_prekey.0, &bundle.kem_prekey_bytes),
+        kem_ciphertext: ct.as_slice(),
+    };
+    let (root_key, chain_key) = match &dh4 {
+        Some(dh4) => derive(&[&dh1, &dh2, &dh3, dh4], &ss[..], &transcript),
+        None => derive(&[&dh1, &dh2, &dh3], &ss[..], &transcript),
+    };
+    Ok(InitiatorSetup {
+        root_key,
+        chain_key,
+        base: base_pair,
+        kem_ciphertext: ct.to_vec(),
+    })
+}
+
+/// The responder's own keys for a pre-key message, as the caller looked them up by the ids the
+/// message names ([`PreKeyMessage::signed_prekey_id`] and friends).
+#[derive(Debug, Clone, Copy)]
+pub struct ResponderKeys<'a> {
+    /// The responder's identity.
+    pub identity: &'a IdentityKeyPair,
+    /// The signed prekey with the message's `spk_id`, if the device still has it.
+    pub signed_prekey: Option<&'a SignedPreKey>,
+    /// The one-time prekey with the message's `opk_id`, if the device still has it.
+    pub one_time_prekey: Option<&'a OneTimePreKey>,
+    /// The KEM prekey with the message's `kem_id`, if the device still has it.
+    pub kem_prekey: Option<&'a KemPreKey>,
+}
+
+/// The responder's half of PQXDH: the first root key and receiving chain key.
+pub(crate) fn respond(
+    keys: &ResponderKeys<'_>,
+    local: &DeviceAddress,
+    remote: &DeviceAddress,
+    message: &PreKeyMessage,
+) -> Result<(Key32, Key32), DecryptError> {
+    let spk = keys
+        .signed_prekey
+        .filter(|k| k.id() == message.signed_prekey_id)
+        .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Signed))?;
+    let opk = match message.one_time_prekey_id {
+        Some(id) => Some(
+            keys.one_time_prekey
+                .filter(|k| k.id() == id)
+                .ok_or(DecryptError::UnknownPreKey(PreKeyKind::OneTime))?,
+        ),
+        None => None,
+    };
+    let kem = keys
+        .kem_prekey
+        .filter(|k| k.id() == message.kem_prekey_id)
+        .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Kem))?;
+
+    let fail = || DecryptError::AuthenticationFailed;
+    let dh1 = dh(spk.secret(), message.identity_key.agreement()).ok_or_else(fail)?;
+    let dh2 = dh(keys.identity.agreement(), &message.base_key).ok_or_else(fail)?;
+    let dh3 = dh(spk.secret(), &message.base_key).ok_or_else(fail)?;
+    let dh4 = match opk {
+        Some(opk) => Some(dh(opk.secret(), &message.base_key).ok_or_else(fail)?),
+        None => None,
+    };
+    let ct = ml_kem::Ciphertext::<crate::keys::MlKem>::try_from(message.kem_ciphertext.as_slice())
+        .map_err(|_| DecryptError::Malformed(DecodeError::InvalidValue("KEM ciphertext")))?;
+    // ML-KEM decapsulation never reports a bad ciphertext (implicit rejection): a forged one
+    // yields an unrelated secret, and the first message then fails to authenticate.
+    let ss = kem.secret().decapsulate(&ct).map_err(|()| fail())?;
+    let ss = Zeroizing::new(<[u8; 32]>::from(ss));
+    let local_identity = keys.identity.public();
+    let opk_public = opk.map(|k| (k.id(), *k.public_key()));
+    let kem_public = kem.public();
+    let transcript = Transcript {
+        initiator_identity: &message.identity_key,
+        responder_identity: &local_identity,
+        initiator: remote,
+        responder: local,
+        base_key: &message.base_key,
+        signed_prekey: (spk.id(), spk.public_key()),
+        one_time_prekey: opk_public.as_ref().map(|(id, k)| (*id, k)),
+        kem_prekey: (kem.id(), kem_public.public_key()),
+        kem_ciphertext: &message.kem_ciphertext,
+    };
+    Ok(match &dh4 {
+        Some(dh4) => derive(&[&dh1, &dh2, &dh3, dh4], &ss[..], &transcript),
+        None => derive(&[&dh1, &dh2, &dh3], &ss[..], &transcript),
+    })
+}

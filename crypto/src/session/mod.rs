@@ -1,0 +1,556 @@
+//! Sessions with one peer device, and the record that keeps them.
+//!
+//! A [`SessionRecord`] holds the *current* session with a peer device plus up to
+//! [`MAX_ARCHIVED_SESSIONS`] archived ones. Encryption uses the current session; decryption tries
+//! the current session and then each archived one, so a message sent on an older session (for
+//! example just before the peer switched) still decrypts.
+//!
+//! # Simultaneous initiation
+//!
+//! When two devices set up sessions to each other at the same moment, each receives the other's
+//! pre-key message while its own session is still *pending* (it has not yet received anything on
+//! it). Both then see the same two sessions, each identified by its initiator's base key, and both
+//! keep the one whose base key encoding is lexicographically smaller as current and archive the
+//! other. They converge on one session without exchanging anything more, and messages already
+//! sent on the losing session still decrypt from the archive. Outside that situation, a session
+//! set up by a new pre-key message replaces the current one.
+
+use std::collections::VecDeque;
+
+use rand_core::{CryptoRng, RngCore};
+use x25519_dalek::PublicKey as X25519PublicKey;
+use zeroize::Zeroizing;
+
+use crate::address::DeviceAddress;
+use crate::codec::{Reader, Writer};
+use crate::keys::{
+    decode_x25519, encode_x25519, IdentityKey, IdentityKeyPair, VerifiedBundle, IDENTITY_KEY_LEN,
+    KEM_CIPHERTEXT_LEN, X25519_PUBLIC_KEY_LEN,
+};
+use crate::pqxdh::{self, PreKeyMessage, ResponderKeys, SessionSetupError};
+use crate::ratchet::message::{MESSAGE_TYPE_PREKEY, MESSAGE_TYPE_RATCHET, MESSAGE_VERSION};
+use crate::ratchet::RatchetMessage;
+use crate::ratchet::{chain::Key32, DecryptError, DoubleRatchet, EncryptError};
+use crate::DecodeError;
+
+/// The most archived sessions a record keeps; the oldest is dropped first.
+pub const MAX_ARCHIVED_SESSIONS: usize = 40;
+
+const RECORD_VERSION: u8 = 0x01;
+const TAG_SESSION_RECORD: u8 = 0x90;
+const TAG_SESSION: u8 = 0x91;
+
+/// A message received from a peer device, parsed by its type byte.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum IncomingMessage {
+    /// A session setup message (with the first ratchet message inside).
+    PreKey(Box<PreKeyMessage>),
+    /// A message on an existing session.
+    Ratchet(RatchetMessage),
+}
+
+impl IncomingMessage {
+    /// Parses a message of either type.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes {
+            [MESSAGE_VERSION, MESSAGE_TYPE_PREKEY, ..] => {
+                PreKeyMessage::from_bytes(bytes).map(|m| Self::PreKey(Box::new(m)))
+            }
+            [MESSAGE_VERSION, MESSAGE_TYPE_RATCHET, ..] => {
+                RatchetMessage::from_bytes(bytes).map(Self::Ratchet)
+            }
+            [MESSAGE_VERSION, t, ..] => Err(DecodeError::UnexpectedTag(*t)),
+            [v, ..] => Err(DecodeError::UnknownVersion(*v)),
+            [] => Err(DecodeError::Truncated),
+        }
+    }
+}
+
+/// The setup data an initiator repeats in every message until the responder first answers.
+#[derive(Clone)]
+struct PendingPreKey {
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+    kem_prekey_id: u32,
+    kem_ciphertext: Vec<u8>,
+}
+
+/// One Double Ratchet session with one peer device.
+pub struct Session {
+    local_identity: IdentityKey,
+    remote_identity: IdentityKey,
+    local_address: DeviceAddress,
+    remote_address: DeviceAddress,
+    base_key: X25519PublicKey,
+    pending: Option<PendingPreKey>,
+    ratchet: DoubleRatchet,
+    ad_send: Vec<u8>,
+    ad_recv: Vec<u8>,
+}
+
+impl core::fmt::Debug for Session {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Self {
+            local_identity: _,
+            remote_identity,
+            local_address,
+            remote_address,
+            base_key,
+            pending,
+            ratchet: _,
+            ad_send: _,
+            ad_recv: _,
+        } = self;
+        f.debug_struct("Session")
+            .field("local_address", local_address)
+            .field("remote_address", remote_address)
+            .field("remote_identity", remote_identity)
+            .field("base_key", base_key)
+            .field("pending", &pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Associated data for messages from `sender` to `receiver`:
+/// `IK_sender[65] || IK_receiver[65] || addr(sender) || addr(receiver)`, then the header.
+fn associated_data(
+    sender_identity: &IdentityKey,
+    receiver_identity: &IdentityKey,
+    sender: &DeviceAddress,
+    receiver: &DeviceAddress,
+) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(2 * IDENTITY_KEY_LEN + 2 * (8 + 64));
+    ad.extend_from_slice(&sender_identity.to_bytes());
+    ad.extend_from_slice(&receiver_identity.to_bytes());
+    ad.extend_from_slice(&sender.to_bytes());
+    ad.extend_from_slice(&receiver.to_bytes());
+    ad
+}
+
+impl Session {
+    fn new(
+        local_identity: IdentityKey,
+        remote_identity: IdentityKey,
+        local_address: DeviceAddress,
+        remote_address: DeviceAddress,
+        base_key: X25519PublicKey,
+        pending: Option<PendingPreKey>,
+        ratchet: DoubleRatchet,
+    ) -> Self {
+        let ad_send = associated_data(
+            &local_identity,
+            &remote_identity,
+            &local_address,
+            &remote_address,
+        );
+        let ad_recv = associated_data(
+            &remote_identity,
+            &local_identity,
+            &remote_address,
+            &local_address,
+        );
+        Self {
+            local_identity,
+            remote_identity,
+            local_address,
+            remote_address,
+            base_key,
+            pending,
+            ratchet,
+            ad_send,
+            ad_recv,
+        }
+    }
+
+    /// The peer's identity key.
+    pub fn remote_identity(&self) -> &IdentityKey {
+        &self.remote_identity
+    }
+
+    /// The peer device's address.
+    pub fn remote_address(&self) -> &DeviceAddress {
+        &self.remote_address
+    }
+
+    /// The session id: the initiator's base key (typed encoding), known to both sides.
+    pub fn id(&self) -> [u8; X25519_PUBLIC_KEY_LEN] {
+        encode_x25519(&self.base_key)
+    }
+
+    /// Whether we initiated this session and the peer has not answered on it yet (our messages are
+    /// still pre-key messages).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Receiving chains currently kept (at most [`crate::ratchet::MAX_RECEIVER_CHAINS`]).
+    pub fn receiver_chain_count(&self) -> usize {
+        self.ratchet.receiver_chain_count()
+    }
+
+    /// Skipped message keys currently kept, over all receiving chains.
+    pub fn skipped_key_count(&self) -> usize {
+        self.ratchet.skipped_key_count()
+    }
+
+    fn encrypt(
+        &mut self,
+        plaintext: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Vec<u8>, EncryptError> {
+        let message = self.ratchet.encrypt(plaintext, &self.ad_send, rng)?;
+        Ok(match &self.pending {
+            None => message.to_bytes(),
+            Some(p) => PreKeyMessage {
+                identity_key: self.local_identity.clone(),
+                signed_prekey_id: p.signed_prekey_id,
+                one_time_prekey_id: p.one_time_prekey_id,
+                kem_prekey_id: p.kem_prekey_id,
+                base_key: self.base_key,
+                kem_ciphertext: p.kem_ciphertext.clone(),
+                message,
+            }
+            .to_bytes(),
+        })
+    }
+
+    fn decrypt(&mut self, message: &RatchetMessage) -> Result<Vec<u8>, DecryptError> {
+        let plaintext = self.ratchet.decrypt(message, &self.ad_recv)?;
+        // The peer answered on this session, so it has it: stop sending setup data.
+        self.pending = None;
+        Ok(plaintext)
+    }
+
+    fn write(&self, w: &mut Writer) {
+        w.u8(RECORD_VERSION)
+            .u8(TAG_SESSION)
+            .fixed(&self.local_identity.to_bytes())
+            .fixed(&self.remote_identity.to_bytes());
+        self.local_address.write(w);
+        self.remote_address.write(w);
+        w.fixed(&encode_x25519(&self.base_key));
+        match &self.pending {
+            None => {
+                w.bool(false);
+            }
+            Some(p) => {
+                w.bool(true).u32(p.signed_prekey_id);
+                match p.one_time_prekey_id {
+                    Some(id) => w.bool(true).u32(id),
+                    None => w.bool(false),
+                };
+                w.u32(p.kem_prekey_id).fixed(&p.kem_ciphertext);
+            }
+        }
+        self.ratchet.write(w);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version(RECORD_VERSION)?;
+        r.tag(TAG_SESSION)?;
+        let local_identity = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
+        let remote_identity = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
+        let local_address = DeviceAddress::read(r)?;
+        let remote_address = DeviceAddress::read(r)?;
+        let base_key = decode_x25519(r.fixed(X25519_PUBLIC_KEY_LEN)?)?;
+        let pending = if r.bool()? {
+            let signed_prekey_id = r.u32()?;
+            let one_time_prekey_id = if r.bool()? { Some(r.u32()?) } else { None };
+            let kem_prekey_id = r.u32()?;
+            let kem_ciphertext = r.fixed(KEM_CIPHERTEXT_LEN)?.to_vec();
+            Some(PendingPreKey {
+                signed_prekey_id,
+                one_time_prekey_id,
+                kem_prekey_id,
+                kem_ciphertext,
+            })
+        } else {
+            None
+        };
+        let ratchet = DoubleRatchet::read(r)?;
+        Ok(Self::new(
+            local_identity,
+            remote_identity,
+            local_address,
+            remote_address,
+            base_key,
+            pending,
+            ratchet,
+        ))
+    }
+}
+
+/// What [`SessionRecord::initiate`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInitiated {
+    /// The record already had a session with this device under a different identity key.
+    pub identity_changed: bool,
+}
+
+/// The result of a pre-key message that decrypted. Nothing is consumed until the caller commits:
+/// it must store the updated record and delete the prekeys named here, together.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PreKeyDecrypted {
+    /// The first message's plaintext.
+    pub plaintext: Vec<u8>,
+    /// The one-time X25519 prekey to delete, if this message set up a session with one.
+    pub consumed_one_time_prekey: Option<u32>,
+    /// The one-time KEM prekey to delete (never the last-resort key).
+    pub consumed_kem_prekey: Option<u32>,
+    /// The message came under a different identity key than the record's session with this
+    /// device: the caller must raise an identity-change event before trusting it.
+    pub identity_changed: bool,
+    /// Whether this message set up a new session (false when it belonged to an existing one).
+    pub new_session: bool,
+}
+
+/// All sessions with one peer device: the current one and up to [`MAX_ARCHIVED_SESSIONS`] others.
+#[derive(Default)]
+pub struct SessionRecord {
+    current: Option<Session>,
+    archived: VecDeque<Session>,
+}
+
+impl core::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Self { current, archived } = self;
+        f.debug_struct("SessionRecord")
+            .field("current", current)
+            .field("archived", &archived.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionRecord {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current session, if any.
+    pub fn current(&self) -> Option<&Session> {
+        self.current.as_ref()
+    }
+
+    /// How many archived sessions the record keeps.
+    pub fn archived_count(&self) -> usize {
+        self.archived.len()
+    }
+
+    /// The identity key of the current session's peer.
+    pub fn remote_identity(&self) -> Option<&IdentityKey> {
+        self.current.as_ref().map(Session::remote_identity)
+    }
+
+    fn archive(&mut self, session: Session) {
+        self.archived.push_front(session);
+        self.archived.truncate(MAX_ARCHIVED_SESSIONS);
+    }
+
+    fn promote(&mut self, session: Session) {
+        if let Some(old) = self.current.replace(session) {
+            self.archive(old);
+        }
+    }
+
+    /// Sets up a new session from a peer's verified bundle and makes it current (the previous one
+    /// is archived). The following [`SessionRecord::encrypt`] calls produce pre-key messages until
+    /// the peer answers.
+    pub fn initiate(
+        &mut self,
+        identity: &IdentityKeyPair,
+        local: &DeviceAddress,
+        remote: &DeviceAddress,
+        bundle: &VerifiedBundle,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<SessionInitiated, SessionSetupError> {
+        let setup = pqxdh::initiate(identity, local, remote, bundle, rng)?;
+        let base_key = *setup.base.public();
+        let session = Session::new(
+            identity.public(),
+            bundle.identity_key.clone(),
+            local.clone(),
+            remote.clone(),
+            base_key,
+            Some(PendingPreKey {
+                signed_prekey_id: bundle.signed_prekey.0,
+                one_time_prekey_id: bundle.one_time_prekey.as_ref().map(|k| k.0),
+                kem_prekey_id: bundle.kem_prekey.0,
+                kem_ciphertext: setup.kem_ciphertext,
+            }),
+            DoubleRatchet::initiator(setup.root_key, setup.chain_key, setup.base),
+        );
+        let identity_changed = self
+            .remote_identity()
+            .is_some_and(|k| *k != bundle.identity_key);
+        self.promote(session);
+        Ok(SessionInitiated { identity_changed })
+    }
+
+    /// Encrypts with the current session: a pre-key message while it is pending, else a ratchet
+    /// message. Returns the wire bytes.
+    pub fn encrypt(
+        &mut self,
+        plaintext: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Vec<u8>, EncryptError> {
+        self.current
+            .as_mut()
+            .ok_or(EncryptError::NoSession)?
+            .encrypt(plaintext, rng)
+    }
+
+    /// Decrypts a ratchet message with the current session, else with the archived ones. A failure
+    /// changes nothing.
+    pub fn decrypt(&mut self, message: &RatchetMessage) -> Result<Vec<u8>, DecryptError> {
+        let mut error = None;
+        if let Some(current) = &mut self.current {
+            match current.decrypt(message) {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(e) => error = Some(e),
+            }
+        }
+        for session in &mut self.archived {
+            match session.decrypt(message) {
+                Ok(plaintext) => return Ok(plaintext),
+                // The message's chain lives in this session: its error is the informative one.
+                Err(e) if e != DecryptError::AuthenticationFailed => error = Some(e),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        Err(error.unwrap_or(DecryptError::NoSession))
+    }
+
+    /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys` and
+    /// the addresses; see [`SessionRecord::decrypt_prekey`].
+    pub fn decrypt_bytes(
+        &mut self,
+        bytes: &[u8],
+        keys: &ResponderKeys<'_>,
+        local: &DeviceAddress,
+        remote: &DeviceAddress,
+    ) -> Result<PreKeyDecrypted, DecryptError> {
+        match IncomingMessage::from_bytes(bytes)? {
+            IncomingMessage::PreKey(m) => self.decrypt_prekey(&m, keys, local, remote),
+            IncomingMessage::Ratchet(m) => Ok(PreKeyDecrypted {
+                plaintext: self.decrypt(&m)?,
+                consumed_one_time_prekey: None,
+                consumed_kem_prekey: None,
+                identity_changed: false,
+                new_session: false,
+            }),
+        }
+    }
+
+    fn find_by_base_key(&mut self, message: &PreKeyMessage) -> Option<&mut Session> {
+        let matches = |s: &Session| {
+            s.base_key == message.base_key && s.remote_identity == message.identity_key
+        };
+        match &mut self.current {
+            Some(s) if matches(s) => Some(s),
+            _ => self.archived.iter_mut().find(|s| matches(s)),
+        }
+    }
+
+    /// Decrypts a pre-key message from the device at `remote`, setting up a session as responder
+    /// unless the message belongs to a session the record already has.
+    ///
+    /// All or nothing: on error the record is unchanged and no prekey is consumed. On success the
+    /// caller stores the record and deletes the prekeys named in the result, in one transaction.
+    pub fn decrypt_prekey(
+        &mut self,
+        message: &PreKeyMessage,
+        keys: &ResponderKeys<'_>,
+        local: &DeviceAddress,
+        remote: &DeviceAddress,
+    ) -> Result<PreKeyDecrypted, DecryptError> {
+        if let Some(session) = self.find_by_base_key(message) {
+            let plaintext = session.decrypt(&message.message)?;
+            return Ok(PreKeyDecrypted {
+                plaintext,
+                consumed_one_time_prekey: None,
+                consumed_kem_prekey: None,
+                identity_changed: false,
+                new_session: false,
+            });
+        }
+        let (root_key, chain_key): (Key32, Key32) = pqxdh::respond(keys, local, remote, message)?;
+        let mut session = Session::new(
+            keys.identity.public(),
+            message.identity_key.clone(),
+            local.clone(),
+            remote.clone(),
+            message.base_key,
+            None,
+            DoubleRatchet::responder(root_key, chain_key, message.message.ratchet_key),
+        );
+        let plaintext = session.decrypt(&message.message)?;
+
+        // Authenticated: commit.
+        let identity_changed = self
+            .remote_identity()
+            .is_some_and(|k| *k != message.identity_key);
+        let keep_current = self.current.as_ref().is_some_and(|c| {
+            c.is_pending() && c.remote_identity == session.remote_identity && c.id() < session.id()
+        });
+        if keep_current {
+            self.archive(session);
+        } else {
+            self.promote(session);
+        }
+        Ok(PreKeyDecrypted {
+            plaintext,
+            consumed_one_time_prekey: message.one_time_prekey_id,
+            consumed_kem_prekey: keys
+                .kem_prekey
+                .filter(|k| !k.is_last_resort())
+                .map(|k| k.id()),
+            identity_changed,
+            new_session: true,
+        })
+    }
+
+    /// Storage encoding: `0x01 0x90 has_current:u8 [session] n_archived:u32 session*`. Holds
+    /// secrets: the buffer wipes itself on drop.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut w = Writer::new();
+        w.u8(RECORD_VERSION).u8(TAG_SESSION_RECORD);
+        match &self.current {
+            Some(s) => {
+                w.bool(true);
+                s.write(&mut w);
+            }
+            None => {
+                w.bool(false);
+            }
+        }
+        w.u32(self.archived.len() as u32);
+        for s in &self.archived {
+            s.write(&mut w);
+        }
+        w.into_zeroizing()
+    }
+
+    /// Decodes [`SessionRecord::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version(RECORD_VERSION)?;
+        r.tag(TAG_SESSION_RECORD)?;
+        let current = if r.bool()? {
+            Some(Session::read(&mut r)?)
+        } else {
+            None
+        };
+        let n = r.count(MAX_ARCHIVED_SESSIONS)?;
+        let mut archived = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            archived.push_back(Session::read(&mut r)?);
+        }
+        r.finish()?;
+        Ok(Self { current, archived })
+    }
+}

@@ -1,0 +1,168 @@
+//! Session records: archived sessions, simultaneous initiation, identity changes.
+
+use super::harness::*;
+use sotto_crypto::keys::IdentityKeyPair;
+use sotto_crypto::session::{SessionRecord, MAX_ARCHIVED_SESSIONS};
+
+#[test]
+fn simultaneous_initiation_converges() {
+    for seed in 0..8u8 {
+        let mut rng = rng(40 + seed);
+        let mut alice = Device::new("alice", 1, &mut rng);
+        let mut bob = Device::new("bob", 1, &mut rng);
+        let mut a = SessionRecord::new();
+        let mut b = SessionRecord::new();
+        a.initiate(
+            &alice.identity,
+            &alice.address,
+            &bob.address,
+            &bob.verified_bundle(true, true),
+            &mut rng,
+        )
+        .unwrap();
+        b.initiate(
+            &bob.identity,
+            &bob.address,
+            &alice.address,
+            &alice.verified_bundle(true, true),
+            &mut rng,
+        )
+        .unwrap();
+        // Both send before either has heard from the other.
+        let from_a = a.encrypt(b"hi from a", &mut rng).unwrap();
+        let from_b = b.encrypt(b"hi from b", &mut rng).unwrap();
+        let from_a2 = a.encrypt(b"second from a", &mut rng).unwrap();
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &from_a).unwrap(),
+            b"hi from a"
+        );
+        assert_eq!(
+            alice.receive(&mut a, &bob.address, &from_b).unwrap(),
+            b"hi from b"
+        );
+        // Both now hold both sessions and agree on which is current.
+        let ida = a.current().unwrap().id();
+        let idb = b.current().unwrap().id();
+        assert_eq!(ida, idb, "seed {seed}");
+        assert_eq!(a.archived_count() + b.archived_count(), 2);
+        // A late message on the losing session still decrypts and does not flip the choice.
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &from_a2).unwrap(),
+            b"second from a"
+        );
+        assert_eq!(b.current().unwrap().id(), idb);
+        // The conversation continues on the agreed session in both directions.
+        for i in 0..3u8 {
+            let m = a.encrypt(&[i], &mut rng).unwrap();
+            assert_eq!(bob.receive(&mut b, &alice.address, &m).unwrap(), [i]);
+            let m = b.encrypt(&[i + 10], &mut rng).unwrap();
+            assert_eq!(alice.receive(&mut a, &bob.address, &m).unwrap(), [i + 10]);
+        }
+        assert_eq!(a.current().unwrap().id(), ida);
+        assert_eq!(b.current().unwrap().id(), ida);
+        assert!(!a.current().unwrap().is_pending());
+        assert!(!b.current().unwrap().is_pending());
+    }
+}
+
+#[test]
+fn archived_session_still_decrypts() {
+    let mut p = Pair::established(20);
+    let old_id = p.a.current().unwrap().id();
+    let late = p.b_to_a(b"sent on the old session");
+    // Alice starts over with a fresh bundle (e.g. after a reinstall on her side).
+    let bundle = p.bob.verified_bundle(false, false);
+    let r =
+        p.a.initiate(
+            &p.alice.identity,
+            &p.alice.address,
+            &p.bob.address,
+            &bundle,
+            &mut p.rng,
+        )
+        .unwrap();
+    assert!(!r.identity_changed);
+    assert_ne!(p.a.current().unwrap().id(), old_id);
+    assert_eq!(p.a.archived_count(), 1);
+    assert_eq!(p.a_receive(&late).unwrap(), b"sent on the old session");
+    // The new session stays current and works.
+    let m = p.a_to_b(b"new session");
+    assert_eq!(p.b_receive(&m).unwrap(), b"new session");
+    assert_eq!(p.b.current().unwrap().id(), p.a.current().unwrap().id());
+    let m = p.b_to_a(b"reply");
+    assert_eq!(p.a_receive(&m).unwrap(), b"reply");
+}
+
+#[test]
+fn archive_is_bounded() {
+    let mut p = Pair::established(21);
+    let first_late = p.b_to_a(b"oldest");
+    // The original session plus 40 newer ones: the original falls out of the archive.
+    for _ in 0..=MAX_ARCHIVED_SESSIONS {
+        let bundle = p.bob.verified_bundle(false, false);
+        p.a.initiate(
+            &p.alice.identity,
+            &p.alice.address,
+            &p.bob.address,
+            &bundle,
+            &mut p.rng,
+        )
+        .unwrap();
+    }
+    assert_eq!(p.a.archived_count(), MAX_ARCHIVED_SESSIONS);
+    assert!(p.a_receive(&first_late).is_err());
+    let bytes = p.a.to_bytes();
+    assert_eq!(SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+}
+
+#[test]
+fn identity_change_is_reported() {
+    let mut p = Pair::established(22);
+    let mut rng = rng(23);
+    // Bob reinstalls: same address, new identity. Alice fetches his new bundle.
+    let new_bob = Device::with_identity(IdentityKeyPair::generate(&mut rng), "bob", 2, &mut rng);
+    let r =
+        p.a.initiate(
+            &p.alice.identity,
+            &p.alice.address,
+            &new_bob.address,
+            &new_bob.verified_bundle(true, true),
+            &mut rng,
+        )
+        .unwrap();
+    assert!(r.identity_changed);
+    assert_eq!(p.a.remote_identity(), Some(&new_bob.identity.public()));
+
+    // And the other direction: a pre-key message under a new identity for a known address.
+    let mut q = Pair::established(24);
+    let new_alice =
+        Device::with_identity(IdentityKeyPair::generate(&mut rng), "alice", 1, &mut rng);
+    let mut a2 = SessionRecord::new();
+    a2.initiate(
+        &new_alice.identity,
+        &new_alice.address,
+        &q.bob.address,
+        &q.bob.verified_bundle(false, false),
+        &mut rng,
+    )
+    .unwrap();
+    let m = a2.encrypt(b"it's me, really", &mut rng).unwrap();
+    let pm = match sotto_crypto::session::IncomingMessage::from_bytes(&m).unwrap() {
+        sotto_crypto::session::IncomingMessage::PreKey(pm) => pm,
+        _ => unreachable!(),
+    };
+    let d =
+        q.b.decrypt_prekey(
+            &pm,
+            &q.bob.keys_for(&pm),
+            &q.bob.address,
+            &new_alice.address,
+        )
+        .unwrap();
+    assert!(d.identity_changed);
+    assert!(d.new_session);
+    assert_eq!(q.b.remote_identity(), Some(&new_alice.identity.public()));
+    // Same identity again: no change reported.
+    let m = q.a_to_b(b"old alice");
+    let _ = q.b_receive(&m).unwrap();
+}

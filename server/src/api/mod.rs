@@ -1,0 +1,38 @@
+//! REST handlers, one module per area.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use sotto_wire::Health;
+
+use crate::error::Json;
+use crate::AppState;
+
+pub mod keys;
+pub mod messages;
+pub mod users;
+
+/// `GET /healthz`: 200 when the database answers, 503 otherwise.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store().health().await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok".into() })),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable".into(),
+                }),
+            )
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let queued = state.store().queued_total().await.ok();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(queued),
+    )
+}

@@ -1,0 +1,171 @@
+//! Accounts and devices.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use sotto_wire::{DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse};
+
+use crate::auth::{self, Auth};
+use crate::error::{Json, Path};
+use crate::store::NewUser;
+use crate::{now_ms, AppError, AppState};
+
+const MAX_PASSWORD: usize = 256;
+const MIN_PASSWORD: usize = 8;
+
+fn valid_username(name: &str) -> bool {
+    (3..=20).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        None => false,
+    }
+}
+
+/// `POST /api/users/register`.
+pub async fn register(
+    State(state): State<AppState>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), AppError> {
+    if !valid_username(&req.username) {
+        return Err(AppError::bad_request(
+            "invalid_username",
+            "username must be 3-20 characters of A-Z, a-z, 0-9 and _",
+        ));
+    }
+    if !valid_email(&req.email) {
+        return Err(AppError::bad_request("invalid_email", "invalid e-mail address"));
+    }
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&req.password.len()) {
+        return Err(AppError::bad_request(
+            "invalid_password",
+            "password must be 8-256 bytes",
+        ));
+    }
+    if state.store().user_credentials(&req.username).await?.is_some() {
+        return Err(AppError::conflict("username_taken", "username already registered"));
+    }
+    let password_hash = auth::hash_password(state.config(), req.password).await?;
+    let user = NewUser {
+        id: uuid::Uuid::new_v4().to_string(),
+        username: req.username,
+        email: req.email,
+        password_hash,
+        created_at: now_ms(),
+    };
+    if !state.store().create_user(&user).await? {
+        return Err(AppError::conflict("username_taken", "username already registered"));
+    }
+    tracing::info!(user_id = %user.id, "account registered");
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user_id: user.id })))
+}
+
+/// `POST /api/users/login`: creates the account's first device.
+pub async fn login(
+    State(state): State<AppState>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, AppError> {
+    if req.registration_id == 0 {
+        return Err(AppError::bad_request(
+            "invalid_registration_id",
+            "registrationId must be non-zero",
+        ));
+    }
+    if req.password.len() > MAX_PASSWORD || req.username.len() > 20 {
+        return Err(AppError::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        ));
+    }
+    let creds = state.store().user_credentials(&req.username).await?;
+    let (user_id, phc) = match creds {
+        Some(c) => (Some(c.id.clone()), Some(c.password_hash.clone())),
+        None => (None, None),
+    };
+    let ok = auth::verify_password(state.config(), req.password, phc).await?;
+    let Some(user_id) = user_id.filter(|_| ok) else {
+        return Err(AppError::client(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        ));
+    };
+    let (token, token_hash) = auth::generate_token();
+    let device_id = state
+        .store()
+        .create_first_device(&user_id, req.registration_id, &token_hash, now_ms())
+        .await?
+        .ok_or_else(|| {
+            AppError::conflict(
+                "device_exists",
+                "this account already has a device; link new devices from it",
+            )
+        })?;
+    tracing::info!(%user_id, device_id, "device created");
+    Ok(Json(LoginResponse {
+        user_id,
+        device_id,
+        token,
+    }))
+}
+
+/// `POST /api/users/logout`: removes the device, its token, keys and mailbox.
+pub async fn logout(State(state): State<AppState>, Auth(device): Auth) -> Result<StatusCode, AppError> {
+    state.store().remove_device(device.pk).await?;
+    state.hub().revoke(device.pk);
+    tracing::info!(user_id = %device.user_id, device_id = device.device_id, "device logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/users/{userId}/devices`.
+pub async fn devices(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path(user_id): Path<String>,
+) -> Result<Json<DeviceList>, AppError> {
+    if !state.store().user_exists(&user_id).await? {
+        return Err(AppError::not_found("unknown_user", "no such user"));
+    }
+    let devices = state.store().devices(&user_id).await?;
+    Ok(Json(DeviceList {
+        user_id,
+        devices: devices
+            .into_iter()
+            .map(|d| DeviceInfo {
+                device_id: d.device_id,
+                registration_id: d.registration_id,
+                created_at: u64::try_from(d.created_at).unwrap_or(0),
+            })
+            .collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_and_email_rules() {
+        assert!(valid_username("abc_123"));
+        assert!(!valid_username("ab"));
+        assert!(!valid_username("a-b-c"));
+        assert!(!valid_username("ünï"));
+        assert!(!valid_username(&"a".repeat(21)));
+        assert!(valid_email("a@b.co"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("@b.co"));
+        assert!(!valid_email("a b@c.de"));
+        assert!(!valid_email("a@b@c.de"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Configuration: command-line flags, `SOTTO_*` environment variables and an optional TOML file.
+//!
+//! Precedence: flag > environment > file > built-in default. Every setting has all three spellings:
+//! `--max-envelope-bytes`, `SOTTO_MAX_ENVELOPE_BYTES`, `max-envelope-bytes = …` in the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default listening address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// Default database: an SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://sotto.sqlite";
+
+/// The Sotto relay: stores and forwards end-to-end encrypted envelopes and public prekey bundles.
+///
+/// With no options it listens on 127.0.0.1:7700 (plain HTTP) with an SQLite database `./sotto.sqlite`
+/// (created if missing). Every option can also be set by the environment variable shown and by the same
+/// name (without `--`) in a TOML file given with `--config`.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(name = "sotto-server", version, about, long_about)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cli {
+    /// TOML configuration file (keys are the long option names, e.g. `database-url = "…"`).
+    #[arg(long, env = "SOTTO_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:7700]. Plain HTTP is refused on a non-loopback address
+    /// unless TLS is configured or --allow-insecure-http is given.
+    #[arg(long, env = "SOTTO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Database: `sqlite://path/to/file.sqlite` or `postgres://user@host/db` [default: sqlite://sotto.sqlite].
+    #[arg(long, env = "SOTTO_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Maximum database connections in the pool [default: 8].
+    #[arg(long, env = "SOTTO_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+
+    /// SQLite durability: `full` (fsync every commit; commits are grouped) or `normal` (WAL, may lose
+    /// the last commits on power loss, never corrupts) [default: full].
+    #[arg(long, env = "SOTTO_SQLITE_SYNCHRONOUS")]
+    pub sqlite_synchronous: Option<SqliteSync>,
+
+    /// PEM certificate chain: serve HTTPS with rustls (needs --tls-key).
+    #[arg(long, env = "SOTTO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SOTTO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Allow plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy).
+    #[arg(long, env = "SOTTO_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: Option<bool>,
+
+    /// Maximum ciphertext bytes per device envelope [default: 65536].
+    #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES")]
+    pub max_envelope_bytes: Option<usize>,
+
+    /// Maximum request body bytes [default: 1048576].
+    #[arg(long, env = "SOTTO_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+
+    /// Seconds an undelivered envelope is kept [default: 2592000 = 30 days].
+    #[arg(long, env = "SOTTO_ENVELOPE_TTL_SECS")]
+    pub envelope_ttl_secs: Option<u64>,
+
+    /// Seconds between expiry sweeps [default: 60].
+    #[arg(long, env = "SOTTO_EXPIRY_INTERVAL_SECS")]
+    pub expiry_interval_secs: Option<u64>,
+
+    /// Seconds between WebSocket pings [default: 30].
+    #[arg(long, env = "SOTTO_WS_PING_SECS")]
+    pub ws_ping_secs: Option<u64>,
+
+    /// Seconds of client silence after which a WebSocket is closed [default: 90].
+    #[arg(long, env = "SOTTO_WS_IDLE_TIMEOUT_SECS")]
+    pub ws_idle_timeout_secs: Option<u64>,
+
+    /// Envelopes pushed but not yet acked per connection before pushing pauses [default: 256].
+    #[arg(long, env = "SOTTO_WS_MAX_UNACKED")]
+    pub ws_max_unacked: Option<u32>,
+
+    /// Seconds a connection may stall (socket not writable, or unacked window full) before it is
+    /// closed as a slow consumer [default: 20].
+    #[arg(long, env = "SOTTO_WS_SLOW_CONSUMER_SECS")]
+    pub ws_slow_consumer_secs: Option<u64>,
+
+    /// Argon2id memory cost in KiB [default: 19456].
+    #[arg(long, env = "SOTTO_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+
+    /// Argon2id iterations [default: 2].
+    #[arg(long, env = "SOTTO_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+
+    /// Seconds to let open connections finish after SIGINT/SIGTERM [default: 10].
+    #[arg(long, env = "SOTTO_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+
+    /// Log format: `text` or `json` [default: text]. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "SOTTO_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// SQLite `synchronous` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SqliteSync {
+    /// fsync on every (group) commit.
+    #[default]
+    Full,
+    /// WAL default: durable against process crashes, not against power loss.
+    Normal,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A combination of settings is not allowed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// SQLite durability.
+    pub sqlite_synchronous: SqliteSync,
+    /// TLS certificate and key, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain HTTP on non-loopback allowed.
+    pub allow_insecure_http: bool,
+    /// Per-envelope ciphertext cap.
+    pub max_envelope_bytes: usize,
+    /// Request body cap.
+    pub max_request_bytes: usize,
+    /// Envelope time to live.
+    pub envelope_ttl: Duration,
+    /// Expiry sweep interval.
+    pub expiry_interval: Duration,
+    /// WebSocket ping interval.
+    pub ws_ping: Duration,
+    /// WebSocket idle timeout.
+    pub ws_idle_timeout: Duration,
+    /// Unacked window per connection.
+    pub ws_max_unacked: u32,
+    /// Stall allowance before a slow consumer is dropped.
+    pub ws_slow_consumer: Duration,
+    /// Argon2id memory cost (KiB).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Parses flags and environment, then fills gaps from the TOML file, then defaults.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_cli(Cli::parse())
+    }
+
+    /// Resolves an already parsed command line (reads the TOML file it names).
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<Cli>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => Cli::default(),
+        };
+        Self::resolve(cli, file)
+    }
+
+    fn resolve(cli: Cli, file: Cli) -> Result<Self, ConfigError> {
+        let tls = match (cli.tls_cert.clone().or(file.tls_cert.clone()), cli.tls_key.clone().or(file.tls_key.clone())) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key must be given together".into(),
+                ))
+            }
+        };
+        let config = Self::build(cli, file, tls);
+        if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_insecure_http
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing plain HTTP on non-loopback address {}: give --tls-cert/--tls-key or --allow-insecure-http",
+                config.listen
+            )));
+        }
+        Ok(config)
+    }
+
+    fn build(cli: Cli, file: Cli, tls: Option<(PathBuf, PathBuf)>) -> Self {
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                cli.$field.or(file.$field).unwrap_or_else(|| $default)
+            };
+        }
+        let default_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7700));
+        Config {
+            listen: pick!(listen, default_listen),
+            database_url: pick!(database_url, DEFAULT_DATABASE_URL.to_owned()),
+            db_max_connections: pick!(db_max_connections, 8).max(2),
+            sqlite_synchronous: pick!(sqlite_synchronous, SqliteSync::Full),
+            tls,
+            allow_insecure_http: pick!(allow_insecure_http, false),
+            max_envelope_bytes: pick!(max_envelope_bytes, 64 * 1024),
+            max_request_bytes: pick!(max_request_bytes, 1024 * 1024),
+            envelope_ttl: Duration::from_secs(pick!(envelope_ttl_secs, 30 * 24 * 3600)),
+            expiry_interval: Duration::from_secs(pick!(expiry_interval_secs, 60).max(1)),
+            ws_ping: Duration::from_secs(pick!(ws_ping_secs, 30).max(1)),
+            ws_idle_timeout: Duration::from_secs(pick!(ws_idle_timeout_secs, 90).max(1)),
+            ws_max_unacked: pick!(ws_max_unacked, 256).max(1),
+            ws_slow_consumer: Duration::from_secs(pick!(ws_slow_consumer_secs, 20).max(1)),
+            argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
+            argon2_iterations: pick!(argon2_iterations, 2).max(1),
+            shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 10)),
+            log_format: pick!(log_format, LogFormat::Text),
+        }
+    }
+
+    /// Defaults for the given database, with cheap password hashing and short timers, for tests.
+    pub fn for_tests(database_url: &str) -> Self {
+        let mut config = Self::build(Cli::default(), Cli::default(), None);
+        config.database_url = database_url.to_owned();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.argon2_memory_kib = 64;
+        config.argon2_iterations = 1;
+        config.db_max_connections = 4;
+        config.shutdown_grace = Duration::from_secs(2);
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_flag_over_file_over_default() {
+        let file: Cli = toml::from_str("max-envelope-bytes = 100\nenvelope-ttl-secs = 5\n").unwrap();
+        let cli = Cli::try_parse_from(["sotto-server", "--max-envelope-bytes", "200"]).unwrap();
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.max_envelope_bytes, 200);
+        assert_eq!(c.envelope_ttl, Duration::from_secs(5));
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn refuses_public_plain_http_and_unknown_keys() {
+        let cli = Cli::try_parse_from(["sotto-server", "--listen", "0.0.0.0:80"]).unwrap();
+        assert!(Config::resolve(cli, Cli::default()).is_err());
+        assert!(toml::from_str::<Cli>("bogus = 1").is_err());
+    }
+}

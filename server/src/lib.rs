@@ -1,0 +1,178 @@
+//! The Sotto relay: accounts, devices, public prekey bundles and durable per-device mailboxes of
+//! opaque ciphertext, delivered over WebSockets. It never holds a secret key.
+//!
+//! ```text
+//!            HTTP / WebSocket (rustls when configured)
+//!                         │
+//!   app(state) ── Router ─┼─ api::users     register, login, logout, devices
+//!                         ├─ api::keys      upload, count, claim bundles
+//!                         ├─ api::messages  send ──▶ Store::send (one commit) ──▶ Hub::notify
+//!                         │                 unread, fetch, ack
+//!                         └─ ws             per device: cursor + Notify; reads the mailbox from
+//!                                           the store, pushes in order, ack ──▶ Store::ack
+//!   Store (trait) ── SqliteStore (group commit) | PgStore
+//! ```
+//!
+//! Tests drive [`app`] with `tower::ServiceExt::oneshot`, or bind it to port 0 with [`serve`].
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use tokio::sync::watch;
+
+pub mod api;
+pub mod auth;
+pub mod blobs;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
+pub mod serve;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+pub use error::AppError;
+pub use store::Store;
+
+/// Shared state of the relay.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    hub: hub::Hub,
+    metrics: metrics::Metrics,
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Wraps an opened store.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                hub: hub::Hub::default(),
+                metrics: metrics::Metrics::default(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Opens the configured store (running migrations) and wraps it.
+    pub async fn open(config: Config) -> Result<Self, store::StoreError> {
+        let store = store::open(&config).await?;
+        Ok(Self::new(config, store))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+    /// Live connections.
+    pub fn hub(&self) -> &hub::Hub {
+        &self.inner.hub
+    }
+    /// Metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+    /// Tells WebSockets to close (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+    /// Subscribes to the shutdown signal.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+    /// Envelope expiry for something accepted at `now_ms`.
+    pub fn expires_at(&self, now_ms: i64) -> i64 {
+        let ttl = i64::try_from(self.inner.config.envelope_ttl.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_add(ttl)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The relay's routes.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().max_request_bytes;
+    Router::new()
+        .route("/api/users/register", post(api::users::register))
+        .route("/api/users/login", post(api::users::login))
+        .route("/api/users/logout", post(api::users::logout))
+        .route("/api/users/{user_id}/devices", get(api::users::devices))
+        .route("/api/keys", put(api::keys::upload))
+        .route("/api/keys/count", get(api::keys::count))
+        .route("/api/keys/{user_id}", get(api::keys::bundles))
+        .route("/api/keys/{user_id}/{device_id}", get(api::keys::device_bundle))
+        .route("/api/messages/send", post(api::messages::send))
+        .route("/api/messages/unread", get(api::messages::unread))
+        .route("/api/messages", get(api::messages::fetch))
+        .route("/api/messages/{seq}", delete(api::messages::ack))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<_>| {
+                // The path only: query strings may carry a token (`/ws?token=`).
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            },
+        ))
+        .with_state(state)
+}
+
+/// Deletes expired envelopes every `expiry_interval` until shutdown.
+pub async fn run_expiry(state: AppState) {
+    let mut shutdown = state.shutdown_signal();
+    let mut tick = tokio::time::interval(state.config().expiry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_ms();
+        let ttl_ms = i64::try_from(state.config().envelope_ttl.as_millis()).unwrap_or(i64::MAX);
+        match state.store().expire(now, now.saturating_sub(ttl_ms)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                state
+                    .metrics()
+                    .envelopes_expired
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(expired = n, "expired envelopes deleted");
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+/// How long WebSocket handlers get to say goodbye after shutdown starts.
+pub(crate) const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);

@@ -1,0 +1,648 @@
+//! PostgreSQL: a connection pool and one transaction per operation.
+//!
+//! Concurrency rules: per-mailbox sequence numbers come from `UPDATE devices … RETURNING`, which
+//! holds the device row until commit, so a mailbox's sequence order is its commit order and a reader
+//! never skips an envelope committed late. Mailbox rows are locked in `pk` order to rule out
+//! deadlocks. One-time prekeys are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent fetches get
+//! different keys instead of waiting and finding none.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Row};
+use std::str::FromStr;
+
+use super::{
+    check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
+    SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
+    UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+};
+use crate::config::Config;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects and runs migrations.
+    pub async fn open(config: &Config) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(&config.database_url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn key_from_row(row: &PgRow) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        key_id: to_u32(row.try_get("key_id")?, "key_id")?,
+        public_key: row.try_get("public_key")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+fn envelope_from_row(row: &PgRow) -> Result<StoredEnvelope, StoreError> {
+    Ok(StoredEnvelope {
+        seq: row.try_get("seq")?,
+        kind: row.try_get("kind")?,
+        source_user: row.try_get("source_user")?,
+        source_device: to_u32(row.try_get("source_device")?, "source_device")?,
+        server_message_id: row.try_get("server_message_id")?,
+        client_message_id: row.try_get("client_message_id")?,
+        server_ts: row.try_get("server_ts")?,
+        content: row.try_get("content")?,
+    })
+}
+
+async fn next_seq(conn: &mut PgConnection, device_pk: i64) -> Result<i64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = $1 RETURNING last_seq",
+    )
+    .bind(device_pk)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(seq)
+}
+
+async fn insert_envelope(
+    conn: &mut PgConnection,
+    device_pk: i64,
+    env: &StoredEnvelope,
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+         client_message_id, server_ts, expires_at, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(device_pk)
+    .bind(env.seq)
+    .bind(env.kind)
+    .bind(&env.source_user)
+    .bind(i64::from(env.source_device))
+    .bind(&env.server_message_id)
+    .bind(&env.client_message_id)
+    .bind(env.server_ts)
+    .bind(expires_at)
+    .bind(env.content.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn replace_keys(
+    conn: &mut PgConnection,
+    device_pk: i64,
+    keys: &KeyUpdate,
+) -> Result<(), StoreError> {
+    let signed = [
+        (KIND_EC, keys.signed_pre_key.as_ref()),
+        (KIND_KEM, keys.kem_last_resort.as_ref()),
+    ];
+    for (kind, key) in signed {
+        if let Some(key) = key {
+            sqlx::query(
+                "INSERT INTO signed_prekeys (device_pk, kind, key_id, public_key, signature) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_pk, kind) DO UPDATE SET \
+                 key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
+            )
+            .bind(device_pk)
+            .bind(kind)
+            .bind(i64::from(key.key_id))
+            .bind(&key.public_key)
+            .bind(&key.signature)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    let one_time = [
+        (KIND_EC, keys.pre_keys.as_ref()),
+        (KIND_KEM, keys.kem_pre_keys.as_ref()),
+    ];
+    for (kind, list) in one_time {
+        if let Some(list) = list {
+            sqlx::query("DELETE FROM one_time_prekeys WHERE device_pk = $1 AND kind = $2")
+                .bind(device_pk)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
+            for key in list {
+                sqlx::query(
+                    "INSERT INTO one_time_prekeys (device_pk, kind, key_id, public_key, signature) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_pk, kind, key_id) DO UPDATE SET \
+                     public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
+                )
+                .bind(device_pk)
+                .bind(kind)
+                .bind(i64::from(key.key_id))
+                .bind(&key.public_key)
+                .bind(&key.signature)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<UserCredentials>, StoreError> {
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(UserCredentials {
+                id: row.try_get("id")?,
+                password_hash: row.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn user_exists(&self, user_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn create_first_device(
+        &self,
+        user_id: &str,
+        registration_id: u32,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<u32>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The user row lock serializes concurrent logins of one account.
+        let locked: Option<String> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 {
+            return Ok(None);
+        }
+        let pk: i64 = sqlx::query_scalar(
+            "INSERT INTO devices (user_id, device_id, registration_id, created_at) VALUES ($1, 1, $2, $3) RETURNING pk",
+        )
+        .bind(user_id)
+        .bind(i64::from(registration_id))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO tokens (token_hash, device_pk, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash.as_slice())
+            .bind(pk)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(1))
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.pk, d.user_id, d.device_id FROM tokens t JOIN devices d ON d.pk = t.device_pk \
+             WHERE t.token_hash = $1",
+        )
+        .bind(token_hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DeviceAuth {
+                pk: row.try_get("pk")?,
+                user_id: row.try_get("user_id")?,
+                device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn remove_device(&self, device_pk: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM devices WHERE pk = $1")
+            .bind(device_pk)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pk, device_id, registration_id, created_at FROM devices WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceRow {
+                    pk: row.try_get("pk")?,
+                    device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+                    registration_id: to_u32(row.try_get("registration_id")?, "registration_id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn identity_key(&self, user_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT identity_key FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(key.flatten())
+    }
+
+    async fn set_keys(
+        &self,
+        device: &DeviceAuth,
+        keys: &KeyUpdate,
+    ) -> Result<SetKeysOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT identity_key FROM users WHERE id = $1 FOR UPDATE")
+                .bind(&device.user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let stored = stored.flatten();
+        if stored.as_deref() != Some(keys.identity_key.as_slice()) {
+            if stored.is_some() {
+                let devices: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE user_id = $1")
+                        .bind(&device.user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if devices > 1 {
+                    return Ok(SetKeysOutcome::IdentityMismatch);
+                }
+                sqlx::query("DELETE FROM signed_prekeys WHERE device_pk = $1")
+                    .bind(device.pk)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM one_time_prekeys WHERE device_pk = $1")
+                    .bind(device.pk)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE users SET identity_key = $1 WHERE id = $2")
+                .bind(&keys.identity_key)
+                .bind(&device.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        replace_keys(&mut tx, device.pk, keys).await?;
+        tx.commit().await?;
+        Ok(SetKeysOutcome::Stored)
+    }
+
+    async fn key_counts(&self, device_pk: i64) -> Result<(u32, u32), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE kind = 0) AS ec, COUNT(*) FILTER (WHERE kind = 1) AS kem \
+             FROM one_time_prekeys WHERE device_pk = $1",
+        )
+        .bind(device_pk)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            to_u32(row.try_get("ec")?, "count")?,
+            to_u32(row.try_get("kem")?, "count")?,
+        ))
+    }
+
+    async fn claim_bundles(
+        &self,
+        user_id: &str,
+        device_id: Option<u32>,
+    ) -> Result<Option<(Vec<u8>, Vec<ClaimedBundle>)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let identity: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT identity_key FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(identity) = identity.flatten() else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT pk, device_id, registration_id FROM devices WHERE user_id = $1 \
+             AND ($2::BIGINT IS NULL OR device_id = $2) ORDER BY device_id",
+        )
+        .bind(user_id)
+        .bind(device_id.map(i64::from))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut bundles = Vec::with_capacity(rows.len());
+        for row in rows {
+            let pk: i64 = row.try_get("pk")?;
+            let signed = sqlx::query(
+                "SELECT key_id, public_key, signature FROM signed_prekeys WHERE device_pk = $1 AND kind = $2",
+            )
+            .bind(pk)
+            .bind(KIND_EC)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(signed) = signed else { continue };
+            let mut claimed = [None, None];
+            for (slot, kind) in claimed.iter_mut().zip([KIND_EC, KIND_KEM]) {
+                let row = sqlx::query(
+                    "DELETE FROM one_time_prekeys WHERE (device_pk, kind, key_id) IN \
+                     (SELECT device_pk, kind, key_id FROM one_time_prekeys WHERE device_pk = $1 AND kind = $2 \
+                      ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING key_id, public_key, signature",
+                )
+                .bind(pk)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+                *slot = row.as_ref().map(key_from_row).transpose()?;
+            }
+            let [pre_key, mut kem_pre_key] = claimed;
+            if kem_pre_key.is_none() {
+                let row = sqlx::query(
+                    "SELECT key_id, public_key, signature FROM signed_prekeys WHERE device_pk = $1 AND kind = $2",
+                )
+                .bind(pk)
+                .bind(KIND_KEM)
+                .fetch_optional(&mut *tx)
+                .await?;
+                kem_pre_key = row.as_ref().map(key_from_row).transpose()?;
+            }
+            bundles.push(ClaimedBundle {
+                device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+                registration_id: to_u32(row.try_get("registration_id")?, "registration_id")?,
+                signed_pre_key: key_from_row(&signed)?,
+                pre_key,
+                kem_pre_key,
+            });
+        }
+        tx.commit().await?;
+        Ok(Some((identity, bundles)))
+    }
+
+    async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Claiming the idempotency key first makes a concurrent retry wait for this transaction,
+        // then see its outcome.
+        let claimed = sqlx::query(
+            "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
+        )
+        .bind(batch.sender.pk)
+        .bind(&batch.client_message_id)
+        .bind(&batch.server_message_id)
+        .bind(batch.now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            let prior = sqlx::query(
+                "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
+            )
+            .bind(batch.sender.pk)
+            .bind(&batch.client_message_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok(SendOutcome::Duplicate {
+                server_message_id: prior.try_get("server_message_id")?,
+                server_timestamp: prior.try_get("server_ts")?,
+            });
+        }
+        let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
+            .bind(&batch.recipient)
+            .fetch_one(&mut *tx)
+            .await?;
+        if recipient_exists == 0 {
+            return Ok(SendOutcome::UnknownRecipient);
+        }
+        let rows = sqlx::query(
+            "SELECT pk, user_id, device_id, registration_id FROM devices \
+             WHERE (user_id = $1 OR user_id = $2) AND pk <> $3",
+        )
+        .bind(&batch.recipient)
+        .bind(&batch.sender.user_id)
+        .bind(batch.sender.pk)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current = BTreeMap::new();
+        let mut pks = BTreeMap::new();
+        for row in &rows {
+            let key = (
+                row.try_get::<String, _>("user_id")?,
+                to_u32(row.try_get("device_id")?, "device_id")?,
+            );
+            pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
+            current.insert(
+                key,
+                to_u32(row.try_get("registration_id")?, "registration_id")?,
+            );
+        }
+        if let Err(mismatch) = check_devices(&current, &batch.targets) {
+            return Ok(SendOutcome::Mismatch(mismatch));
+        }
+        let mut ordered = Vec::with_capacity(batch.targets.len());
+        for target in &batch.targets {
+            let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
+                return Err(StoreError::Corrupt("device vanished during send"));
+            };
+            ordered.push((pk, target));
+        }
+        ordered.sort_by_key(|(pk, _)| *pk);
+        let mut notify = Vec::with_capacity(ordered.len());
+        for (pk, target) in ordered {
+            let seq = next_seq(&mut tx, pk).await?;
+            let env = StoredEnvelope {
+                seq,
+                kind: ENVELOPE_MESSAGE,
+                source_user: batch.sender.user_id.clone(),
+                source_device: batch.sender.device_id,
+                server_message_id: batch.server_message_id.clone(),
+                client_message_id: batch.client_message_id.clone(),
+                server_ts: batch.now,
+                content: Some(target.content.clone()),
+            };
+            insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
+            notify.push(pk);
+        }
+        tx.commit().await?;
+        Ok(SendOutcome::Accepted {
+            server_message_id: batch.server_message_id,
+            server_timestamp: batch.now,
+            notify,
+        })
+    }
+
+    async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes WHERE device_pk = $1")
+            .bind(device_pk)
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn fetch(
+        &self,
+        device_pk: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, source_user, source_device, server_message_id, client_message_id, server_ts, content \
+             FROM envelopes WHERE device_pk = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(device_pk)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    async fn ack(
+        &self,
+        device: &DeviceAuth,
+        seqs: Vec<i64>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<AckOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM envelopes WHERE device_pk = $1 AND seq = ANY($2) \
+             RETURNING seq, kind, source_user, server_message_id, client_message_id",
+        )
+        .bind(device.pk)
+        .bind(&seqs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut outcome = AckOutcome::default();
+        let mut receipts: Vec<(String, String, String)> = Vec::new();
+        for row in &rows {
+            outcome.deleted.push(row.try_get("seq")?);
+            let kind: i64 = row.try_get("kind")?;
+            let source_user: String = row.try_get("source_user")?;
+            if kind == ENVELOPE_MESSAGE && source_user != device.user_id {
+                receipts.push((
+                    source_user,
+                    row.try_get("server_message_id")?,
+                    row.try_get("client_message_id")?,
+                ));
+            }
+        }
+        outcome.deleted.sort_unstable();
+        let users: Vec<String> = {
+            let mut u: Vec<String> = receipts.iter().map(|r| r.0.clone()).collect();
+            u.sort();
+            u.dedup();
+            u
+        };
+        let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        if !users.is_empty() {
+            let rows = sqlx::query("SELECT user_id, pk FROM devices WHERE user_id = ANY($1)")
+                .bind(&users)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                sender_devices
+                    .entry(row.try_get("user_id")?)
+                    .or_default()
+                    .push(row.try_get("pk")?);
+            }
+        }
+        let mut inserts: Vec<(i64, &(String, String, String))> = Vec::new();
+        for receipt in &receipts {
+            for &pk in sender_devices.get(&receipt.0).into_iter().flatten() {
+                inserts.push((pk, receipt));
+            }
+        }
+        inserts.sort_by_key(|(pk, _)| *pk);
+        for (pk, (_, server_message_id, client_message_id)) in inserts {
+            let seq = next_seq(&mut tx, pk).await?;
+            let env = StoredEnvelope {
+                seq,
+                kind: ENVELOPE_RECEIPT,
+                source_user: device.user_id.clone(),
+                source_device: device.device_id,
+                server_message_id: server_message_id.clone(),
+                client_message_id: client_message_id.clone(),
+                server_ts: now,
+                content: None,
+            };
+            insert_envelope(&mut tx, pk, &env, expires_at).await?;
+            if !outcome.notify.contains(&pk) {
+                outcome.notify.push(pk);
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM envelopes WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM sent_messages WHERE server_ts < $1")
+            .bind(idempotency_cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queued_total(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,734 @@
+//! SQLite: one writer connection owned by a task that commits queued operations in groups, plus a
+//! pool of reader connections (WAL lets them read while the writer writes).
+//!
+//! Group commit is what makes `synchronous=FULL` affordable: every operation runs inside its own
+//! savepoint of a shared transaction, and nobody is answered before the single `COMMIT` (one fsync)
+//! that makes the whole group durable. An operation that fails rolls back to its savepoint only.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
+    SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
+    UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+};
+use crate::config::{Config, SqliteSync};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Work = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+
+/// Most operations one commit groups.
+const MAX_GROUP: usize = 512;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store.
+pub struct SqliteStore {
+    readers: SqlitePool,
+    writer: mpsc::Sender<Work>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs migrations.
+    pub async fn open(config: &Config) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&config.database_url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .synchronous(match config.sqlite_synchronous {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            });
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(config.db_max_connections)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (tx, rx) = mpsc::channel(4096);
+        // The writer exits when the store (the last sender) is dropped.
+        tokio::spawn(writer_loop(writer, rx));
+        Ok(Self {
+            readers,
+            writer: tx,
+        })
+    }
+
+    /// Runs `f` on the writer connection inside the next group commit; answers after the commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let work: Work = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = f(conn).await;
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit| {
+                    let out = match commit {
+                        Ok(()) => result,
+                        Err(e) => result.and(Err(StoreError::Commit(e))),
+                    };
+                    let _ = tx.send(out);
+                });
+                (ok, finish)
+            })
+        });
+        self.writer
+            .send(work)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
+    let mut group = Vec::with_capacity(64);
+    let mut finishes: Vec<Finish> = Vec::with_capacity(64);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+            // Dropping the work answers its callers with `Closed`.
+            group.clear();
+            continue;
+        }
+        for work in group.drain(..) {
+            let savepoint = sqlx::query("SAVEPOINT op").execute(&mut conn).await;
+            let (ok, finish) = work(&mut conn).await;
+            if savepoint.is_err() || !ok {
+                let _ = sqlx::query("ROLLBACK TO op").execute(&mut conn).await;
+            }
+            let _ = sqlx::query("RELEASE op").execute(&mut conn).await;
+            finishes.push(finish);
+        }
+        let commit = match sqlx::query("COMMIT").execute(&mut conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite: commit failed");
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                Err(e.to_string())
+            }
+        };
+        for finish in finishes.drain(..) {
+            finish(commit.clone());
+        }
+    }
+    let _ = conn.close().await;
+}
+
+fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredKey, StoreError> {
+    Ok(StoredKey {
+        key_id: to_u32(row.try_get("key_id")?, "key_id")?,
+        public_key: row.try_get("public_key")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+fn envelope_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEnvelope, StoreError> {
+    Ok(StoredEnvelope {
+        seq: row.try_get("seq")?,
+        kind: row.try_get("kind")?,
+        source_user: row.try_get("source_user")?,
+        source_device: to_u32(row.try_get("source_device")?, "source_device")?,
+        server_message_id: row.try_get("server_message_id")?,
+        client_message_id: row.try_get("client_message_id")?,
+        server_ts: row.try_get("server_ts")?,
+        content: row.try_get("content")?,
+    })
+}
+
+async fn next_seq(conn: &mut SqliteConnection, device_pk: i64) -> Result<i64, StoreError> {
+    let seq: i64 =
+        sqlx::query_scalar("UPDATE devices SET last_seq = last_seq + 1 WHERE pk = ? RETURNING last_seq")
+            .bind(device_pk)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(seq)
+}
+
+async fn replace_keys(
+    conn: &mut SqliteConnection,
+    device_pk: i64,
+    keys: &KeyUpdate,
+) -> Result<(), StoreError> {
+    let signed = [
+        (KIND_EC, keys.signed_pre_key.as_ref()),
+        (KIND_KEM, keys.kem_last_resort.as_ref()),
+    ];
+    for (kind, key) in signed {
+        if let Some(key) = key {
+            sqlx::query(
+                "INSERT OR REPLACE INTO signed_prekeys (device_pk, kind, key_id, public_key, signature) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(device_pk)
+            .bind(kind)
+            .bind(i64::from(key.key_id))
+            .bind(&key.public_key)
+            .bind(&key.signature)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    let one_time = [
+        (KIND_EC, keys.pre_keys.as_ref()),
+        (KIND_KEM, keys.kem_pre_keys.as_ref()),
+    ];
+    for (kind, list) in one_time {
+        if let Some(list) = list {
+            sqlx::query("DELETE FROM one_time_prekeys WHERE device_pk = ? AND kind = ?")
+                .bind(device_pk)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
+            for key in list {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO one_time_prekeys (device_pk, kind, key_id, public_key, signature) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(device_pk)
+                .bind(kind)
+                .bind(i64::from(key.key_id))
+                .bind(&key.public_key)
+                .bind(&key.signature)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn set_keys_tx(
+    conn: &mut SqliteConnection,
+    device: DeviceAuth,
+    keys: KeyUpdate,
+) -> Result<SetKeysOutcome, StoreError> {
+    let stored: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT identity_key FROM users WHERE id = ?")
+            .bind(&device.user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let stored = stored.flatten();
+    if stored.as_deref() != Some(keys.identity_key.as_slice()) {
+        if stored.is_some() {
+            let devices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE user_id = ?")
+                .bind(&device.user_id)
+                .fetch_one(&mut *conn)
+                .await?;
+            if devices > 1 {
+                return Ok(SetKeysOutcome::IdentityMismatch);
+            }
+            // A new identity invalidates every key signed by the old one.
+            sqlx::query("DELETE FROM signed_prekeys WHERE device_pk = ?")
+                .bind(device.pk)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM one_time_prekeys WHERE device_pk = ?")
+                .bind(device.pk)
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("UPDATE users SET identity_key = ? WHERE id = ?")
+            .bind(&keys.identity_key)
+            .bind(&device.user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    replace_keys(conn, device.pk, &keys).await?;
+    Ok(SetKeysOutcome::Stored)
+}
+
+async fn claim_tx(
+    conn: &mut SqliteConnection,
+    user_id: String,
+    device_id: Option<u32>,
+) -> Result<Option<(Vec<u8>, Vec<ClaimedBundle>)>, StoreError> {
+    let identity: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT identity_key FROM users WHERE id = ?")
+            .bind(&user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(identity) = identity.flatten() else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT pk, device_id, registration_id FROM devices WHERE user_id = ? \
+         AND (? IS NULL OR device_id = ?) ORDER BY device_id",
+    )
+    .bind(&user_id)
+    .bind(device_id.map(i64::from))
+    .bind(device_id.map(i64::from))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut bundles = Vec::with_capacity(rows.len());
+    for row in rows {
+        let pk: i64 = row.try_get("pk")?;
+        let signed = sqlx::query(
+            "SELECT key_id, public_key, signature FROM signed_prekeys WHERE device_pk = ? AND kind = ?",
+        )
+        .bind(pk)
+        .bind(KIND_EC)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(signed) = signed else { continue };
+        let mut claimed = [None, None];
+        for (slot, kind) in claimed.iter_mut().zip([KIND_EC, KIND_KEM]) {
+            let row = sqlx::query(
+                "DELETE FROM one_time_prekeys WHERE device_pk = ?1 AND kind = ?2 AND key_id = \
+                 (SELECT MIN(key_id) FROM one_time_prekeys WHERE device_pk = ?1 AND kind = ?2) \
+                 RETURNING key_id, public_key, signature",
+            )
+            .bind(pk)
+            .bind(kind)
+            .fetch_optional(&mut *conn)
+            .await?;
+            *slot = row.as_ref().map(key_from_row).transpose()?;
+        }
+        let [pre_key, mut kem_pre_key] = claimed;
+        if kem_pre_key.is_none() {
+            let row = sqlx::query(
+                "SELECT key_id, public_key, signature FROM signed_prekeys WHERE device_pk = ? AND kind = ?",
+            )
+            .bind(pk)
+            .bind(KIND_KEM)
+            .fetch_optional(&mut *conn)
+            .await?;
+            kem_pre_key = row.as_ref().map(key_from_row).transpose()?;
+        }
+        bundles.push(ClaimedBundle {
+            device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+            registration_id: to_u32(row.try_get("registration_id")?, "registration_id")?,
+            signed_pre_key: key_from_row(&signed)?,
+            pre_key,
+            kem_pre_key,
+        });
+    }
+    Ok(Some((identity, bundles)))
+}
+
+async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOutcome, StoreError> {
+    let prior = sqlx::query(
+        "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
+    )
+    .bind(batch.sender.pk)
+    .bind(&batch.client_message_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(prior) = prior {
+        return Ok(SendOutcome::Duplicate {
+            server_message_id: prior.try_get("server_message_id")?,
+            server_timestamp: prior.try_get("server_ts")?,
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT pk, user_id, device_id, registration_id FROM devices WHERE (user_id = ?1 OR user_id = ?2) AND pk <> ?3",
+    )
+    .bind(&batch.recipient)
+    .bind(&batch.sender.user_id)
+    .bind(batch.sender.pk)
+    .fetch_all(&mut *conn)
+    .await?;
+    let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?")
+        .bind(&batch.recipient)
+        .fetch_one(&mut *conn)
+        .await?;
+    if recipient_exists == 0 {
+        return Ok(SendOutcome::UnknownRecipient);
+    }
+    let mut current = BTreeMap::new();
+    let mut pks = BTreeMap::new();
+    for row in &rows {
+        let key = (
+            row.try_get::<String, _>("user_id")?,
+            to_u32(row.try_get("device_id")?, "device_id")?,
+        );
+        pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
+        current.insert(
+            key,
+            to_u32(row.try_get("registration_id")?, "registration_id")?,
+        );
+    }
+    if let Err(mismatch) = check_devices(&current, &batch.targets) {
+        return Ok(SendOutcome::Mismatch(mismatch));
+    }
+    let mut notify = Vec::with_capacity(batch.targets.len());
+    for target in &batch.targets {
+        let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
+            return Err(StoreError::Corrupt("device vanished during send"));
+        };
+        let seq = next_seq(conn, pk).await?;
+        sqlx::query(
+            "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+             client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(pk)
+        .bind(seq)
+        .bind(ENVELOPE_MESSAGE)
+        .bind(&batch.sender.user_id)
+        .bind(i64::from(batch.sender.device_id))
+        .bind(&batch.server_message_id)
+        .bind(&batch.client_message_id)
+        .bind(batch.now)
+        .bind(batch.expires_at)
+        .bind(&target.content)
+        .execute(&mut *conn)
+        .await?;
+        notify.push(pk);
+    }
+    sqlx::query(
+        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) VALUES (?, ?, ?, ?)",
+    )
+    .bind(batch.sender.pk)
+    .bind(&batch.client_message_id)
+    .bind(&batch.server_message_id)
+    .bind(batch.now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(SendOutcome::Accepted {
+        server_message_id: batch.server_message_id,
+        server_timestamp: batch.now,
+        notify,
+    })
+}
+
+async fn ack_tx(
+    conn: &mut SqliteConnection,
+    device: DeviceAuth,
+    seqs: Vec<i64>,
+    now: i64,
+    expires_at: i64,
+) -> Result<AckOutcome, StoreError> {
+    let mut outcome = AckOutcome::default();
+    let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for seq in seqs {
+        let row = sqlx::query(
+            "DELETE FROM envelopes WHERE device_pk = ? AND seq = ? \
+             RETURNING kind, source_user, server_message_id, client_message_id",
+        )
+        .bind(device.pk)
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { continue };
+        outcome.deleted.push(seq);
+        let kind: i64 = row.try_get("kind")?;
+        let source_user: String = row.try_get("source_user")?;
+        if kind != ENVELOPE_MESSAGE || source_user == device.user_id {
+            continue;
+        }
+        if !sender_devices.contains_key(&source_user) {
+            let pks: Vec<i64> =
+                sqlx::query_scalar("SELECT pk FROM devices WHERE user_id = ? ORDER BY pk")
+                    .bind(&source_user)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            sender_devices.insert(source_user.clone(), pks);
+        }
+        let server_message_id: String = row.try_get("server_message_id")?;
+        let client_message_id: String = row.try_get("client_message_id")?;
+        for &pk in sender_devices.get(&source_user).into_iter().flatten() {
+            let seq = next_seq(conn, pk).await?;
+            sqlx::query(
+                "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                 client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            )
+            .bind(pk)
+            .bind(seq)
+            .bind(ENVELOPE_RECEIPT)
+            .bind(&device.user_id)
+            .bind(i64::from(device.device_id))
+            .bind(&server_message_id)
+            .bind(&client_message_id)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *conn)
+            .await?;
+            if !outcome.notify.contains(&pk) {
+                outcome.notify.push(pk);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<bool, StoreError> {
+        let user = user.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "INSERT INTO users (id, username, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .bind(&user.id)
+                .bind(&user.username)
+                .bind(&user.email)
+                .bind(&user.password_hash)
+                .bind(user.created_at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await
+    }
+
+    async fn user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<UserCredentials>, StoreError> {
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.map(|row| {
+            Ok(UserCredentials {
+                id: row.try_get("id")?,
+                password_hash: row.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn user_exists(&self, user_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_one(&self.readers)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn create_first_device(
+        &self,
+        user_id: &str,
+        registration_id: u32,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<u32>, StoreError> {
+        let user_id = user_id.to_owned();
+        let token_hash = token_hash.to_vec();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let existing: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE user_id = ?")
+                        .bind(&user_id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if existing > 0 {
+                    return Ok(None);
+                }
+                let pk: i64 = sqlx::query_scalar(
+                    "INSERT INTO devices (user_id, device_id, registration_id, created_at) VALUES (?, 1, ?, ?) RETURNING pk",
+                )
+                .bind(&user_id)
+                .bind(i64::from(registration_id))
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+                sqlx::query("INSERT INTO tokens (token_hash, device_pk, created_at) VALUES (?, ?, ?)")
+                    .bind(&token_hash)
+                    .bind(pk)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(Some(1))
+            })
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.pk, d.user_id, d.device_id FROM tokens t JOIN devices d ON d.pk = t.device_pk \
+             WHERE t.token_hash = ?",
+        )
+        .bind(token_hash.as_slice())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| {
+            Ok(DeviceAuth {
+                pk: row.try_get("pk")?,
+                user_id: row.try_get("user_id")?,
+                device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn remove_device(&self, device_pk: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM devices WHERE pk = ?")
+                    .bind(device_pk)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pk, device_id, registration_id, created_at FROM devices WHERE user_id = ? ORDER BY device_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceRow {
+                    pk: row.try_get("pk")?,
+                    device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+                    registration_id: to_u32(row.try_get("registration_id")?, "registration_id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn identity_key(&self, user_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT identity_key FROM users WHERE id = ?")
+                .bind(user_id)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(key.flatten())
+    }
+
+    async fn set_keys(
+        &self,
+        device: &DeviceAuth,
+        keys: &KeyUpdate,
+    ) -> Result<SetKeysOutcome, StoreError> {
+        let (device, keys) = (device.clone(), keys.clone());
+        self.write(move |conn| Box::pin(set_keys_tx(conn, device, keys)))
+            .await
+    }
+
+    async fn key_counts(&self, device_pk: i64) -> Result<(u32, u32), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(kind = 0), 0) AS ec, COALESCE(SUM(kind = 1), 0) AS kem \
+             FROM one_time_prekeys WHERE device_pk = ?",
+        )
+        .bind(device_pk)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok((
+            to_u32(row.try_get("ec")?, "count")?,
+            to_u32(row.try_get("kem")?, "count")?,
+        ))
+    }
+
+    async fn claim_bundles(
+        &self,
+        user_id: &str,
+        device_id: Option<u32>,
+    ) -> Result<Option<(Vec<u8>, Vec<ClaimedBundle>)>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| Box::pin(claim_tx(conn, user_id, device_id)))
+            .await
+    }
+
+    async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
+        self.write(move |conn| Box::pin(send_tx(conn, batch))).await
+    }
+
+    async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes WHERE device_pk = ?")
+            .bind(device_pk)
+            .fetch_one(&self.readers)
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn fetch(
+        &self,
+        device_pk: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, source_user, source_device, server_message_id, client_message_id, server_ts, content \
+             FROM envelopes WHERE device_pk = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(device_pk)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    async fn ack(
+        &self,
+        device: &DeviceAuth,
+        seqs: Vec<i64>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<AckOutcome, StoreError> {
+        let device = device.clone();
+        self.write(move |conn| Box::pin(ack_tx(conn, device, seqs, now, expires_at)))
+            .await
+    }
+
+    async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM envelopes WHERE expires_at <= ?")
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM sent_messages WHERE server_ts < ?")
+                    .bind(idempotency_cutoff)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
+    async fn queued_total(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes")
+            .fetch_one(&self.readers)
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn close(&self) {
+        // A no-op write returns once everything queued before it is committed.
+        let _ = self.write(|_| Box::pin(async { Ok(()) })).await;
+        self.readers.close().await;
+    }
+}

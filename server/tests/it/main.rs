@@ -1,0 +1,18 @@
+//! Relay integration tests. Every test runs on SQLite and on PostgreSQL (`both!`), each on a fresh
+//! database; PostgreSQL comes from `SOTTO_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and its absence fails the tests loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+mod accounts;
+mod bad_input;
+mod keys;
+mod messages;
+mod ops;
+mod ws;
