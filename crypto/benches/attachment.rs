@@ -9,7 +9,7 @@
 #![allow(missing_docs)]
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use rand_chacha::rand_core::SeedableRng;
 use sha2::Digest;
 use sotto_crypto::attachment::{AttachmentKey, Decryptor, Encryptor, CHUNK_SIZE};
@@ -78,5 +78,76 @@ fn attachment(c: &mut Criterion) {
     group.finish();
 }
 
+/// On a shared machine criterion's means include other processes' load. This runs the four
+/// measurements alternately and prints each one's best run (the least disturbed) as GB/s.
+fn best_of_interleaved() {
+    use std::time::{Duration, Instant};
+    let plaintext: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let key = AttachmentKey::generate(&mut rng);
+    let cipher = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
+    let mut out = Vec::with_capacity(2 * CHUNK_SIZE);
+    let mut blob = Vec::new();
+    let mut e = Encryptor::new(&key, &mut rng);
+    e.push(&plaintext, &mut blob).unwrap();
+    let digest = e.finish(&mut blob).unwrap();
+    let mut buf = plaintext.clone();
+    let mut best = [Duration::MAX; 4];
+    for _ in 0..40 {
+        let start = Instant::now();
+        let mut e = Encryptor::new(&key, &mut rng);
+        for piece in plaintext.chunks(CHUNK_SIZE) {
+            e.push(piece, &mut out).unwrap();
+            out.clear();
+        }
+        black_box(e.finish(&mut out).unwrap());
+        out.clear();
+        best[0] = best[0].min(start.elapsed());
+
+        let start = Instant::now();
+        let mut d = Decryptor::new(&key, &digest);
+        for piece in blob.chunks(CHUNK_SIZE) {
+            d.push(piece, &mut out).unwrap();
+            out.clear();
+        }
+        d.finish(&mut out).unwrap();
+        out.clear();
+        best[1] = best[1].min(start.elapsed());
+
+        let start = Instant::now();
+        for (i, piece) in buf.chunks_mut(CHUNK_SIZE).enumerate() {
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            black_box(
+                cipher
+                    .encrypt_in_place_detached(&nonce.into(), b"", piece)
+                    .unwrap(),
+            );
+        }
+        best[2] = best[2].min(start.elapsed());
+
+        let start = Instant::now();
+        black_box(sha2::Sha256::digest(&plaintext));
+        best[3] = best[3].min(start.elapsed());
+    }
+    let gbps = |d: Duration| LEN as f64 / d.as_secs_f64() / 1e9;
+    println!(
+        "attachment 4 MiB, best of 40 interleaved runs: encrypt {:.2} GB/s, decrypt {:.2} GB/s, \
+         AES-256-GCM alone {:.2} GB/s, SHA-256 alone {:.2} GB/s",
+        gbps(best[0]),
+        gbps(best[1]),
+        gbps(best[2]),
+        gbps(best[3])
+    );
+}
+
 criterion_group!(benches, attachment);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    // Only under `cargo bench` (which passes `--bench`), not when `cargo test` smoke-runs benches.
+    if std::env::args().any(|a| a == "--bench") {
+        best_of_interleaved();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -9,7 +9,7 @@
 )]
 #![allow(missing_docs)]
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use ml_kem::KemCore;
 use rand_chacha::rand_core::SeedableRng;
@@ -159,7 +159,17 @@ fn session(c: &mut Criterion) {
     g.bench_function("olm", |bench| {
         bench.iter(|| black_box(olm_setup(&olm_alice, &mut olm_bob)))
     });
-    // The post-quantum share of our setup: one encapsulation and one decapsulation.
+    // Shares of our setup: the bundle's two signature checks, and the post-quantum step (one
+    // encapsulation and one decapsulation).
+    let bundle = PreKeyBundle {
+        identity_key: bob.identity.public(),
+        signed_prekey: bob.signed_prekey.public(),
+        one_time_prekey: None,
+        kem_prekey: bob.kem_prekey.public(),
+    };
+    g.bench_function("bundle verification (part of sotto setup)", |bench| {
+        bench.iter(|| black_box(bundle.verify().unwrap()))
+    });
     let (dk, ek) = ml_kem::MlKem768::generate(&mut rng);
     g.bench_function("ML-KEM-768 encaps+decaps (part of sotto setup)", |bench| {
         bench.iter(|| {
@@ -170,5 +180,97 @@ fn session(c: &mut Criterion) {
     g.finish();
 }
 
+/// Best-of-trials time per operation, ours and Olm's measured alternately so that a busy machine
+/// slows both alike. Printed as ratios after the criterion groups.
+fn paired_ratios() {
+    use std::time::{Duration, Instant};
+    fn best(
+        trials: usize,
+        iters: u32,
+        mut ours: impl FnMut(),
+        mut olm: impl FnMut(),
+    ) -> (f64, f64) {
+        let (mut a, mut b) = (Duration::MAX, Duration::MAX);
+        for _ in 0..trials {
+            let t = Instant::now();
+            for _ in 0..iters {
+                ours();
+            }
+            a = a.min(t.elapsed() / iters);
+            let t = Instant::now();
+            for _ in 0..iters {
+                olm();
+            }
+            b = b.min(t.elapsed() / iters);
+        }
+        (a.as_secs_f64() * 1e6, b.as_secs_f64() * 1e6)
+    }
+    let report = |name: &str, (ours, olm): (f64, f64), target: f64| {
+        println!(
+            "paired best-of: {name:<40} sotto {ours:>8.2} us   olm {olm:>8.2} us   ratio {:.2} (target <= {target})",
+            ours / olm
+        );
+    };
+
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let alice = Device::new("alice", &mut rng);
+    let bob = Device::new("bob", &mut rng);
+    let olm_alice = Account::new();
+    let mut olm_bob = Account::new();
+    let (mut a, mut b) = sotto_setup(&alice, &bob, true, &mut rng);
+    sotto_send(&mut b, &mut a, &mut rng);
+    let (mut oa, mut ob) = olm_setup(&olm_alice, &mut olm_bob);
+    olm_send(&mut ob, &mut oa);
+    let mut rng2 = ChaCha20Rng::seed_from_u64(3);
+
+    let r = best(
+        30,
+        200,
+        || sotto_send(&mut a, &mut b, &mut rng),
+        || olm_send(&mut oa, &mut ob),
+    );
+    report("steady encrypt+decrypt 100 B", r, 0.25);
+    let r = best(
+        30,
+        10,
+        || {
+            sotto_send(&mut a, &mut b, &mut rng);
+            sotto_send(&mut b, &mut a, &mut rng);
+        },
+        || {
+            olm_send(&mut oa, &mut ob);
+            olm_send(&mut ob, &mut oa);
+        },
+    );
+    report("DH-ratchet ping-pong round", r, 1.0);
+    let r = best(
+        30,
+        5,
+        || {
+            black_box(sotto_setup(&alice, &bob, true, &mut rng2));
+        },
+        || {
+            black_box(olm_setup(&olm_alice, &mut olm_bob));
+        },
+    );
+    report("setup + first message (PQXDH, with OPK)", r, 1.3);
+    let r = best(
+        30,
+        5,
+        || {
+            black_box(sotto_setup(&alice, &bob, false, &mut rng2));
+        },
+        || {
+            black_box(olm_setup(&olm_alice, &mut olm_bob));
+        },
+    );
+    report("setup + first message (PQXDH, no OPK)", r, 1.3);
+}
+
 criterion_group!(benches, session);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    paired_ratios();
+    Criterion::default().configure_from_args().final_summary();
+}

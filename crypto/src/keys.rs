@@ -764,8 +764,18 @@ impl KemPreKey {
         let mut encoded = ml_kem::Encoded::<KemDecapsulationKey>::try_from(raw)
             .map_err(|_| DecodeError::InvalidValue("ML-KEM-768 secret key length"))?;
         let secret = Box::new(KemDecapsulationKey::from_bytes(&encoded));
+        // FIPS 203 section 7.3 checks on a stored key: every coefficient canonical (the key
+        // re-encodes to the same bytes) and the embedded hash equal to H(ek) (a freshly decoded
+        // encapsulation key recomputes it, and equality compares it).
+        let mut again = secret.as_bytes();
+        let canonical = again.as_slice() == encoded.as_slice();
+        again.zeroize();
         encoded.zeroize();
         let public_key = encode_kem_public(secret.encapsulation_key());
+        let recomputed = decode_kem_public(&public_key)?;
+        if !canonical || recomputed != *secret.encapsulation_key() {
+            return Err(DecodeError::InvalidValue("ML-KEM-768 secret key"));
+        }
         Ok(Self {
             id,
             last_resort,
@@ -1020,6 +1030,25 @@ mod tests {
         let otk2 = OneTimePreKey::from_bytes(&otk.to_bytes()).unwrap();
         assert_eq!(otk2.public(), otk.public());
         assert!(SignedPreKey::from_bytes(&otk.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn corrupted_kem_secret_key_is_rejected() {
+        let mut rng = rng();
+        let id = IdentityKeyPair::generate(&mut rng);
+        let stored = KemPreKey::generate(1, &id, &mut rng).to_bytes();
+        KemPreKey::from_bytes(&stored).unwrap();
+        // Header is 7 bytes; then dk_pke (1152), ek (1184), h (32), z (32).
+        for at in [7 + 1152 + 1184, 7 + 1152 + 5, 7] {
+            let mut bad = stored.to_vec();
+            bad[at] ^= 0x01;
+            if at == 7 {
+                // Make the first dk_pke coefficient non-canonical (>= q).
+                bad[7] = 0xff;
+                bad[8] |= 0x0f;
+            }
+            assert!(KemPreKey::from_bytes(&bad).is_err(), "offset {at}");
+        }
     }
 
     #[test]

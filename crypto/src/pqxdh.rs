@@ -29,7 +29,7 @@
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
+use x25519_dalek::PublicKey as X25519PublicKey;
 use zeroize::Zeroizing;
 
 use crate::address::DeviceAddress;
@@ -39,6 +39,7 @@ use crate::keys::{
     SignedPreKey, VerifiedBundle, IDENTITY_KEY_LEN, KEM_CIPHERTEXT_LEN, X25519_PUBLIC_KEY_LEN,
 };
 use crate::ratchet::chain::{hkdf, split64, Key32};
+use crate::ratchet::dh::{agree, Prepared};
 use crate::ratchet::message::{MESSAGE_TYPE_PREKEY, MESSAGE_VERSION};
 use crate::ratchet::{DecryptError, PreKeyKind, RatchetKeyPair, RatchetMessage};
 use crate::DecodeError;
@@ -191,13 +192,6 @@ impl Transcript<'_> {
     }
 }
 
-fn dh(secret: &StaticSecret, public: &X25519PublicKey) -> Option<Zeroizing<[u8; 32]>> {
-    let shared = secret.diffie_hellman(public);
-    shared
-        .was_contributory()
-        .then(|| Zeroizing::new(*shared.as_bytes()))
-}
-
 fn derive(dhs: &[&[u8; 32]], kem_secret: &[u8], transcript: &Transcript<'_>) -> (Key32, Key32) {
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
     ikm.extend_from_slice(&[0xff; 32]);
@@ -230,13 +224,14 @@ pub(crate) fn initiate(
     let base_pair = RatchetKeyPair::generate(rng);
     let base = base_pair.secret();
     let base_key = *base_pair.public();
-    let spk = &bundle.signed_prekey.1;
-    let dh1 = dh(identity.agreement(), spk).ok_or(SessionSetupError::NonContributory)?;
-    let dh2 =
-        dh(base, bundle.identity_key.agreement()).ok_or(SessionSetupError::NonContributory)?;
-    let dh3 = dh(base, spk).ok_or(SessionSetupError::NonContributory)?;
+    let spk_key = &bundle.signed_prekey.1;
+    let spk = Prepared::new(spk_key);
+    let fail = || SessionSetupError::NonContributory;
+    let dh1 = agree(identity.agreement(), &spk).ok_or_else(fail)?;
+    let dh2 = agree(base, &Prepared::new(bundle.identity_key.agreement())).ok_or_else(fail)?;
+    let dh3 = agree(base, &spk).ok_or_else(fail)?;
     let dh4 = match &bundle.one_time_prekey {
-        Some((_, opk)) => Some(dh(base, opk).ok_or(SessionSetupError::NonContributory)?),
+        Some((_, opk)) => Some(agree(base, &Prepared::new(opk)).ok_or_else(fail)?),
         None => None,
     };
     let (ct, ss) = bundle
@@ -252,7 +247,7 @@ pub(crate) fn initiate(
         initiator: local,
         responder: remote,
         base_key: &base_key,
-        signed_prekey: (bundle.signed_prekey.0, spk),
+        signed_prekey: (bundle.signed_prekey.0, spk_key),
         one_time_prekey: bundle.one_time_prekey.as_ref().map(|(id, k)| (*id, k)),
         kem_prekey: (bundle.kem_prekey.0, &bundle.kem_prekey_bytes),
         kem_ciphertext: ct.as_slice(),
@@ -283,13 +278,14 @@ pub struct ResponderKeys<'a> {
     pub kem_prekey: Option<&'a KemPreKey>,
 }
 
-/// The responder's half of PQXDH: the first root key and receiving chain key.
+/// The responder's half of PQXDH: the first root key and receiving chain key, and the initiator's
+/// base key (its first ratchet key) prepared for the ratchet.
 pub(crate) fn respond(
     keys: &ResponderKeys<'_>,
     local: &DeviceAddress,
     remote: &DeviceAddress,
     message: &PreKeyMessage,
-) -> Result<(Key32, Key32), DecryptError> {
+) -> Result<(Key32, Key32, Prepared), DecryptError> {
     let spk = keys
         .signed_prekey
         .filter(|k| k.id() == message.signed_prekey_id)
@@ -308,11 +304,16 @@ pub(crate) fn respond(
         .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Kem))?;
 
     let fail = || DecryptError::AuthenticationFailed;
-    let dh1 = dh(spk.secret(), message.identity_key.agreement()).ok_or_else(fail)?;
-    let dh2 = dh(keys.identity.agreement(), &message.base_key).ok_or_else(fail)?;
-    let dh3 = dh(spk.secret(), &message.base_key).ok_or_else(fail)?;
+    let base = Prepared::new(&message.base_key);
+    let dh1 = agree(
+        spk.secret(),
+        &Prepared::new(message.identity_key.agreement()),
+    )
+    .ok_or_else(fail)?;
+    let dh2 = agree(keys.identity.agreement(), &base).ok_or_else(fail)?;
+    let dh3 = agree(spk.secret(), &base).ok_or_else(fail)?;
     let dh4 = match opk {
-        Some(opk) => Some(dh(opk.secret(), &message.base_key).ok_or_else(fail)?),
+        Some(opk) => Some(agree(opk.secret(), &base).ok_or_else(fail)?),
         None => None,
     };
     let ct = ml_kem::Ciphertext::<crate::keys::MlKem>::try_from(message.kem_ciphertext.as_slice())
@@ -335,8 +336,9 @@ pub(crate) fn respond(
         kem_prekey: (kem.id(), kem_public.public_key()),
         kem_ciphertext: &message.kem_ciphertext,
     };
-    Ok(match &dh4 {
+    let (root_key, chain_key) = match &dh4 {
         Some(dh4) => derive(&[&dh1, &dh2, &dh3, dh4], &ss[..], &transcript),
         None => derive(&[&dh1, &dh2, &dh3], &ss[..], &transcript),
-    })
+    };
+    Ok((root_key, chain_key, base))
 }

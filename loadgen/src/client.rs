@@ -255,13 +255,15 @@ pub async fn open_ws(
     };
     stream.set_nodelay(true)?;
     let mut request = format!("ws://{addr}/ws").into_client_request()?;
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}"))?);
+    request.headers_mut().insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buffer)
         .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     Ok(ws)
 }
 

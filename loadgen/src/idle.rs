@@ -92,14 +92,8 @@ pub async fn run(relay: &Relay, args: IdleArgs) -> Result<()> {
     let prefix = format!("li{:05x}", rand::random::<u32>() & 0xf_ffff);
 
     let setup_start = Instant::now();
-    let accounts = client::create_accounts(
-        relay.addr,
-        &prefix,
-        m,
-        args.setup_concurrency,
-        args.keys,
-    )
-    .await?;
+    let accounts =
+        client::create_accounts(relay.addr, &prefix, m, args.setup_concurrency, args.keys).await?;
     let setup_time = setup_start.elapsed();
     eprintln!(
         "idle: {m} accounts created in {:.1} s",
@@ -165,7 +159,8 @@ pub async fn run(relay: &Relay, args: IdleArgs) -> Result<()> {
     // Wait for every handshake to finish, reporting progress.
     let mut last_report = Instant::now();
     loop {
-        let done = counters.opened.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
+        let done =
+            counters.opened.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
         if done >= m as u64 {
             break;
         }
@@ -205,7 +200,11 @@ pub async fn run(relay: &Relay, args: IdleArgs) -> Result<()> {
         "setup:            {m} accounts in {:.1} s ({:.0}/s){}",
         setup_time.as_secs_f64(),
         m as f64 / setup_time.as_secs_f64().max(1e-9),
-        if args.keys { ", with prekey uploads" } else { "" }
+        if args.keys {
+            ", with prekey uploads"
+        } else {
+            ""
+        }
     );
     println!(
         "opened:           {opened} in {:.1} s ({:.0}/s), {} failed, {closed} closed while held",

@@ -33,17 +33,36 @@ pub struct RelayArgs {
     pub database_url: Option<String>,
 
     /// Extra flag for the started relay, repeatable (e.g. --relay-arg=--ws-max-unacked=1024).
-    /// The relay is always started with --listen on a free loopback port, --database-url, and
-    /// cheap password hashing (--argon2-memory-kib 64 --argon2-iterations 1), since the runs
-    /// measure messaging, not login.
-    #[arg(long = "relay-arg", global = true, allow_hyphen_values = true, conflicts_with = "url")]
+    /// The relay is always started with --listen on a free loopback port, --database-url, cheap
+    /// password hashing (--argon2-memory-kib 64 --argon2-iterations 1), since the runs measure
+    /// messaging, not login, and (unless --keep-rate-limits) --config with rate limits off.
+    #[arg(
+        long = "relay-arg",
+        global = true,
+        allow_hyphen_values = true,
+        conflicts_with = "url"
+    )]
     pub relay_args: Vec<String>,
+
+    /// Keep the started relay's rate limits. By default it gets a config file turning them off,
+    /// since one account may send only 100 messages a minute.
+    #[arg(long, global = true, conflicts_with = "url")]
+    pub keep_rate_limits: bool,
 
     /// File for the started relay's log [default: relay.log in the temporary directory, deleted
     /// at exit]. RUST_LOG is passed through (default `warn`).
     #[arg(long, global = true, conflicts_with = "url")]
     pub relay_log: Option<PathBuf>,
 }
+
+/// The started relay's configuration file: every rate limit off.
+const RATE_LIMITS_OFF: &str = "[rate-limits]
+messages = \"off\"
+login = \"off\"
+registration = \"off\"
+bundle-fetch = \"off\"
+provisioning = \"off\"
+";
 
 /// A relay to talk to.
 #[derive(Debug)]
@@ -93,6 +112,11 @@ impl Relay {
             .unwrap_or_else(|| dir.path().join("relay.log"));
         let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(&bin);
+        if !args.keep_rate_limits {
+            let config = dir.path().join("relay.toml");
+            std::fs::write(&config, RATE_LIMITS_OFF)?;
+            command.arg("--config").arg(config);
+        }
         command
             .arg("--listen")
             .arg(addr.to_string())
@@ -184,9 +208,9 @@ fn process_cpu_time(path: &str) -> Option<Duration> {
 
 /// `http://127.0.0.1:7700` → its address; anything not on loopback is refused.
 fn parse_loopback_url(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("--url must start with http:// (the load generator speaks plain HTTP on loopback)")?;
+    let rest = url.strip_prefix("http://").ok_or(
+        "--url must start with http:// (the load generator speaks plain HTTP on loopback)",
+    )?;
     let authority = rest.split('/').next().unwrap_or_default();
     let addr = match authority.strip_prefix("localhost:") {
         Some(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port.parse::<u16>()?)),

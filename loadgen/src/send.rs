@@ -19,7 +19,9 @@ use clap::Args;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use hyper::Method;
-use sotto_wire::{Base64, ClientFrame, EnvelopeKind, OutgoingMessage, SendMessageRequest, ServerFrame};
+use sotto_wire::{
+    Base64, ClientFrame, EnvelopeKind, OutgoingMessage, SendMessageRequest, ServerFrame,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -275,21 +277,32 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
         "setup:            {n} accounts in {:.1} s ({:.0}/s){}",
         setup_time.as_secs_f64(),
         n as f64 / setup_time.as_secs_f64().max(1e-9),
-        if args.no_keys { "" } else { ", with prekey uploads" }
+        if args.no_keys {
+            ""
+        } else {
+            ", with prekey uploads"
+        }
     );
     println!(
         "accepted:         {:.0} msgs/s ({} in the window; {attempted} sent in {:.1} s{})",
         sent.accepted_in_window as f64 / secs,
         sent.accepted_in_window,
         sending_time.as_secs_f64(),
-        if attempted >= cap && args.rate == 0 { ", stopped at --max-messages" } else { "" }
+        if attempted >= cap && args.rate == 0 {
+            ", stopped at --max-messages"
+        } else {
+            ""
+        }
     );
     println!(
         "delivered:        {:.0} msgs/s (sent in the window and received)",
         got.received_in_window as f64 / secs
     );
     println!("send→receive:     {}", stats::summary(&got.latency));
-    println!("send → accepted:  {}", stats::summary(&sent.request_latency));
+    println!(
+        "send → accepted:  {}",
+        stats::summary(&sent.request_latency)
+    );
     println!(
         "losses:           {lost} of {accepted_total} accepted never received (waited {:.1} s); {} duplicates; {unaccepted_but_received} received without an accepted answer",
         drain_time.as_secs_f64(),
@@ -299,7 +312,10 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
         "refused/errors:   {:?} by status, {} transport errors, {} error frames, sockets closed early: {}",
         sent.rejected, sent.transport_errors, got.server_errors, got.closed_early
     );
-    println!("receipts:         {} delivery receipts received", got.receipts);
+    println!(
+        "receipts:         {} delivery receipts received",
+        got.receipts
+    );
     if let (Some(before), Some(with)) = (rss_before_ws, rss_with_ws) {
         println!(
             "relay RSS:        {} before WebSockets, {} with {n} ({} per connection), {} at the end of the window",
@@ -371,10 +387,9 @@ async fn send_loop(
         let sent_ns = shared.nanos(due);
         let from = i % n;
         let to = (from + 1 + (i / n) % (n - 1)) % n;
-        let (Some(sender), Some(recipient)) = (
-            accounts.get(from as usize),
-            accounts.get(to as usize),
-        ) else {
+        let (Some(sender), Some(recipient)) =
+            (accounts.get(from as usize), accounts.get(to as usize))
+        else {
             break;
         };
         if let Some(index) = content.get_mut(..8) {
@@ -401,7 +416,12 @@ async fn send_loop(
             }
         };
         match http
-            .request(Method::POST, "/api/messages/send", Some(&sender.token), Some(body))
+            .request(
+                Method::POST,
+                "/api/messages/send",
+                Some(&sender.token),
+                Some(body),
+            )
             .await
         {
             Ok((status, _)) if status.is_success() => {
@@ -413,9 +433,9 @@ async fn send_loop(
             }
             Ok((status, answer)) => {
                 *stats.rejected.entry(status.as_u16()).or_default() += 1;
-                stats
-                    .first_problem
-                    .get_or_insert_with(|| client::unexpected("/api/messages/send", status, &answer));
+                stats.first_problem.get_or_insert_with(|| {
+                    client::unexpected("/api/messages/send", status, &answer)
+                });
             }
             Err(e) => {
                 stats.transport_errors += 1;
@@ -471,11 +491,16 @@ async fn receive(
                 ids: std::mem::take(&mut acks),
             };
             let sent = match serde_json::to_string(&ack) {
-                Ok(text) => ws.send(Message::text(text)).await.map_err(|e| e.to_string()),
+                Ok(text) => ws
+                    .send(Message::text(text))
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = sent {
-                stats.first_problem.get_or_insert_with(|| format!("ack: {e}"));
+                stats
+                    .first_problem
+                    .get_or_insert_with(|| format!("ack: {e}"));
                 open = false;
             }
         }
@@ -505,7 +530,9 @@ fn handle(
         }
         Some(Ok(_)) => return true,
         Some(Err(e)) => {
-            stats.first_problem.get_or_insert_with(|| format!("WebSocket: {e}"));
+            stats
+                .first_problem
+                .get_or_insert_with(|| format!("WebSocket: {e}"));
             return false;
         }
         None => return false,
@@ -517,8 +544,12 @@ fn handle(
                 EnvelopeKind::Message => {
                     let content = envelope.content.as_ref().map(Base64::as_bytes);
                     let (Some(index), Some(sent_ns)) = (
-                        content.and_then(|c| c.get(..8)).and_then(|b| b.try_into().ok()),
-                        content.and_then(|c| c.get(8..16)).and_then(|b| b.try_into().ok()),
+                        content
+                            .and_then(|c| c.get(..8))
+                            .and_then(|b| b.try_into().ok()),
+                        content
+                            .and_then(|c| c.get(8..16))
+                            .and_then(|b| b.try_into().ok()),
                     ) else {
                         stats.server_errors += 1;
                         return true;

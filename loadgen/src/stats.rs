@@ -57,7 +57,9 @@ pub fn latency_histogram() -> Histogram<u64> {
 
 /// Records a latency, saturating at the histogram's bound.
 pub fn record(histogram: &mut Histogram<u64>, latency: Duration) {
-    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+    let micros = u64::try_from(latency.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     histogram.saturating_record(micros);
 }
 

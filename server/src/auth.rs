@@ -127,10 +127,18 @@ mod tests {
     #[tokio::test]
     async fn password_round_trip() {
         let config = Config::for_tests("sqlite://unused");
-        let phc = hash_password(&config, "correct horse".into()).await.unwrap();
+        let phc = hash_password(&config, "correct horse".into())
+            .await
+            .unwrap();
         assert!(phc.starts_with("$argon2id$"));
-        assert!(verify_password(&config, "correct horse".into(), Some(phc.clone())).await.unwrap());
-        assert!(!verify_password(&config, "wrong".into(), Some(phc)).await.unwrap());
+        assert!(
+            verify_password(&config, "correct horse".into(), Some(phc.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!verify_password(&config, "wrong".into(), Some(phc))
+            .await
+            .unwrap());
         assert!(!verify_password(&config, "x".into(), None).await.unwrap());
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::ratelimit::RateLimitConfig;
+
 /// Default listening address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 /// Default database: an SQLite file in the working directory.
@@ -56,8 +58,8 @@ pub struct Cli {
     pub tls_key: Option<PathBuf>,
 
     /// Allow plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy).
-    #[arg(long, env = "SOTTO_ALLOW_INSECURE_HTTP")]
-    pub allow_insecure_http: Option<bool>,
+    #[arg(long, env = "SOTTO_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue)]
+    pub allow_insecure_http: bool,
 
     /// Maximum ciphertext bytes per device envelope [default: 65536].
     #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES")]
@@ -107,6 +109,11 @@ pub struct Cli {
     /// Log format: `text` or `json` [default: text]. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "SOTTO_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Rate limits: only in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
+    /// `bundle-fetch = "1000/hour"`, `login = "off"`, …). Defaults: see `docs/operator.md`.
+    #[arg(skip)]
+    pub rate_limits: Option<RateLimitConfig>,
 }
 
 /// SQLite `synchronous` setting.
@@ -195,6 +202,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Rate limits.
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Config {
@@ -222,7 +231,10 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: Cli) -> Result<Self, ConfigError> {
-        let tls = match (cli.tls_cert.clone().or(file.tls_cert.clone()), cli.tls_key.clone().or(file.tls_key.clone())) {
+        let tls = match (
+            cli.tls_cert.clone().or(file.tls_cert.clone()),
+            cli.tls_key.clone().or(file.tls_key.clone()),
+        ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => {
@@ -255,7 +267,7 @@ impl Config {
             db_max_connections: pick!(db_max_connections, 8).max(2),
             sqlite_synchronous: pick!(sqlite_synchronous, SqliteSync::Full),
             tls,
-            allow_insecure_http: pick!(allow_insecure_http, false),
+            allow_insecure_http: cli.allow_insecure_http || file.allow_insecure_http,
             max_envelope_bytes: pick!(max_envelope_bytes, 64 * 1024),
             max_request_bytes: pick!(max_request_bytes, 1024 * 1024),
             envelope_ttl: Duration::from_secs(pick!(envelope_ttl_secs, 30 * 24 * 3600)),
@@ -268,6 +280,7 @@ impl Config {
             argon2_iterations: pick!(argon2_iterations, 2).max(1),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 10)),
             log_format: pick!(log_format, LogFormat::Text),
+            rate_limits: pick!(rate_limits, RateLimitConfig::default()),
         }
     }
 
@@ -280,6 +293,7 @@ impl Config {
         config.argon2_iterations = 1;
         config.db_max_connections = 4;
         config.shutdown_grace = Duration::from_secs(2);
+        config.rate_limits = RateLimitConfig::disabled();
         config
     }
 }
@@ -290,7 +304,8 @@ mod tests {
 
     #[test]
     fn precedence_flag_over_file_over_default() {
-        let file: Cli = toml::from_str("max-envelope-bytes = 100\nenvelope-ttl-secs = 5\n").unwrap();
+        let file: Cli =
+            toml::from_str("max-envelope-bytes = 100\nenvelope-ttl-secs = 5\n").unwrap();
         let cli = Cli::try_parse_from(["sotto-server", "--max-envelope-bytes", "200"]).unwrap();
         let c = Config::resolve(cli, file).unwrap();
         assert_eq!(c.max_envelope_bytes, 200);
@@ -304,5 +319,17 @@ mod tests {
         let cli = Cli::try_parse_from(["sotto-server", "--listen", "0.0.0.0:80"]).unwrap();
         assert!(Config::resolve(cli, Cli::default()).is_err());
         assert!(toml::from_str::<Cli>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_file() {
+        let file: Cli =
+            toml::from_str("[rate-limits]\nbundle-fetch = \"5/minute\"\nmessages = \"off\"\n")
+                .unwrap();
+        let c = Config::resolve(Cli::default(), file).unwrap();
+        assert!(c.rate_limits.messages.is_none());
+        assert_eq!(c.rate_limits.bundle_fetch.map(|q| q.count()), Some(5));
+        let c = Config::resolve(Cli::default(), Cli::default()).unwrap();
+        assert!(c.rate_limits.messages.is_some());
     }
 }

@@ -33,6 +33,8 @@ pub enum AppError {
     },
     /// 410 on send.
     StaleDevices(Vec<DeviceRef>),
+    /// 429 with `Retry-After`.
+    RateLimited(crate::ratelimit::RateLimited),
     /// Anything else: logged, answered with a generic 500.
     Internal(String),
 }
@@ -76,6 +78,7 @@ impl AppError {
             Self::Client { status, .. } => *status,
             Self::MismatchedDevices { .. } => StatusCode::CONFLICT,
             Self::StaleDevices(_) => StatusCode::GONE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +87,12 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::ratelimit::RateLimited> for AppError {
+    fn from(e: crate::ratelimit::RateLimited) -> Self {
+        Self::RateLimited(e)
     }
 }
 
@@ -118,6 +127,7 @@ impl IntoResponse for AppError {
                 }),
             )
                 .into_response(),
+            Self::RateLimited(limited) => limited.into_response(),
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -146,9 +156,7 @@ fn from_json_rejection(rejection: JsonRejection) -> AppError {
             "unsupported_media_type",
             "expected `Content-Type: application/json`".to_owned(),
         ),
-        StatusCode::UNPROCESSABLE_ENTITY => {
-            (status, "invalid_fields", rejection.body_text())
-        }
+        StatusCode::UNPROCESSABLE_ENTITY => (status, "invalid_fields", rejection.body_text()),
         StatusCode::BAD_REQUEST => (status, "invalid_json", rejection.body_text()),
         _ => (
             StatusCode::BAD_REQUEST,

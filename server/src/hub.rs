@@ -109,6 +109,17 @@ impl Hub {
         }
     }
 
+    /// Wakes every connection (after possibly missed notifications).
+    pub fn notify_all(&self) {
+        let signals: Vec<Arc<ConnSignal>> = match self.conns.lock() {
+            Ok(map) => map.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        };
+        for signal in signals {
+            signal.notify.notify_one();
+        }
+    }
+
     /// Live connections.
     pub fn len(&self) -> usize {
         match self.conns.lock() {

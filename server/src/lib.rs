@@ -53,6 +53,7 @@ struct Inner {
     store: Arc<dyn Store>,
     hub: hub::Hub,
     metrics: metrics::Metrics,
+    limiter: Arc<dyn ratelimit::RateLimiter>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -60,8 +61,10 @@ impl AppState {
     /// Wraps an opened store.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let (shutdown, _) = watch::channel(false);
+        let limiter = Arc::new(ratelimit::LocalRateLimiter::new(&config.rate_limits));
         Self {
             inner: Arc::new(Inner {
+                limiter,
                 config,
                 store,
                 hub: hub::Hub::default(),
@@ -71,10 +74,30 @@ impl AppState {
         }
     }
 
-    /// Opens the configured store (running migrations) and wraps it.
+    /// Opens the configured store (running migrations) and wraps it. With PostgreSQL it also
+    /// listens for mailbox changes made by other relay processes on the same database.
     pub async fn open(config: Config) -> Result<Self, store::StoreError> {
         let store = store::open(&config).await?;
-        Ok(Self::new(config, store))
+        let state = Self::new(config, store);
+        if let Some(mut wakeups) = state.store().subscribe().await? {
+            // Holds a weak reference: the task ends when the state is dropped.
+            let weak = Arc::downgrade(&state.inner);
+            tokio::spawn(async move {
+                while let Some(wakeup) = wakeups.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    match wakeup {
+                        store::Wakeup::Mailboxes(pks) => {
+                            for pk in pks {
+                                inner.hub.notify(pk);
+                            }
+                        }
+                        store::Wakeup::Revoked(pk) => inner.hub.revoke(pk),
+                        store::Wakeup::All => inner.hub.notify_all(),
+                    }
+                }
+            });
+        }
+        Ok(state)
     }
 
     /// The configuration.
@@ -88,6 +111,10 @@ impl AppState {
     /// Live connections.
     pub fn hub(&self) -> &hub::Hub {
         &self.inner.hub
+    }
+    /// Rate limits.
+    pub fn limiter(&self) -> &dyn ratelimit::RateLimiter {
+        self.inner.limiter.as_ref()
     }
     /// Metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
@@ -127,7 +154,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/keys", put(api::keys::upload))
         .route("/api/keys/count", get(api::keys::count))
         .route("/api/keys/{user_id}", get(api::keys::bundles))
-        .route("/api/keys/{user_id}/{device_id}", get(api::keys::device_bundle))
+        .route(
+            "/api/keys/{user_id}/{device_id}",
+            get(api::keys::device_bundle),
+        )
         .route("/api/messages/send", post(api::messages::send))
         .route("/api/messages/unread", get(api::messages::unread))
         .route("/api/messages", get(api::messages::fetch))
@@ -139,12 +169,14 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
-            |req: &axum::http::Request<_>| {
-                // The path only: query strings may carry a token (`/ws?token=`).
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            },
-        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<_>| {
+                    // The path only: query strings may carry a token (`/ws?token=`).
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 

@@ -73,7 +73,10 @@ impl Metrics {
     pub fn render(&self, queued: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         let _ = writeln!(
             out,
@@ -86,13 +89,46 @@ impl Metrics {
                 "# HELP sotto_envelopes_queued Envelopes waiting in mailboxes.\n# TYPE sotto_envelopes_queued gauge\nsotto_envelopes_queued {q}"
             );
         }
-        counter(&mut out, "sotto_envelopes_accepted_total", "Envelopes stored by sends.", self.envelopes_accepted.load(Ordering::Relaxed));
-        counter(&mut out, "sotto_envelopes_pushed_total", "Envelopes pushed over WebSockets.", self.envelopes_pushed.load(Ordering::Relaxed));
-        counter(&mut out, "sotto_envelopes_delivered_total", "Envelopes acked by their device and deleted.", self.envelopes_delivered.load(Ordering::Relaxed));
-        counter(&mut out, "sotto_envelopes_expired_total", "Envelopes deleted by the TTL sweep.", self.envelopes_expired.load(Ordering::Relaxed));
-        counter(&mut out, "sotto_slow_consumers_total", "WebSockets closed as slow consumers.", self.slow_consumers.load(Ordering::Relaxed));
-        self.delivery_latency.render(&mut out, "sotto_delivery_latency_seconds", "Time from acceptance to push over a WebSocket.");
-        self.send_latency.render(&mut out, "sotto_send_duration_seconds", "Time to handle a send request.");
+        counter(
+            &mut out,
+            "sotto_envelopes_accepted_total",
+            "Envelopes stored by sends.",
+            self.envelopes_accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sotto_envelopes_pushed_total",
+            "Envelopes pushed over WebSockets.",
+            self.envelopes_pushed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sotto_envelopes_delivered_total",
+            "Envelopes acked by their device and deleted.",
+            self.envelopes_delivered.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sotto_envelopes_expired_total",
+            "Envelopes deleted by the TTL sweep.",
+            self.envelopes_expired.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sotto_slow_consumers_total",
+            "WebSockets closed as slow consumers.",
+            self.slow_consumers.load(Ordering::Relaxed),
+        );
+        self.delivery_latency.render(
+            &mut out,
+            "sotto_delivery_latency_seconds",
+            "Time from acceptance to push over a WebSocket.",
+        );
+        self.send_latency.render(
+            &mut out,
+            "sotto_send_duration_seconds",
+            "Time to handle a send request.",
+        );
         out
     }
 }

@@ -45,38 +45,122 @@ fn u32s() -> Value {
 /// The document.
 pub fn spec() -> Value {
     let e = error_ref();
-    let mut register = op("Create an account", false, json!({"201": ok("RegisterResponse"), "400": e, "409": e, "422": e}));
+    let mut register = op(
+        "Create an account",
+        false,
+        json!({"201": ok("RegisterResponse"), "400": e, "409": e, "422": e}),
+    );
     register = with(register, "requestBody", body("RegisterRequest"));
-    let mut login = op("Create the account's first device and its bearer token", false, json!({"200": ok("LoginResponse"), "401": e, "409": e}));
+    let mut login = op(
+        "Create the account's first device and its bearer token",
+        false,
+        json!({"200": ok("LoginResponse"), "401": e, "409": e}),
+    );
     login = with(login, "requestBody", body("LoginRequest"));
-    let logout = op("Remove this device (token, keys, mailbox)", true, json!({"204": {"description": "removed"}, "401": e}));
-    let mut devices = op("A user's devices", true, json!({"200": ok("DeviceList"), "401": e, "404": e}));
-    devices = with(devices, "parameters", json!([path_param("userId", json!({"type": "string"}))]));
-    let mut keys = op("Upload keys for this device (present fields replace stored keys of their type)", true, json!({"204": {"description": "stored"}, "400": e, "409": e, "413": e}));
+    let logout = op(
+        "Remove this device (token, keys, mailbox)",
+        true,
+        json!({"204": {"description": "removed"}, "401": e}),
+    );
+    let mut devices = op(
+        "A user's devices",
+        true,
+        json!({"200": ok("DeviceList"), "401": e, "404": e}),
+    );
+    devices = with(
+        devices,
+        "parameters",
+        json!([path_param("userId", json!({"type": "string"}))]),
+    );
+    let mut keys = op(
+        "Upload keys for this device (present fields replace stored keys of their type)",
+        true,
+        json!({"204": {"description": "stored"}, "400": e, "409": e, "413": e}),
+    );
     keys = with(keys, "requestBody", body("KeysUpload"));
-    let count = op("One-time keys left for this device", true, json!({"200": ok("KeyCount"), "401": e}));
-    let mut bundles = op("Claim a bundle for every device of a user", true, json!({"200": ok("PreKeyBundles"), "401": e, "404": e}));
-    bundles = with(bundles, "parameters", json!([path_param("userId", json!({"type": "string"}))]));
-    let mut bundle = op("Claim the bundle of one device", true, json!({"200": ok("PreKeyBundles"), "401": e, "404": e}));
-    bundle = with(bundle, "parameters", json!([path_param("userId", json!({"type": "string"})), path_param("deviceId", u32s())]));
-    let mut send = op("Queue one ciphertext per device", true, json!({
+    let count = op(
+        "One-time keys left for this device",
+        true,
+        json!({"200": ok("KeyCount"), "401": e}),
+    );
+    let mut bundles = op(
+        "Claim a bundle for every device of a user",
+        true,
+        json!({"200": ok("PreKeyBundles"), "401": e, "404": e}),
+    );
+    bundles = with(
+        bundles,
+        "parameters",
+        json!([path_param("userId", json!({"type": "string"}))]),
+    );
+    let mut bundle = op(
+        "Claim the bundle of one device",
+        true,
+        json!({"200": ok("PreKeyBundles"), "401": e, "404": e}),
+    );
+    bundle = with(
+        bundle,
+        "parameters",
+        json!([
+            path_param("userId", json!({"type": "string"})),
+            path_param("deviceId", u32s())
+        ]),
+    );
+    let mut send = op(
+        "Queue one ciphertext per device",
+        true,
+        json!({
         "200": ok("SendMessageResponse"), "400": e, "401": e, "404": e, "413": e,
-        "409": ok("MismatchedDevices"), "410": ok("StaleDevices")}));
+        "409": ok("MismatchedDevices"), "410": ok("StaleDevices")}),
+    );
     send = with(send, "requestBody", body("SendMessageRequest"));
-    let unread = op("Queued envelopes of this device", true, json!({"200": ok("UnreadCount"), "401": e}));
-    let mut fetch = op("Page through queued envelopes (not deleted until acked)", true, json!({"200": ok("EnvelopePage"), "400": e, "401": e}));
-    fetch = with(fetch, "parameters", json!([
+    let unread = op(
+        "Queued envelopes of this device",
+        true,
+        json!({"200": ok("UnreadCount"), "401": e}),
+    );
+    let mut fetch = op(
+        "Page through queued envelopes (not deleted until acked)",
+        true,
+        json!({"200": ok("EnvelopePage"), "400": e, "401": e}),
+    );
+    fetch = with(
+        fetch,
+        "parameters",
+        json!([
         {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]));
-    let mut ack = op("Ack (delete) a queued envelope", true, json!({"204": {"description": "deleted"}, "401": e, "404": e}));
-    ack = with(ack, "parameters", json!([path_param("seq", json!({"type": "integer", "minimum": 0}))]));
-    let ws = op("WebSocket: token by header or ?token=; frames are ServerFrame/ClientFrame JSON text", true, json!({"101": {"description": "switching protocols"}, "401": e, "426": e}));
-    let health = op("Liveness and database check", false, json!({"200": ok("Health"), "503": ok("Health")}));
-    let metrics = op("Prometheus metrics", false, json!({"200": {"description": "text exposition format", "content": {"text/plain": {}}}}));
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]),
+    );
+    let mut ack = op(
+        "Ack (delete) a queued envelope",
+        true,
+        json!({"204": {"description": "deleted"}, "401": e, "404": e}),
+    );
+    ack = with(
+        ack,
+        "parameters",
+        json!([path_param("seq", json!({"type": "integer", "minimum": 0}))]),
+    );
+    let ws = op(
+        "WebSocket: token by header or ?token=; frames are ServerFrame/ClientFrame JSON text",
+        true,
+        json!({"101": {"description": "switching protocols"}, "401": e, "426": e}),
+    );
+    let health = op(
+        "Liveness and database check",
+        false,
+        json!({"200": ok("Health"), "503": ok("Health")}),
+    );
+    let metrics = op(
+        "Prometheus metrics",
+        false,
+        json!({"200": {"description": "text exposition format", "content": {"text/plain": {}}}}),
+    );
 
     let signed = json!({"type": "object", "required": ["keyId", "publicKey", "signature"], "properties": {"keyId": u32s(), "publicKey": b64(), "signature": b64()}});
     let prekey = json!({"type": "object", "required": ["keyId", "publicKey"], "properties": {"keyId": u32s(), "publicKey": b64()}});
-    let dref = json!({"type": "object", "properties": {"userId": {"type": "string"}, "deviceId": u32s()}});
+    let dref =
+        json!({"type": "object", "properties": {"userId": {"type": "string"}, "deviceId": u32s()}});
     let outgoing = json!({"type": "object", "required": ["deviceId", "registrationId", "content"], "properties": {"deviceId": u32s(), "registrationId": u32s(), "content": b64()}});
     json!({
         "openapi": "3.1.0",

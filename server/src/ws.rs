@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -106,7 +106,10 @@ impl Conn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::Drop),
             Err(_) => {
-                self.state.metrics().slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .metrics()
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(Exit::Drop)
             }
         }
@@ -179,14 +182,19 @@ impl Conn {
     async fn ack(&mut self, socket: &mut WebSocket, ids: Vec<u64>) -> Result<(), Exit> {
         if ids.len() > MAX_PAGE as usize {
             return self
-                .send(socket, error_frame("too_many_ids", "at most 100 ids per ack"))
+                .send(
+                    socket,
+                    error_frame("too_many_ids", "at most 100 ids per ack"),
+                )
                 .await;
         }
         let asked = ids.len();
         let was_full = self.unacked >= self.state.config().ws_max_unacked;
         match apply_ack(&self.state, &self.device, ids).await {
             Ok(deleted) => {
-                self.unacked = self.unacked.saturating_sub(u32::try_from(deleted).unwrap_or(u32::MAX));
+                self.unacked = self
+                    .unacked
+                    .saturating_sub(u32::try_from(deleted).unwrap_or(u32::MAX));
                 if was_full {
                     // The window has room again: resume pushing.
                     self.more = true;
@@ -196,7 +204,10 @@ impl Conn {
                         socket,
                         error_frame(
                             "unknown_envelope",
-                            format!("{} of {asked} ids were not queued for this device", asked - deleted),
+                            format!(
+                                "{} of {asked} ids were not queued for this device",
+                                asked - deleted
+                            ),
                         ),
                     )
                     .await?;

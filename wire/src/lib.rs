@@ -174,7 +174,11 @@ pub struct RegisterRequest {
 
 impl fmt::Debug for RegisterRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { username, email, password: _ } = self;
+        let Self {
+            username,
+            email,
+            password: _,
+        } = self;
         f.debug_struct("RegisterRequest")
             .field("username", username)
             .field("email", email)
@@ -207,7 +211,11 @@ pub struct LoginRequest {
 
 impl fmt::Debug for LoginRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { username, password: _, registration_id } = self;
+        let Self {
+            username,
+            password: _,
+            registration_id,
+        } = self;
         f.debug_struct("LoginRequest")
             .field("username", username)
             .field("registration_id", registration_id)
@@ -229,7 +237,11 @@ pub struct LoginResponse {
 
 impl fmt::Debug for LoginResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { user_id, device_id, token: _ } = self;
+        let Self {
+            user_id,
+            device_id,
+            token: _,
+        } = self;
         f.debug_struct("LoginResponse")
             .field("user_id", user_id)
             .field("device_id", device_id)
@@ -477,7 +489,12 @@ pub enum ServerFrame {
 
 /// Frames a device sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "data", rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    content = "data",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
 #[non_exhaustive]
 pub enum ClientFrame {
     /// Delete these envelopes (by [`Envelope::seq`]) from the mailbox.
@@ -527,7 +544,10 @@ mod tests {
     #[test]
     fn frames_are_tagged() {
         let f = ServerFrame::QueueEmpty;
-        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"queueEmpty"}"#);
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"queueEmpty"}"#
+        );
         let p: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
         assert_eq!(p, ClientFrame::Ping);
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"nope"}"#).is_err());
@@ -535,9 +555,17 @@ mod tests {
 
     #[test]
     fn secrets_not_in_debug() {
-        let r = LoginRequest { username: "a".into(), password: "hunter22".into(), registration_id: 1 };
+        let r = LoginRequest {
+            username: "a".into(),
+            password: "hunter22".into(),
+            registration_id: 1,
+        };
         assert!(!format!("{r:?}").contains("hunter22"));
-        let r = LoginResponse { user_id: "u".into(), device_id: 1, token: "tok123".into() };
+        let r = LoginResponse {
+            user_id: "u".into(),
+            device_id: 1,
+            token: "tok123".into(),
+        };
         assert!(!format!("{r:?}").contains("tok123"));
     }
 }

@@ -37,6 +37,16 @@ impl Key32 {
         key
     }
 
+    /// Copies 32 bytes straight into the box (no intermediate array to wipe). Shorter input
+    /// leaves the remaining bytes zero; callers pass exactly 32.
+    pub(crate) fn from_slice(bytes: &[u8]) -> Self {
+        let mut key = Box::new([0u8; 32]);
+        for (k, b) in key.iter_mut().zip(bytes) {
+            *k = *b;
+        }
+        Self(key)
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -56,12 +66,8 @@ pub(crate) fn hkdf<const N: usize>(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> Z
 
 /// Splits a 64-byte KDF output into two keys.
 pub(crate) fn split64(okm: &[u8; 64]) -> (Key32, Key32) {
-    let mut a = [0u8; 32];
-    let mut b = [0u8; 32];
     let (left, right) = okm.split_at(32);
-    a.copy_from_slice(left);
-    b.copy_from_slice(right);
-    (Key32::new(a), Key32::new(b))
+    (Key32::from_slice(left), Key32::from_slice(right))
 }
 
 /// `KDF_RK`: a DH ratchet step's new root key and chain key.
@@ -70,7 +76,7 @@ pub(crate) fn kdf_rk(root_key: &Key32, dh_output: &[u8; 32]) -> (Key32, Key32) {
     split64(&okm)
 }
 
-fn hmac_byte(key: &[u8; 32], byte: u8) -> [u8; 32] {
+fn hmac_byte(key: &[u8; 32], byte: u8) -> Key32 {
     // HMAC pads a key shorter than the 64-byte block with zeros, so the padded key below is the
     // same HMAC key as the 32 bytes alone; building it this way needs no fallible length check.
     let mut block = Zeroizing::new([0u8; 64]);
@@ -79,13 +85,16 @@ fn hmac_byte(key: &[u8; 32], byte: u8) -> [u8; 32] {
     }
     let mut mac = <Hmac<Sha256> as KeyInit>::new(&(*block).into());
     mac.update(&[byte]);
-    mac.finalize().into_bytes().into()
+    let mut out = mac.finalize().into_bytes();
+    let key = Key32::from_slice(&out);
+    out.zeroize();
+    key
 }
 
 /// `KDF_CK`: the message key seed for the current position and the next chain key.
 pub(crate) fn chain_step(chain_key: &Key32) -> (Key32, Key32) {
-    let seed = Key32::new(hmac_byte(chain_key.as_bytes(), 0x01));
-    let next = Key32::new(hmac_byte(chain_key.as_bytes(), 0x02));
+    let seed = hmac_byte(chain_key.as_bytes(), 0x01);
+    let next = hmac_byte(chain_key.as_bytes(), 0x02);
     (seed, next)
 }
 
@@ -146,7 +155,7 @@ mod tests {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
         mac.update(&[0x01]);
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
-        assert_eq!(hmac_byte(&key, 0x01), expected);
+        assert_eq!(*hmac_byte(&key, 0x01).as_bytes(), expected);
     }
 
     #[test]

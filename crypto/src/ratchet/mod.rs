@@ -18,6 +18,7 @@ use crate::keys::{decode_x25519, encode_x25519, X25519_PUBLIC_KEY_LEN};
 use crate::DecodeError;
 
 pub(crate) mod chain;
+pub(crate) mod dh;
 pub mod message;
 
 use chain::{chain_step, kdf_rk, open, seal, Key32};
@@ -130,6 +131,8 @@ struct SenderChain {
 
 struct ReceiverChain {
     ratchet_key: X25519PublicKey,
+    /// The ratchet key in the form [`dh::agree`] uses, computed when first needed.
+    prepared: Option<dh::Prepared>,
     chain_key: Key32,
     next: u32,
     skipped: VecDeque<(u32, Key32)>,
@@ -200,11 +203,12 @@ impl DoubleRatchet {
     pub(crate) fn responder(
         root_key: Key32,
         chain_key: Key32,
-        their_ratchet_key: X25519PublicKey,
+        their_ratchet_key: dh::Prepared,
     ) -> Self {
         let mut receiving = VecDeque::with_capacity(1);
         receiving.push_back(ReceiverChain {
-            ratchet_key: their_ratchet_key,
+            ratchet_key: *their_ratchet_key.public(),
+            prepared: Some(their_ratchet_key),
             chain_key,
             next: 0,
             skipped: VecDeque::new(),
@@ -235,14 +239,14 @@ impl DoubleRatchet {
         let chain = match &mut self.sending {
             Some(chain) => chain,
             None => {
-                let their_key = self
-                    .receiving
-                    .back()
-                    .map(|c| c.ratchet_key)
-                    .ok_or(EncryptError::NoSession)?;
+                let their = self.receiving.back_mut().ok_or(EncryptError::NoSession)?;
+                let prepared = *their
+                    .prepared
+                    .get_or_insert_with(|| dh::Prepared::new(&their.ratchet_key));
                 let ratchet = RatchetKeyPair::generate(rng);
-                let dh = ratchet.secret.diffie_hellman(&their_key);
-                let (root_key, chain_key) = kdf_rk(&self.root_key, dh.as_bytes());
+                // Receiving chains only ever hold validated (not small-order) keys.
+                let dh = dh::agree(&ratchet.secret, &prepared).ok_or(EncryptError::NoSession)?;
+                let (root_key, chain_key) = kdf_rk(&self.root_key, &dh);
                 self.root_key = root_key;
                 self.sending.insert(SenderChain {
                     ratchet,
@@ -327,11 +331,10 @@ impl DoubleRatchet {
             _ => None,
         };
         check_jump(0, counter)?;
-        let dh = sending.ratchet.secret.diffie_hellman(&message.ratchet_key);
-        if !dh.was_contributory() {
-            return Err(DecryptError::AuthenticationFailed);
-        }
-        let (root_key, chain_key) = kdf_rk(&self.root_key, dh.as_bytes());
+        let prepared = dh::Prepared::new(&message.ratchet_key);
+        let dh = dh::agree(&sending.ratchet.secret, &prepared)
+            .ok_or(DecryptError::AuthenticationFailed)?;
+        let (root_key, chain_key) = kdf_rk(&self.root_key, &dh);
         let (skipped, ck) = skip_keys(&chain_key, 0, counter);
         let (seed, next_key) = chain_step(&ck);
         let plaintext =
@@ -347,6 +350,7 @@ impl DoubleRatchet {
         }
         let mut new_chain = ReceiverChain {
             ratchet_key: message.ratchet_key,
+            prepared: Some(prepared),
             chain_key: next_key,
             next: counter.saturating_add(1),
             skipped: VecDeque::new(),
@@ -431,6 +435,7 @@ impl DoubleRatchet {
             }
             receiving.push_back(ReceiverChain {
                 ratchet_key,
+                prepared: None,
                 chain_key,
                 next,
                 skipped,

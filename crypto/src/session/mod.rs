@@ -5,15 +5,72 @@
 //! the current session and then each archived one, so a message sent on an older session (for
 //! example just before the peer switched) still decrypts.
 //!
+//! # Example
+//!
+//! ```
+//! use rand_chacha::rand_core::SeedableRng;
+//! use sotto_crypto::address::DeviceAddress;
+//! use sotto_crypto::keys::{IdentityKeyPair, KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+//! use sotto_crypto::pqxdh::ResponderKeys;
+//! use sotto_crypto::session::{IncomingMessage, SessionRecord};
+//!
+//! let mut rng = rand_chacha::ChaCha20Rng::from_seed([1; 32]);
+//! let alice = DeviceAddress::new("alice", 1)?;
+//! let bob = DeviceAddress::new("bob", 1)?;
+//!
+//! // Bob's device publishes its prekeys; the relay hands Alice a bundle.
+//! let bob_identity = IdentityKeyPair::generate(&mut rng);
+//! let signed = SignedPreKey::generate(1, &bob_identity, &mut rng);
+//! let one_time = OneTimePreKey::generate(2, &mut rng);
+//! let kem = KemPreKey::generate_last_resort(3, &bob_identity, &mut rng);
+//! let bundle = PreKeyBundle {
+//!     identity_key: bob_identity.public(),
+//!     signed_prekey: signed.public(),
+//!     one_time_prekey: Some(one_time.public()),
+//!     kem_prekey: kem.public(),
+//! };
+//!
+//! // Alice verifies the bundle, sets up a session and sends.
+//! let alice_identity = IdentityKeyPair::generate(&mut rng);
+//! let mut a = SessionRecord::new();
+//! a.initiate(&alice_identity, &alice, &bob, &bundle.verify()?, &mut rng)?;
+//! let wire = a.encrypt(b"hello Bob", &mut rng)?;
+//!
+//! // Bob looks up the prekeys the message names, decrypts, then commits (stores the record and
+//! // deletes the consumed one-time prekey together).
+//! let IncomingMessage::PreKey(setup) = IncomingMessage::from_bytes(&wire)? else { unreachable!() };
+//! let keys = ResponderKeys {
+//!     identity: &bob_identity,
+//!     signed_prekey: Some(&signed),
+//!     one_time_prekey: Some(&one_time),
+//!     kem_prekey: Some(&kem),
+//! };
+//! let mut b = SessionRecord::new();
+//! let first = b.decrypt_prekey(&setup, &keys, &bob, &alice)?;
+//! assert_eq!(first.plaintext, b"hello Bob");
+//! assert_eq!(first.consumed_one_time_prekey, Some(2));
+//!
+//! // Bob answers; from now on both sides exchange plain ratchet messages.
+//! let wire = b.encrypt(b"hello Alice", &mut rng)?;
+//! let IncomingMessage::Ratchet(reply) = IncomingMessage::from_bytes(&wire)? else { unreachable!() };
+//! assert_eq!(a.decrypt(&reply)?, b"hello Alice");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Simultaneous initiation
 //!
-//! When two devices set up sessions to each other at the same moment, each receives the other's
-//! pre-key message while its own session is still *pending* (it has not yet received anything on
-//! it). Both then see the same two sessions, each identified by its initiator's base key, and both
-//! keep the one whose base key encoding is lexicographically smaller as current and archive the
-//! other. They converge on one session without exchanging anything more, and messages already
-//! sent on the losing session still decrypt from the archive. Outside that situation, a session
-//! set up by a new pre-key message replaces the current one.
+//! When two devices set up sessions to each other at the same moment, each usually receives the
+//! other's pre-key message while its own session is still *pending* (it has not yet received
+//! anything on it). Both then see the same two sessions, each identified by its initiator's base
+//! key, and both keep the one whose base key encoding is lexicographically smaller as current and
+//! archive the other. Messages already sent on the other session still decrypt from the archive.
+//! Outside that situation, a session set up by a new pre-key message replaces the current one.
+//!
+//! If one side answered before the other's pre-key message arrived, the two can briefly hold
+//! different current sessions. The peer only ever sends on its current session, so a message that
+//! decrypts in an archived session that precedes the current one in the same order (smaller base
+//! key, same peer identity) makes it current again. Since this only ever moves towards smaller
+//! ids, the devices converge and never oscillate.
 
 use std::collections::VecDeque;
 
@@ -412,9 +469,15 @@ impl SessionRecord {
                 Err(e) => error = Some(e),
             }
         }
-        for session in &mut self.archived {
+        for index in 0..self.archived.len() {
+            let Some(session) = self.archived.get_mut(index) else {
+                break;
+            };
             match session.decrypt(message) {
-                Ok(plaintext) => return Ok(plaintext),
+                Ok(plaintext) => {
+                    self.after_archived_decrypt(index);
+                    return Ok(plaintext);
+                }
                 // The message's chain lives in this session: its error is the informative one.
                 Err(e) if e != DecryptError::AuthenticationFailed => error = Some(e),
                 Err(e) => {
@@ -423,6 +486,24 @@ impl SessionRecord {
             }
         }
         Err(error.unwrap_or(DecryptError::NoSession))
+    }
+
+    /// The peer sends only on its current session, so a message that decrypted in an archived
+    /// session tells us which session the peer uses. It becomes current again when it precedes
+    /// the current one in the tie-break order (smaller id, same peer identity): the order only
+    /// ever moves one way, so two devices converge instead of swapping back and forth.
+    fn after_archived_decrypt(&mut self, index: usize) {
+        let promote = match (&self.current, self.archived.get(index)) {
+            (Some(current), Some(archived)) => {
+                archived.remote_identity == current.remote_identity && archived.id() < current.id()
+            }
+            _ => false,
+        };
+        if promote {
+            if let Some(session) = self.archived.remove(index) {
+                self.promote(session);
+            }
+        }
     }
 
     /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys` and
@@ -446,13 +527,14 @@ impl SessionRecord {
         }
     }
 
-    fn find_by_base_key(&mut self, message: &PreKeyMessage) -> Option<&mut Session> {
+    /// Where the session a pre-key message belongs to lives, if the record has it.
+    fn find_by_base_key(&self, message: &PreKeyMessage) -> Option<Option<usize>> {
         let matches = |s: &Session| {
             s.base_key == message.base_key && s.remote_identity == message.identity_key
         };
-        match &mut self.current {
-            Some(s) if matches(s) => Some(s),
-            _ => self.archived.iter_mut().find(|s| matches(s)),
+        match &self.current {
+            Some(s) if matches(s) => Some(None),
+            _ => self.archived.iter().position(matches).map(Some),
         }
     }
 
@@ -468,8 +550,21 @@ impl SessionRecord {
         local: &DeviceAddress,
         remote: &DeviceAddress,
     ) -> Result<PreKeyDecrypted, DecryptError> {
-        if let Some(session) = self.find_by_base_key(message) {
-            let plaintext = session.decrypt(&message.message)?;
+        if let Some(location) = self.find_by_base_key(message) {
+            let plaintext = match location {
+                None => self.current.as_mut().map(|s| s.decrypt(&message.message)),
+                Some(index) => {
+                    let r = self
+                        .archived
+                        .get_mut(index)
+                        .map(|s| s.decrypt(&message.message));
+                    if matches!(r, Some(Ok(_))) {
+                        self.after_archived_decrypt(index);
+                    }
+                    r
+                }
+            }
+            .ok_or(DecryptError::NoSession)??;
             return Ok(PreKeyDecrypted {
                 plaintext,
                 consumed_one_time_prekey: None,
@@ -478,7 +573,12 @@ impl SessionRecord {
                 new_session: false,
             });
         }
-        let (root_key, chain_key): (Key32, Key32) = pqxdh::respond(keys, local, remote, message)?;
+        // The initiator's first ratchet key is its base key; anything else is not our protocol.
+        if message.message.ratchet_key != message.base_key {
+            return Err(DecryptError::AuthenticationFailed);
+        }
+        let (root_key, chain_key, base): (Key32, Key32, _) =
+            pqxdh::respond(keys, local, remote, message)?;
         let mut session = Session::new(
             keys.identity.public(),
             message.identity_key.clone(),
@@ -486,7 +586,7 @@ impl SessionRecord {
             remote.clone(),
             message.base_key,
             None,
-            DoubleRatchet::responder(root_key, chain_key, message.message.ratchet_key),
+            DoubleRatchet::responder(root_key, chain_key, base),
         );
         let plaintext = session.decrypt(&message.message)?;
 

@@ -166,3 +166,76 @@ fn identity_change_is_reported() {
     let m = q.a_to_b(b"old alice");
     let _ = q.b_receive(&m).unwrap();
 }
+
+#[test]
+fn late_prekey_message_after_an_answer_still_converges() {
+    // A and B initiate at once; B's pre-key message reaches A first and A answers at once, so B
+    // sees A's answer before A's own (delayed) pre-key message.
+    let mut diverged = 0;
+    for seed in 0..8u8 {
+        let mut rng = rng(60 + seed);
+        let mut alice = Device::new("alice", 1, &mut rng);
+        let mut bob = Device::new("bob", 1, &mut rng);
+        let mut a = SessionRecord::new();
+        let mut b = SessionRecord::new();
+        a.initiate(
+            &alice.identity,
+            &alice.address,
+            &bob.address,
+            &bob.verified_bundle(true, true),
+            &mut rng,
+        )
+        .unwrap();
+        b.initiate(
+            &bob.identity,
+            &bob.address,
+            &alice.address,
+            &alice.verified_bundle(true, true),
+            &mut rng,
+        )
+        .unwrap();
+        let delayed = a.encrypt(b"a's first", &mut rng).unwrap();
+        let from_b = b.encrypt(b"b's first", &mut rng).unwrap();
+        assert_eq!(
+            alice.receive(&mut a, &bob.address, &from_b).unwrap(),
+            b"b's first"
+        );
+        let answer = a.encrypt(b"a answers", &mut rng).unwrap();
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &answer).unwrap(),
+            b"a answers"
+        );
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &delayed).unwrap(),
+            b"a's first"
+        );
+        // In some runs B now holds A's late session as current while A uses B's: the case this
+        // test is about.
+        diverged += usize::from(a.current().unwrap().id() != b.current().unwrap().id());
+        // Both keep talking; every message decrypts and they end on the same session.
+        for i in 0..4u8 {
+            let m = a.encrypt(&[i], &mut rng).unwrap();
+            assert_eq!(bob.receive(&mut b, &alice.address, &m).unwrap(), [i]);
+            let m = b.encrypt(&[i + 10], &mut rng).unwrap();
+            assert_eq!(alice.receive(&mut a, &bob.address, &m).unwrap(), [i + 10]);
+        }
+        assert_eq!(
+            a.current().unwrap().id(),
+            b.current().unwrap().id(),
+            "seed {seed}"
+        );
+        let id = a.current().unwrap().id();
+        for i in 0..3u8 {
+            let m = b.encrypt(&[i], &mut rng).unwrap();
+            assert_eq!(alice.receive(&mut a, &bob.address, &m).unwrap(), [i]);
+            let m = a.encrypt(&[i], &mut rng).unwrap();
+            assert_eq!(bob.receive(&mut b, &alice.address, &m).unwrap(), [i]);
+        }
+        assert_eq!(a.current().unwrap().id(), id);
+        assert_eq!(b.current().unwrap().id(), id);
+    }
+    assert!(
+        diverged > 0,
+        "the seeds never exercised a temporary divergence"
+    );
+}

@@ -7,20 +7,22 @@ use std::collections::HashSet;
 use axum::extract::State;
 use axum::http::StatusCode;
 use sotto_crypto::keys::{validate_one_time_prekey, IdentityKey};
-use sotto_wire::{
-    Base64, DeviceBundle, KeyCount, KeysUpload, PreKey, PreKeyBundles, SignedPreKey,
-};
+use sotto_wire::{Base64, DeviceBundle, KeyCount, KeysUpload, PreKey, PreKeyBundles, SignedPreKey};
 
 use crate::auth::Auth;
 use crate::error::{Json, Path};
-use crate::store::{ClaimedBundle, KeyUpdate, SetKeysOutcome, StoredKey};
+use crate::ratelimit::{Limit, RateKey};
+use crate::store::{ClaimedBundle, DeviceAuth, KeyUpdate, SetKeysOutcome, StoredKey};
 use crate::{AppError, AppState};
 
 /// Most one-time keys of one type per upload.
 pub const MAX_ONE_TIME_KEYS: usize = 100;
 
 fn invalid_key(what: &str) -> AppError {
-    AppError::bad_request("invalid_key", format!("{what} is malformed or badly signed"))
+    AppError::bad_request(
+        "invalid_key",
+        format!("{what} is malformed or badly signed"),
+    )
 }
 
 fn check_unique(ids: impl Iterator<Item = u32>, what: &str) -> Result<(), AppError> {
@@ -66,7 +68,8 @@ fn verify_upload(identity: &[u8], upload: &KeysUpload) -> Result<KeyUpdate, AppE
         check_unique(list.iter().map(|k| k.key_id), "preKeys")?;
         let mut keys = Vec::with_capacity(list.len());
         for k in list {
-            validate_one_time_prekey(k.public_key.as_bytes()).map_err(|_| invalid_key("preKeys"))?;
+            validate_one_time_prekey(k.public_key.as_bytes())
+                .map_err(|_| invalid_key("preKeys"))?;
             keys.push(StoredKey {
                 key_id: k.key_id,
                 public_key: k.public_key.as_bytes().to_vec(),
@@ -103,7 +106,10 @@ pub async fn upload(
         )));
     }
     if upload == KeysUpload::default() {
-        return Err(AppError::bad_request("empty_upload", "no keys in the upload"));
+        return Err(AppError::bad_request(
+            "empty_upload",
+            "no keys in the upload",
+        ));
     }
     let identity = match &upload.identity_key {
         Some(k) => k.as_bytes().to_vec(),
@@ -128,7 +134,10 @@ pub async fn upload(
 }
 
 /// `GET /api/keys/count`.
-pub async fn count(State(state): State<AppState>, Auth(device): Auth) -> Result<Json<KeyCount>, AppError> {
+pub async fn count(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<Json<KeyCount>, AppError> {
     let (count, kem_count) = state.store().key_counts(device.pk).await?;
     Ok(Json(KeyCount { count, kem_count }))
 }
@@ -140,7 +149,6 @@ fn wire_signed(k: StoredKey) -> SignedPreKey {
         signature: Base64(k.signature),
     }
 }
-
 
 fn wire_bundle(b: ClaimedBundle) -> DeviceBundle {
     DeviceBundle {
@@ -157,9 +165,15 @@ fn wire_bundle(b: ClaimedBundle) -> DeviceBundle {
 
 async fn claim(
     state: &AppState,
+    caller: &DeviceAuth,
     user_id: String,
     device_id: Option<u32>,
 ) -> Result<Json<PreKeyBundles>, AppError> {
+    // Each fetch may consume one-time keys of someone else: limited per fetching account.
+    state
+        .limiter()
+        .check(Limit::BundleFetch, RateKey::Account(&caller.user_id), 1)
+        .await?;
     let claimed = state.store().claim_bundles(&user_id, device_id).await?;
     match claimed {
         Some((identity, bundles)) if !bundles.is_empty() => Ok(Json(PreKeyBundles {
@@ -177,17 +191,17 @@ async fn claim(
 /// `GET /api/keys/{userId}`: one bundle per device of the user.
 pub async fn bundles(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(caller): Auth,
     Path(user_id): Path<String>,
 ) -> Result<Json<PreKeyBundles>, AppError> {
-    claim(&state, user_id, None).await
+    claim(&state, &caller, user_id, None).await
 }
 
 /// `GET /api/keys/{userId}/{deviceId}`.
 pub async fn device_bundle(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(caller): Auth,
     Path((user_id, device_id)): Path<(String, u32)>,
 ) -> Result<Json<PreKeyBundles>, AppError> {
-    claim(&state, user_id, Some(device_id)).await
+    claim(&state, &caller, user_id, Some(device_id)).await
 }

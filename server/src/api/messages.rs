@@ -14,9 +14,8 @@ use sotto_wire::{
 
 use crate::auth::Auth;
 use crate::error::{Json, Path, Query};
-use crate::store::{
-    DeviceAuth, SendBatch, SendOutcome, StoredEnvelope, Target, ENVELOPE_RECEIPT,
-};
+use crate::ratelimit::{Limit, RateKey};
+use crate::store::{DeviceAuth, SendBatch, SendOutcome, StoredEnvelope, Target, ENVELOPE_RECEIPT};
 use crate::{now_ms, AppError, AppState};
 
 /// Most envelopes per page or ack.
@@ -63,7 +62,10 @@ fn targets(
         }
         let len = m.content.as_bytes().len();
         if len == 0 {
-            return Err(AppError::bad_request("empty_content", "content must not be empty"));
+            return Err(AppError::bad_request(
+                "empty_content",
+                "content must not be empty",
+            ));
         }
         if len > max {
             return Err(AppError::too_large(format!(
@@ -88,6 +90,10 @@ pub async fn send(
     Json(req): Json<SendMessageRequest>,
 ) -> Result<Json<SendMessageResponse>, AppError> {
     let started = Instant::now();
+    state
+        .limiter()
+        .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
+        .await?;
     if req.client_message_id.is_empty()
         || req.client_message_id.len() > 64
         || req.client_message_id.chars().any(char::is_control)
@@ -108,7 +114,10 @@ pub async fn send(
         ));
     }
     if req.messages.is_empty() && req.sync_messages.is_empty() {
-        return Err(AppError::bad_request("no_messages", "no ciphertext in the request"));
+        return Err(AppError::bad_request(
+            "no_messages",
+            "no ciphertext in the request",
+        ));
     }
     let mut all = Vec::with_capacity(req.messages.len() + req.sync_messages.len());
     targets(&state, &req.recipient_id, req.messages, &mut all)?;
@@ -198,14 +207,21 @@ pub async fn fetch(
 ) -> Result<Json<EnvelopePage>, AppError> {
     let limit = q.limit.unwrap_or(MAX_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(AppError::bad_request("invalid_limit", "limit must be 1-100"));
+        return Err(AppError::bad_request(
+            "invalid_limit",
+            "limit must be 1-100",
+        ));
     }
     let after = i64::try_from(q.after.unwrap_or(0))
         .map_err(|_| AppError::bad_request("invalid_cursor", "cursor out of range"))?;
     let rows = state.store().fetch(device.pk, after, limit).await?;
     let full = rows.len() == limit as usize;
     let envelopes: Vec<Envelope> = rows.into_iter().map(to_wire).collect();
-    let next_cursor = if full { envelopes.last().map(|e| e.seq) } else { None };
+    let next_cursor = if full {
+        envelopes.last().map(|e| e.seq)
+    } else {
+        None
+    };
     Ok(Json(EnvelopePage {
         envelopes,
         next_cursor,
@@ -214,8 +230,15 @@ pub async fn fetch(
 
 /// Deletes acked envelopes, queues receipts and wakes the senders' connections. Returns how many
 /// of `seqs` were queued for this device.
-pub async fn apply_ack(state: &AppState, device: &DeviceAuth, seqs: Vec<u64>) -> Result<usize, AppError> {
-    let seqs: Vec<i64> = seqs.into_iter().filter_map(|s| i64::try_from(s).ok()).collect();
+pub async fn apply_ack(
+    state: &AppState,
+    device: &DeviceAuth,
+    seqs: Vec<u64>,
+) -> Result<usize, AppError> {
+    let seqs: Vec<i64> = seqs
+        .into_iter()
+        .filter_map(|s| i64::try_from(s).ok())
+        .collect();
     if seqs.is_empty() {
         return Ok(0);
     }

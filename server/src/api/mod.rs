@@ -15,7 +15,12 @@ pub mod users;
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     match state.store().health().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ok".into() })),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".into(),
+            }),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
             (

@@ -2,7 +2,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use sotto_wire::{DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse};
+use sotto_wire::{
+    DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse,
+};
 
 use crate::auth::{self, Auth};
 use crate::error::{Json, Path};
@@ -44,7 +46,10 @@ pub async fn register(
         ));
     }
     if !valid_email(&req.email) {
-        return Err(AppError::bad_request("invalid_email", "invalid e-mail address"));
+        return Err(AppError::bad_request(
+            "invalid_email",
+            "invalid e-mail address",
+        ));
     }
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&req.password.len()) {
         return Err(AppError::bad_request(
@@ -52,8 +57,16 @@ pub async fn register(
             "password must be 8-256 bytes",
         ));
     }
-    if state.store().user_credentials(&req.username).await?.is_some() {
-        return Err(AppError::conflict("username_taken", "username already registered"));
+    if state
+        .store()
+        .user_credentials(&req.username)
+        .await?
+        .is_some()
+    {
+        return Err(AppError::conflict(
+            "username_taken",
+            "username already registered",
+        ));
     }
     let password_hash = auth::hash_password(state.config(), req.password).await?;
     let user = NewUser {
@@ -64,10 +77,16 @@ pub async fn register(
         created_at: now_ms(),
     };
     if !state.store().create_user(&user).await? {
-        return Err(AppError::conflict("username_taken", "username already registered"));
+        return Err(AppError::conflict(
+            "username_taken",
+            "username already registered",
+        ));
     }
     tracing::info!(user_id = %user.id, "account registered");
-    Ok((StatusCode::CREATED, Json(RegisterResponse { user_id: user.id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse { user_id: user.id }),
+    ))
 }
 
 /// `POST /api/users/login`: creates the account's first device.
@@ -121,7 +140,10 @@ pub async fn login(
 }
 
 /// `POST /api/users/logout`: removes the device, its token, keys and mailbox.
-pub async fn logout(State(state): State<AppState>, Auth(device): Auth) -> Result<StatusCode, AppError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<StatusCode, AppError> {
     state.store().remove_device(device.pk).await?;
     state.hub().revoke(device.pk);
     tracing::info!(user_id = %device.user_id, device_id = device.device_id, "device logged out");

@@ -9,6 +9,7 @@
 //! before returning, so an "accepted" answer means the envelopes survive a crash.
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -271,7 +272,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: i64,
     ) -> Result<Option<u32>, StoreError>;
     /// The device a token hash belongs to.
-    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError>;
+    async fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<DeviceAuth>, StoreError>;
     /// Removes a device with its token, keys and mailbox.
     async fn remove_device(&self, device_pk: i64) -> Result<(), StoreError>;
     /// The current devices of a user, by device id.
@@ -279,8 +283,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The account identity key.
     async fn identity_key(&self, user_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Stores verified keys for a device.
-    async fn set_keys(&self, device: &DeviceAuth, keys: &KeyUpdate)
-        -> Result<SetKeysOutcome, StoreError>;
+    async fn set_keys(
+        &self,
+        device: &DeviceAuth,
+        keys: &KeyUpdate,
+    ) -> Result<SetKeysOutcome, StoreError>;
     /// One-time EC and KEM key counts of a device.
     async fn key_counts(&self, device_pk: i64) -> Result<(u32, u32), StoreError>;
     /// Claims one bundle per device (or the one device asked for); `None` when the user has no
@@ -315,6 +322,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn queued_total(&self) -> Result<u64, StoreError>;
     /// Waits for pending writes and closes connections.
     async fn close(&self);
+    /// Mailbox changes made by other relay processes sharing this database, for stores that can
+    /// tell (PostgreSQL LISTEN/NOTIFY); `None` for single-process stores.
+    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A mailbox change reported by another relay process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// These mailboxes have new envelopes.
+    Mailboxes(Vec<i64>),
+    /// This device was removed.
+    Revoked(i64),
+    /// Notifications may have been missed (listener reconnected): check every mailbox.
+    All,
 }
 
 /// Opens the store the URL names and runs its migrations.
@@ -383,7 +406,10 @@ mod tests {
     #[test]
     fn device_check_orders_409_before_410() {
         let current: BTreeMap<_, _> = [(("b".to_owned(), 1), 10), (("b".to_owned(), 2), 20)].into();
-        assert_eq!(check_devices(&current, &[t("b", 1, 10), t("b", 2, 20)]), Ok(()));
+        assert_eq!(
+            check_devices(&current, &[t("b", 1, 10), t("b", 2, 20)]),
+            Ok(())
+        );
         let e = check_devices(&current, &[t("b", 1, 11), t("b", 3, 30)]).unwrap_err();
         assert_eq!(e.missing, vec![("b".to_owned(), 2)]);
         assert_eq!(e.extra, vec![("b".to_owned(), 3)]);

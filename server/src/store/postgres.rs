@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use tokio::sync::mpsc;
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
 
 use super::{
+    Wakeup,
     check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
     SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
     UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
@@ -23,9 +25,52 @@ use crate::config::Config;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The LISTEN/NOTIFY channel relay processes use to wake each other's WebSockets.
+const CHANNEL: &str = "sotto_wake";
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    /// Identifies this process in notifications, so it ignores its own.
+    origin: u64,
+}
+
+/// Notification payload: `<origin> m <pk>,<pk>…` or `<origin> r <pk>`.
+fn payload(origin: u64, kind: char, pks: &[i64]) -> String {
+    let list: Vec<String> = pks.iter().map(i64::to_string).collect();
+    format!("{origin} {kind} {}", list.join(","))
+}
+
+fn parse_payload(origin: u64, text: &str) -> Option<Wakeup> {
+    let mut parts = text.splitn(3, ' ');
+    let from: u64 = parts.next()?.parse().ok()?;
+    if from == origin {
+        return None;
+    }
+    let kind = parts.next()?;
+    let pks: Vec<i64> = parts
+        .next()?
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match (kind, pks.as_slice()) {
+        ("m", _) => Some(Wakeup::Mailboxes(pks)),
+        ("r", [pk]) => Some(Wakeup::Revoked(*pk)),
+        _ => None,
+    }
+}
+
+async fn notify(conn: &mut PgConnection, origin: u64, kind: char, pks: &[i64]) -> Result<(), StoreError> {
+    if pks.is_empty() {
+        return Ok(());
+    }
+    // Delivered to listeners when the surrounding transaction commits, never before.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload(origin, kind, pks))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 impl std::fmt::Debug for PgStore {
@@ -44,7 +89,10 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            origin: rand::random(),
+        })
     }
 }
 
@@ -248,7 +296,10 @@ impl Store for PgStore {
         Ok(Some(1))
     }
 
-    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError> {
+    async fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<DeviceAuth>, StoreError> {
         let row = sqlx::query(
             "SELECT d.pk, d.user_id, d.device_id FROM tokens t JOIN devices d ON d.pk = t.device_pk \
              WHERE t.token_hash = $1",
@@ -267,10 +318,13 @@ impl Store for PgStore {
     }
 
     async fn remove_device(&self, device_pk: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM devices WHERE pk = $1")
             .bind(device_pk)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        notify(&mut tx, self.origin, 'r', &[device_pk]).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -511,6 +565,7 @@ impl Store for PgStore {
             insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
             notify.push(pk);
         }
+        self::notify(&mut tx, self.origin, 'm', &notify).await?;
         tx.commit().await?;
         Ok(SendOutcome::Accepted {
             server_message_id: batch.server_message_id,
@@ -619,6 +674,7 @@ impl Store for PgStore {
                 outcome.notify.push(pk);
             }
         }
+        notify(&mut tx, self.origin, 'm', &outcome.notify).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -644,5 +700,47 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let origin = self.origin;
+        tokio::spawn(async move {
+            loop {
+                let wakeup = match listener.try_recv().await {
+                    Ok(Some(n)) => match parse_payload(origin, n.payload()) {
+                        Some(w) => w,
+                        None => continue,
+                    },
+                    // The connection dropped and was re-established: anything may be missed.
+                    Ok(None) => Wakeup::All,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres listener failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Wakeup::All
+                    }
+                };
+                if tx.send(wakeup).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_own_are_ignored() {
+        let p = payload(7, 'm', &[1, 22, 333]);
+        assert_eq!(parse_payload(8, &p), Some(Wakeup::Mailboxes(vec![1, 22, 333])));
+        assert_eq!(parse_payload(7, &p), None);
+        assert_eq!(parse_payload(8, &payload(7, 'r', &[5])), Some(Wakeup::Revoked(5)));
+        assert_eq!(parse_payload(8, "garbage"), None);
     }
 }

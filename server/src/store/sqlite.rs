@@ -28,7 +28,8 @@ use crate::config::{Config, SqliteSync};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Work = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+type Work =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
 
 /// Most operations one commit groups.
 const MAX_GROUP: usize = 512;
@@ -109,28 +110,41 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
     let mut group = Vec::with_capacity(64);
     let mut finishes: Vec<Finish> = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+        // Statements between operations are batched into one call each: the per-statement round
+        // trip to SQLite's worker thread is the writer's main cost.
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE; SAVEPOINT op")
+            .execute(&mut conn)
+            .await
+        {
             tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
             // Dropping the work answers its callers with `Closed`.
             group.clear();
             continue;
         }
-        for work in group.drain(..) {
-            let savepoint = sqlx::query("SAVEPOINT op").execute(&mut conn).await;
+        let last = group.len().saturating_sub(1);
+        let mut broken = false;
+        for (i, work) in group.drain(..).enumerate() {
             let (ok, finish) = work(&mut conn).await;
-            if savepoint.is_err() || !ok {
-                let _ = sqlx::query("ROLLBACK TO op").execute(&mut conn).await;
-            }
-            let _ = sqlx::query("RELEASE op").execute(&mut conn).await;
             finishes.push(finish);
-        }
-        let commit = match sqlx::query("COMMIT").execute(&mut conn).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "sqlite: commit failed");
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
-                Err(e.to_string())
+            let between = match (ok, i == last) {
+                (true, false) => "RELEASE op; SAVEPOINT op",
+                (true, true) => "RELEASE op; COMMIT",
+                (false, false) => "ROLLBACK TO op; RELEASE op; SAVEPOINT op",
+                (false, true) => "ROLLBACK TO op; RELEASE op; COMMIT",
+            };
+            if !broken {
+                if let Err(e) = sqlx::query(between).execute(&mut conn).await {
+                    tracing::error!(error = %e, "sqlite: savepoint or commit failed");
+                    broken = true;
+                }
             }
+        }
+        let commit = if broken {
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+            Err("transaction aborted".to_owned())
+        } else {
+            Ok(())
         };
         for finish in finishes.drain(..) {
             finish(commit.clone());
@@ -161,11 +175,12 @@ fn envelope_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEnvelope, St
 }
 
 async fn next_seq(conn: &mut SqliteConnection, device_pk: i64) -> Result<i64, StoreError> {
-    let seq: i64 =
-        sqlx::query_scalar("UPDATE devices SET last_seq = last_seq + 1 WHERE pk = ? RETURNING last_seq")
-            .bind(device_pk)
-            .fetch_one(&mut *conn)
-            .await?;
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = ? RETURNING last_seq",
+    )
+    .bind(device_pk)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(seq)
 }
 
@@ -352,12 +367,17 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
     .bind(batch.sender.pk)
     .fetch_all(&mut *conn)
     .await?;
-    let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?")
-        .bind(&batch.recipient)
-        .fetch_one(&mut *conn)
-        .await?;
-    if recipient_exists == 0 {
-        return Ok(SendOutcome::UnknownRecipient);
+    let recipient_has_devices = rows
+        .iter()
+        .any(|r| r.try_get::<&str, _>("user_id").ok() == Some(batch.recipient.as_str()));
+    if !recipient_has_devices && batch.recipient != batch.sender.user_id {
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?")
+            .bind(&batch.recipient)
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists == 0 {
+            return Ok(SendOutcome::UnknownRecipient);
+        }
     }
     let mut current = BTreeMap::new();
     let mut pks = BTreeMap::new();
@@ -567,7 +587,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn device_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError> {
+    async fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<DeviceAuth>, StoreError> {
         let row = sqlx::query(
             "SELECT d.pk, d.user_id, d.device_id FROM tokens t JOIN devices d ON d.pk = t.device_pk \
              WHERE t.token_hash = ?",

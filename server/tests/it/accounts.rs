@@ -11,7 +11,11 @@ async fn register_login_logout(b: Backend) {
 
     // Duplicate username.
     let (s, v) = t
-        .post("/api/users/register", None, json!({"username": "alice", "email": "a@b.co", "password": "password123"}))
+        .post(
+            "/api/users/register",
+            None,
+            json!({"username": "alice", "email": "a@b.co", "password": "password123"}),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(v["code"], "username_taken");
@@ -19,7 +23,11 @@ async fn register_login_logout(b: Backend) {
     // Wrong password, unknown user: the same 401.
     for (user, pw) in [("alice", "wrongpassword"), ("nobody", "password123")] {
         let (s, v) = t
-            .post("/api/users/login", None, json!({"username": user, "password": pw, "registrationId": 5}))
+            .post(
+                "/api/users/login",
+                None,
+                json!({"username": user, "password": pw, "registrationId": 5}),
+            )
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(v["code"], "invalid_credentials");
@@ -27,19 +35,30 @@ async fn register_login_logout(b: Backend) {
 
     // A second device cannot come from the password alone.
     let (s, v) = t
-        .post("/api/users/login", None, json!({"username": "alice", "password": "password123", "registrationId": 5}))
+        .post(
+            "/api/users/login",
+            None,
+            json!({"username": "alice", "password": "password123", "registrationId": 5}),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(v["code"], "device_exists");
 
     // Device list.
-    let (s, v) = t.get(&format!("/api/users/{}/devices", alice.user_id), &alice.token).await;
+    let (s, v) = t
+        .get(
+            &format!("/api/users/{}/devices", alice.user_id),
+            &alice.token,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["devices"][0]["deviceId"], 1);
     assert_eq!(v["devices"][0]["registrationId"], alice.registration_id);
 
     // Logout revokes the token and removes the device.
-    let (s, _) = t.call(Method::POST, "/api/users/logout", Some(&alice.token), None).await;
+    let (s, _) = t
+        .call(Method::POST, "/api/users/logout", Some(&alice.token), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = t.get("/api/messages/unread", &alice.token).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -47,7 +66,11 @@ async fn register_login_logout(b: Backend) {
 
     // Logging in again re-creates device 1 with a new registration id.
     let (s, v) = t
-        .post("/api/users/login", None, json!({"username": "alice", "password": "password123", "registrationId": 77}))
+        .post(
+            "/api/users/login",
+            None,
+            json!({"username": "alice", "password": "password123", "registrationId": 77}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["deviceId"], 1);
@@ -59,7 +82,9 @@ async fn stale_device_after_reregistration(b: Backend) {
     let t = TestApp::new(b).await;
     let alice = t.client("alice").await;
     let bob = t.client("bob").await;
-    let (s, _) = t.call(Method::POST, "/api/users/logout", Some(&bob.token), None).await;
+    let (s, _) = t
+        .call(Method::POST, "/api/users/logout", Some(&bob.token), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = t
         .post("/api/users/login", None, json!({"username": "bob", "password": "password123", "registrationId": bob.registration_id ^ 2}))
@@ -69,7 +94,10 @@ async fn stale_device_after_reregistration(b: Backend) {
     let (s, v) = t.send(&alice, &bob, "m1", b"hi").await;
     assert_eq!(s, StatusCode::GONE, "{v}");
     assert_eq!(v["code"], "stale_devices");
-    assert_eq!(v["staleDevices"], json!([{"userId": bob.user_id, "deviceId": 1}]));
+    assert_eq!(
+        v["staleDevices"],
+        json!([{"userId": bob.user_id, "deviceId": 1}])
+    );
     t.finish().await;
 }
 both!(stale_device_after_reregistration);

@@ -35,7 +35,14 @@ async fn catalogue(b: Backend) {
     let bob = t.client("bob").await;
     let carol = t.client("carol").await;
     let k = keys(9, 2);
-    let (s, _) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(k.upload.clone())).await;
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(k.upload.clone()),
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     // Bob has one queued envelope from Alice.
     let (s, _) = t.send(&alice, &bob, "q", b"secret").await;
@@ -43,7 +50,9 @@ async fn catalogue(b: Backend) {
     let (_, page) = t.get("/api/messages", &bob.token).await;
     let bob_seq = page["envelopes"][0]["seq"].as_u64().unwrap();
     // A revoked token.
-    let (s, _) = t.call(Method::POST, "/api/users/logout", Some(&carol.token), None).await;
+    let (s, _) = t
+        .call(Method::POST, "/api/users/logout", Some(&carol.token), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 
     let a = Some(alice.token.as_str());
@@ -106,8 +115,17 @@ async fn catalogue(b: Backend) {
         let (status, body) = t.raw(case.req).await;
         assert_eq!(status, case.status, "{}: {body}", case.name);
         assert_eq!(body["code"], case.code, "{}: {body}", case.name);
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}: {body}", case.name);
-        assert_eq!(t.snapshot().await, before, "{} changed the database", case.name);
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: {body}",
+            case.name
+        );
+        assert_eq!(
+            t.snapshot().await,
+            before,
+            "{} changed the database",
+            case.name
+        );
     }
     // Still serving, and Alice cannot see Bob's mailbox through her own.
     let (s, v) = t.get("/api/messages", &alice.token).await;

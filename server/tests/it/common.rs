@@ -87,7 +87,9 @@ impl TestApp {
                          Run `bash scripts/test.sh` (it starts PostgreSQL) or set SOTTO_TEST_POSTGRES_URL."
                     )
                 });
-                conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
                 conn.close().await.unwrap();
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
                 (format!("{base}/{name}"), Db::Postgres(name))
@@ -125,7 +127,9 @@ impl TestApp {
 
     /// Serves the app on 127.0.0.1:0.
     pub async fn serve(&self) -> Running {
-        sotto_server::serve::spawn(self.state.clone(), None).await.unwrap()
+        sotto_server::serve::spawn(self.state.clone(), None)
+            .await
+            .unwrap()
     }
 
     /// A request with an optional bearer token and JSON body; returns status and JSON (or Null).
@@ -158,9 +162,8 @@ impl TestApp {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&bytes).into_owned())
-            })
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         (status, value)
     }

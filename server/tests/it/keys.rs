@@ -11,7 +11,14 @@ async fn upload_count_claim_fallback(b: Backend) {
     let alice = t.client("alice").await;
     let bob = t.client("bob").await;
     let k = keys(1, 2);
-    let (s, v) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(k.upload.clone())).await;
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(k.upload.clone()),
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = t.get("/api/keys/count", &alice.token).await;
     assert_eq!(v, json!({"count": 2, "kemCount": 2}));
@@ -37,17 +44,25 @@ async fn upload_count_claim_fallback(b: Backend) {
     assert_eq!(v, json!({"count": 0, "kemCount": 0}));
 
     // Per-device path, and unknown users/devices.
-    let (s, _) = t.get(&format!("/api/keys/{}/1", alice.user_id), &bob.token).await;
+    let (s, _) = t
+        .get(&format!("/api/keys/{}/1", alice.user_id), &bob.token)
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = t.get(&format!("/api/keys/{}/2", alice.user_id), &bob.token).await;
+    let (s, v) = t
+        .get(&format!("/api/keys/{}/2", alice.user_id), &bob.token)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(v["code"], "no_keys");
-    let (s, _) = t.get(&format!("/api/keys/{}", bob.user_id), &alice.token).await;
+    let (s, _) = t
+        .get(&format!("/api/keys/{}", bob.user_id), &alice.token)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // A later upload without identityKey is verified against the stored one.
     let partial = json!({"preKeys": k.upload["preKeys"].clone()});
-    let (s, v) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(partial)).await;
+    let (s, v) = t
+        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(partial))
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = t.get("/api/keys/count", &alice.token).await;
     assert_eq!(v, json!({"count": 2, "kemCount": 0}));
@@ -64,26 +79,39 @@ async fn rejects_bad_signatures_and_foreign_identity(b: Backend) {
     let mut forged = good.upload.clone();
     forged["signedPreKey"] = other.upload["signedPreKey"].clone();
     let before = t.snapshot().await;
-    let (s, v) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged)).await;
+    let (s, v) = t
+        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["code"], "invalid_key");
     // KEM key from another identity.
     let mut forged = good.upload.clone();
     forged["kemPreKeys"] = other.upload["kemPreKeys"].clone();
-    let (s, _) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged)).await;
+    let (s, _) = t
+        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Garbage identity and one-time keys.
     let mut forged = good.upload.clone();
     forged["identityKey"] = json!("AAAA");
-    let (s, _) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged)).await;
+    let (s, _) = t
+        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let mut forged = good.upload.clone();
     forged["preKeys"] = json!([{"keyId": 1, "publicKey": "AAAA"}]);
-    let (s, _) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged)).await;
+    let (s, _) = t
+        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(forged))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Keys without any identity on record.
     let (s, v) = t
-        .call(Method::PUT, "/api/keys", Some(&alice.token), Some(json!({"signedPreKey": good.upload["signedPreKey"].clone()})))
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(json!({"signedPreKey": good.upload["signedPreKey"].clone()})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["code"], "missing_identity_key");
@@ -97,7 +125,14 @@ async fn one_time_keys_claimed_exactly_once_under_concurrency(b: Backend) {
     let alice = t.client("alice").await;
     let bob = t.client("bob").await;
     let k = keys(4, 20);
-    let (s, _) = t.call(Method::PUT, "/api/keys", Some(&alice.token), Some(k.upload.clone())).await;
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(k.upload.clone()),
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let path = format!("/api/keys/{}", alice.user_id);
     let t = std::sync::Arc::new(t);
@@ -134,3 +169,36 @@ async fn one_time_keys_claimed_exactly_once_under_concurrency(b: Backend) {
     t.finish().await;
 }
 both!(one_time_keys_claimed_exactly_once_under_concurrency);
+
+async fn bundle_fetches_are_rate_limited(b: Backend) {
+    use sotto_server::ratelimit::Quota;
+    let t = TestApp::with(b, |c| {
+        c.rate_limits.bundle_fetch = Some(Quota::per_minute(2))
+    })
+    .await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let k = keys(5, 5);
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(k.upload.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let path = format!("/api/keys/{}", alice.user_id);
+    for _ in 0..2 {
+        let (s, _) = t.get(&path, &bob.token).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, v) = t.get(&path, &bob.token).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["code"], "rate_limited");
+    // The refused fetch claimed nothing.
+    let (_, v) = t.get("/api/keys/count", &alice.token).await;
+    assert_eq!(v, json!({"count": 3, "kemCount": 3}));
+    t.finish().await;
+}
+both!(bundle_fetches_are_rate_limited);

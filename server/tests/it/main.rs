@@ -12,7 +12,9 @@ mod common;
 
 mod accounts;
 mod bad_input;
+mod crash;
 mod keys;
+mod logs;
 mod messages;
 mod ops;
 mod ws;

@@ -9,7 +9,9 @@ async fn send_fetch_page_ack_with_receipt(b: Backend) {
     let alice = t.client("alice").await;
     let bob = t.client("bob").await;
     for i in 0..5 {
-        let (s, v) = t.send(&alice, &bob, &format!("m{i}"), format!("ct{i}").as_bytes()).await;
+        let (s, v) = t
+            .send(&alice, &bob, &format!("m{i}"), format!("ct{i}").as_bytes())
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert!(v["serverMessageId"].as_str().unwrap().len() >= 32);
         assert!(v["serverTimestamp"].as_u64().unwrap() > 1_600_000_000_000);
@@ -24,13 +26,18 @@ async fn send_fetch_page_ack_with_receipt(b: Backend) {
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
-        let (s, v) = t.get(&format!("/api/messages?after={after}&limit=2"), &bob.token).await;
+        let (s, v) = t
+            .get(&format!("/api/messages?after={after}&limit=2"), &bob.token)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         for e in v["envelopes"].as_array().unwrap() {
             assert_eq!(e["kind"], "message");
             assert_eq!(e["sourceUserId"], alice.user_id.as_str());
             assert_eq!(e["sourceDeviceId"], 1);
-            seen.push((e["seq"].as_u64().unwrap(), e["content"].as_str().unwrap().to_owned()));
+            seen.push((
+                e["seq"].as_u64().unwrap(),
+                e["content"].as_str().unwrap().to_owned(),
+            ));
         }
         match v["nextCursor"].as_u64() {
             Some(c) => after = c,
@@ -44,9 +51,23 @@ async fn send_fetch_page_ack_with_receipt(b: Backend) {
 
     // Ack the first: deleted, and alice gets a delivery receipt.
     let first = seen[0].0;
-    let (s, _) = t.call(Method::DELETE, &format!("/api/messages/{first}"), Some(&bob.token), None).await;
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/messages/{first}"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, v) = t.call(Method::DELETE, &format!("/api/messages/{first}"), Some(&bob.token), None).await;
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/messages/{first}"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "replayed ack");
     assert_eq!(v["code"], "unknown_envelope");
     let (_, v) = t.get("/api/messages/unread", &bob.token).await;
@@ -79,7 +100,9 @@ async fn idempotent_retry(b: Backend) {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (t, a, b) = (t.clone(), alice.clone(), bob.clone());
-        tasks.push(tokio::spawn(async move { t.send(&a, &b, "burst", b"y").await }));
+        tasks.push(tokio::spawn(
+            async move { t.send(&a, &b, "burst", b"y").await },
+        ));
     }
     let mut ids = std::collections::HashSet::new();
     for task in tasks {
@@ -110,15 +133,28 @@ async fn device_set_checks_and_limits(b: Backend) {
     let (s, v) = send(json!([{"deviceId": 2, "registrationId": 1, "content": "AA=="}])).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "mismatched_devices");
-    assert_eq!(v["missingDevices"], json!([{"userId": bob.user_id, "deviceId": 1}]));
-    assert_eq!(v["extraDevices"], json!([{"userId": bob.user_id, "deviceId": 2}]));
+    assert_eq!(
+        v["missingDevices"],
+        json!([{"userId": bob.user_id, "deviceId": 1}])
+    );
+    assert_eq!(
+        v["extraDevices"],
+        json!([{"userId": bob.user_id, "deviceId": 2}])
+    );
     // Stale registration id.
-    let (s, v) = send(json!([{"deviceId": 1, "registrationId": bob.registration_id ^ 4, "content": "AA=="}])).await;
+    let (s, v) = send(
+        json!([{"deviceId": 1, "registrationId": bob.registration_id ^ 4, "content": "AA=="}]),
+    )
+    .await;
     assert_eq!(s, StatusCode::GONE);
-    assert_eq!(v["staleDevices"], json!([{"userId": bob.user_id, "deviceId": 1}]));
+    assert_eq!(
+        v["staleDevices"],
+        json!([{"userId": bob.user_id, "deviceId": 1}])
+    );
     // Over the per-envelope limit.
     let big = b64(&vec![7u8; 1001]);
-    let (s, v) = send(json!([{"deviceId": 1, "registrationId": bob.registration_id, "content": big}])).await;
+    let (s, v) =
+        send(json!([{"deviceId": 1, "registrationId": bob.registration_id, "content": big}])).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(v["code"], "payload_too_large");
     // Unknown recipient.
@@ -144,7 +180,9 @@ async fn device_set_checks_and_limits(b: Backend) {
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(t.snapshot().await, before, "rejected sends change nothing");
     // The same client message id still works once the request is right.
-    let (s, _) = send(json!([{"deviceId": 1, "registrationId": bob.registration_id, "content": "AA=="}])).await;
+    let (s, _) =
+        send(json!([{"deviceId": 1, "registrationId": bob.registration_id, "content": "AA=="}]))
+            .await;
     assert_eq!(s, StatusCode::OK);
     t.finish().await;
 }
@@ -160,7 +198,9 @@ async fn accepted_means_durable(b: Backend) {
     }
     // A second relay process on the same database sees every accepted envelope.
     let other = t.reopen().await;
-    let bob_auth = sotto_server::auth::authenticate(&other, &bob.token).await.unwrap();
+    let bob_auth = sotto_server::auth::authenticate(&other, &bob.token)
+        .await
+        .unwrap();
     assert_eq!(other.store().unread(bob_auth.pk).await.unwrap(), 20);
     other.store().close().await;
     t.finish().await;

@@ -56,7 +56,9 @@ both!(health_metrics_openapi);
 
 #[test]
 fn help_documents_every_setting() {
-    let help = sotto_server::config::Cli::command().render_long_help().to_string();
+    let help = sotto_server::config::Cli::command()
+        .render_long_help()
+        .to_string();
     for var in [
         "SOTTO_LISTEN",
         "SOTTO_DATABASE_URL",
@@ -82,7 +84,9 @@ async fn tls_with_generated_certificate(b: Backend) {
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
     let tls = sotto_server::serve::load_tls(&cert_path, &key_path).unwrap();
-    let server = sotto_server::serve::spawn(t.state.clone(), Some(tls)).await.unwrap();
+    let server = sotto_server::serve::spawn(t.state.clone(), Some(tls))
+        .await
+        .unwrap();
 
     let mut roots = RootCertStore::empty();
     roots
@@ -100,9 +104,10 @@ async fn tls_with_generated_certificate(b: Backend) {
     // HTTPS request.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let stream = connector.connect(name.clone(), tcp).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = hyper::Request::get("/healthz")
         .header("host", "localhost")
@@ -118,19 +123,23 @@ async fn tls_with_generated_certificate(b: Backend) {
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let stream = connector.connect(name, tcp).await.unwrap();
     let url = format!("wss://localhost/ws?token={}", alice.token);
-    let (ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
     let mut ws = ws;
     assert_eq!(frame_any(&mut ws).await["type"], "queueEmpty");
 
     // A plain-text client is refused by the TLS listener.
     let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(plain))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(plain))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::get("/healthz").body(Empty::<Bytes>::new()).unwrap();
+    let req = hyper::Request::get("/healthz")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     assert!(sender.send_request(req).await.is_err());
     drop(ws);
     server.shutdown().await.unwrap();

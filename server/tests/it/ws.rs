@@ -16,8 +16,10 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub async fn connect(addr: SocketAddr, client: &Client) -> Ws {
     let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {}", client.token).parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", client.token).parse().unwrap(),
+    );
     let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws
 }
@@ -64,7 +66,9 @@ async fn backlog_in_order_then_live_then_receipt(b: Backend) {
     let bob = t.client("bob").await;
     // A backlog bigger than one page.
     for i in 0..150 {
-        let (s, _) = t.send(&alice, &bob, &format!("b{i}"), format!("{i}").as_bytes()).await;
+        let (s, _) = t
+            .send(&alice, &bob, &format!("b{i}"), format!("{i}").as_bytes())
+            .await;
         assert_eq!(s, StatusCode::OK);
     }
     let mut alice_ws = connect(server.addr, &alice).await;
@@ -141,7 +145,9 @@ async fn unacked_redelivered_and_query_token(b: Backend) {
     let again = frame(&mut ws).await;
     assert_eq!(again["data"]["seq"], first["data"]["seq"]);
     // App-level ping.
-    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
     assert_eq!(frame(&mut ws).await["type"], "queueEmpty");
     assert_eq!(frame(&mut ws).await["type"], "pong");
     // Acking someone else's or unknown ids: error frame, nothing deleted.
@@ -152,12 +158,16 @@ async fn unacked_redelivered_and_query_token(b: Backend) {
     // Malformed frame: error, connection stays.
     ws.send(Message::Text("{nope".into())).await.unwrap();
     assert_eq!(frame(&mut ws).await["data"]["code"], "invalid_frame");
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(frame(&mut ws).await["data"]["code"], "invalid_frame");
     let (_, v) = t.get("/api/messages/unread", &bob.token).await;
     assert_eq!(v["count"], 1);
     // An oversize frame closes the connection (1009), the relay stays up.
-    ws.send(Message::Text("x".repeat(64 * 1024).into())).await.ok();
+    ws.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .ok();
     let code = close_code(&mut ws).await;
     assert!(code == 1009 || code == 0, "{code}");
     let (s, _) = t.get("/api/messages/unread", &bob.token).await;
@@ -223,7 +233,14 @@ async fn idle_timeout_logout_and_shutdown(b: Backend) {
     // Logout closes the device's socket.
     let mut ws = connect(server.addr, &alice).await;
     assert_eq!(frame(&mut ws).await["type"], "queueEmpty");
-    let (s, _) = t.call(axum::http::Method::POST, "/api/users/logout", Some(&alice.token), None).await;
+    let (s, _) = t
+        .call(
+            axum::http::Method::POST,
+            "/api/users/logout",
+            Some(&alice.token),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(close_code(&mut ws).await, 4004);
     // Graceful shutdown says "going away".
