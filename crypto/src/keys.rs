@@ -1033,6 +1033,24 @@ mod tests {
     }
 
     #[test]
+    fn non_canonical_ed25519_encodings_are_detected() {
+        let mut p = [0xffu8; 32];
+        p[31] = 0x7f;
+        p[0] = 0xed; // y = p
+        assert!(!ed25519_canonical(&p));
+        p[31] = 0xff; // y = p with the sign bit set
+        assert!(!ed25519_canonical(&p));
+        p[0] = 0xec; // y = p - 1, canonical
+        assert!(ed25519_canonical(&p));
+        let mut typed = vec![KEY_TYPE_IDENTITY];
+        typed.extend_from_slice(&[0xed; 1]);
+        typed.extend_from_slice(&[0xff; 30]);
+        typed.push(0x7f);
+        typed.extend_from_slice(&[9; 32]);
+        assert!(IdentityKey::from_bytes(&typed).is_err());
+    }
+
+    #[test]
     fn corrupted_kem_secret_key_is_rejected() {
         let mut rng = rng();
         let id = IdentityKeyPair::generate(&mut rng);

@@ -120,6 +120,30 @@ fn valid_seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
         }
         seeds.insert(target, found);
     }
+    // Prekey bundles, framed as the `prekey_bundle` target reads them.
+    let mut bundles = Vec::new();
+    for case in session["cases"].as_array().unwrap() {
+        let b = &case["bundle"];
+        let h = |v: &Value| hex::decode(v.as_str().unwrap()).unwrap();
+        let id = |v: &Value| v["key_id"].as_u64().unwrap() as u32;
+        let one_time = b["one_time_prekey"].as_object().map(|_| {
+            (
+                id(&b["one_time_prekey"]),
+                h(&b["one_time_prekey"]["public_key"]),
+            )
+        });
+        bundles.push(targets::prekey_bundle_input(
+            &h(&b["identity_key"]),
+            id(&b["signed_prekey"]),
+            &h(&b["signed_prekey"]["public_key"]),
+            &h(&b["signed_prekey"]["signature"]),
+            one_time.as_ref().map(|(i, k)| (*i, &k[..])),
+            id(&b["kem_prekey"]),
+            &h(&b["kem_prekey"]["public_key"]),
+            &h(&b["kem_prekey"]["signature"]),
+        ));
+    }
+    seeds.insert("prekey_bundle", bundles);
     let messages = seeds["incoming_message"].clone();
     // Prekey messages are version 1, type 2; ratchet messages version 1, type 1.
     seeds.insert(
@@ -230,6 +254,9 @@ fn valid_seeds_decode() {
     SenderKeyDistributionMessage::from_bytes(&seeds["sender_key_distribution"][0]).unwrap();
     for m in &seeds["incoming_message"] {
         sotto_crypto::session::IncomingMessage::from_bytes(m).unwrap();
+    }
+    for b in &seeds["prekey_bundle"] {
+        assert!(targets::prekey_bundle_verifies(b));
     }
     for k in &seeds["identity_key"] {
         sotto_crypto::keys::IdentityKey::from_bytes(k).unwrap();

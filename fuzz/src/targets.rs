@@ -14,7 +14,10 @@ use std::sync::OnceLock;
 use sotto_crypto::address::DeviceAddress;
 use sotto_crypto::attachment::{AttachmentDigest, AttachmentKey, Decryptor};
 use sotto_crypto::fingerprint::SafetyNumber;
-use sotto_crypto::keys::{IdentityKey, IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey};
+use sotto_crypto::keys::{
+    validate_one_time_prekey, IdentityKey, IdentityKeyPair, KemPreKey, KemPreKeyPublic,
+    OneTimePreKey, OneTimePreKeyPublic, PreKeyBundle, SignedPreKey, SignedPreKeyPublic,
+};
 use sotto_crypto::pqxdh::PreKeyMessage;
 use sotto_crypto::ratchet::RatchetMessage;
 use sotto_crypto::sender_key::{
@@ -43,6 +46,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ratchet_message", ratchet_message),
     ("incoming_message", incoming_message),
     ("session_record", session_record),
+    ("prekey_bundle", prekey_bundle),
 ];
 
 /// The group sender every sender-key target decrypts against: a fixed state (group "fuzz-group",
@@ -215,4 +219,104 @@ pub fn incoming_message(data: &[u8]) {
 
 pub fn session_record(data: &[u8]) {
     stable(data, SessionRecord::from_bytes, |r| r.to_bytes().to_vec());
+}
+
+/// Splits a fuzz input into length-prefixed fields (`u16` BE length, then bytes; missing input reads
+/// as empty) and `u32` ids (missing bytes read as zero).
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn bytes(&mut self) -> &'a [u8] {
+        let (len, rest) = match self.0 {
+            [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+            _ => (0, &[][..]),
+        };
+        let (field, rest) = rest.split_at(len.min(rest.len()));
+        self.0 = rest;
+        field
+    }
+
+    fn id(&mut self) -> u32 {
+        let mut id = [0u8; 4];
+        let n = self.0.len().min(4);
+        id[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        u32::from_be_bytes(id)
+    }
+}
+
+/// The input framing of [`prekey_bundle`], for building seeds: identity key, signed prekey id,
+/// public key and signature, one-time prekey id and public key (`None`: empty key), KEM prekey id,
+/// public key and signature.
+#[allow(clippy::too_many_arguments)]
+pub fn prekey_bundle_input(
+    identity_key: &[u8],
+    signed_id: u32,
+    signed_public: &[u8],
+    signed_signature: &[u8],
+    one_time: Option<(u32, &[u8])>,
+    kem_id: u32,
+    kem_public: &[u8],
+    kem_signature: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    field(identity_key);
+    field(signed_public);
+    field(signed_signature);
+    field(one_time.map_or(&[][..], |(_, k)| k));
+    field(kem_public);
+    field(kem_signature);
+    out.extend_from_slice(&signed_id.to_be_bytes());
+    out.extend_from_slice(&one_time.map_or(0, |(id, _)| id).to_be_bytes());
+    out.extend_from_slice(&kem_id.to_be_bytes());
+    out
+}
+
+/// A prekey bundle as the relay hands it out: every field untrusted until `verify` succeeds.
+pub fn prekey_bundle(data: &[u8]) {
+    let _ = prekey_bundle_verifies(data);
+}
+
+/// Whether the framed bundle decodes and verifies (the replay test checks the valid seeds do).
+pub fn prekey_bundle_verifies(data: &[u8]) -> bool {
+    let mut f = Fields(data);
+    let (identity, signed_public, signed_signature, one_time_public, kem_public, kem_signature) = (
+        f.bytes(),
+        f.bytes(),
+        f.bytes(),
+        f.bytes(),
+        f.bytes(),
+        f.bytes(),
+    );
+    let (signed_id, one_time_id, kem_id) = (f.id(), f.id(), f.id());
+    let _ = validate_one_time_prekey(one_time_public);
+    let Ok(identity_key) = IdentityKey::from_bytes(identity) else {
+        return false;
+    };
+    let Ok(signed_prekey) = SignedPreKeyPublic::new(signed_id, signed_public, signed_signature)
+    else {
+        return false;
+    };
+    let Ok(kem_prekey) = KemPreKeyPublic::new(kem_id, kem_public, kem_signature) else {
+        return false;
+    };
+    let one_time_prekey = if one_time_public.is_empty() {
+        None
+    } else {
+        match OneTimePreKeyPublic::new(one_time_id, one_time_public) {
+            Ok(k) => Some(k),
+            Err(_) => return false,
+        }
+    };
+    let bundle = PreKeyBundle {
+        identity_key,
+        signed_prekey,
+        one_time_prekey,
+        kem_prekey,
+    };
+    bundle.verify().is_ok()
 }

@@ -33,6 +33,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Identifies this process in notifications, so it ignores its own.
     origin: u64,
+    /// The LISTEN task; it holds a pooled connection, so `close` stops it first.
+    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Notification payload: `<origin> m <pk>,<pk>…` or `<origin> r <pk>`.
@@ -92,6 +94,7 @@ impl PgStore {
         Ok(Self {
             pool,
             origin: rand::random(),
+            listener: std::sync::Mutex::new(None),
         })
     }
 }
@@ -699,6 +702,13 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        let listener = match self.listener.lock() {
+            Ok(mut l) => l.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = listener {
+            task.abort();
+        }
         self.pool.close().await;
     }
 
@@ -707,7 +717,7 @@ impl Store for PgStore {
         listener.listen(CHANNEL).await?;
         let (tx, rx) = mpsc::channel(1024);
         let origin = self.origin;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let wakeup = match listener.try_recv().await {
                     Ok(Some(n)) => match parse_payload(origin, n.payload()) {
@@ -727,6 +737,13 @@ impl Store for PgStore {
                 }
             }
         });
+        let previous = match self.listener.lock() {
+            Ok(mut l) => l.replace(task.abort_handle()),
+            Err(poisoned) => poisoned.into_inner().replace(task.abort_handle()),
+        };
+        if let Some(previous) = previous {
+            previous.abort();
+        }
         Ok(Some(rx))
     }
 }

@@ -252,3 +252,34 @@ async fn idle_timeout_logout_and_shutdown(b: Backend) {
     t.finish().await;
 }
 both!(idle_timeout_logout_and_shutdown);
+
+/// Scale-out: two relay processes on one PostgreSQL database hand deliveries to each other through
+/// LISTEN/NOTIFY. (PostgreSQL only: SQLite deployments are a single process by design.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_processes_wake_each_other() {
+    let t = TestApp::new(Backend::Postgres).await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let a = t.serve().await;
+    // A second process: its own state, hub and listener on the same database.
+    let other = t.reopen().await;
+    let b = sotto_server::serve::spawn(other.clone(), None).await.unwrap();
+
+    let mut bob_ws = connect(b.addr, &bob).await;
+    assert_eq!(frame(&mut bob_ws).await["type"], "queueEmpty");
+    let mut alice_ws = connect(a.addr, &alice).await;
+    assert_eq!(frame(&mut alice_ws).await["type"], "queueEmpty");
+    // Sent through process A (the in-process router), delivered by process B.
+    let (s, _) = t.send(&alice, &bob, "x-proc", b"hello").await;
+    assert_eq!(s, StatusCode::OK);
+    let f = frame(&mut bob_ws).await;
+    assert_eq!(f["data"]["clientMessageId"], "x-proc");
+    // Bob acks on B; the receipt reaches Alice's socket on A.
+    ack(&mut bob_ws, &[f["data"]["seq"].as_u64().unwrap()]).await;
+    let r = frame(&mut alice_ws).await;
+    assert_eq!(r["data"]["kind"], "deliveryReceipt");
+    drop((alice_ws, bob_ws));
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+    t.finish().await;
+}
