@@ -567,6 +567,7 @@ fn handle(
                     }
                 }
                 EnvelopeKind::DeliveryReceipt => stats.receipts += 1,
+                EnvelopeKind::GroupMessage | EnvelopeKind::GroupEvent => {}
             }
         }
         Ok(ServerFrame::QueueEmpty) => {

@@ -110,6 +110,35 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// Largest attachment upload in bytes [default: 52428800 = 50 MiB].
+    #[arg(long, env = "SOTTO_MAX_ATTACHMENT_BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+
+    /// Directory for attachment blobs [default: `blobs` beside the SQLite file, else `./blobs`].
+    #[arg(long, env = "SOTTO_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+
+    /// Store attachment blobs in this S3-compatible bucket instead of a directory. Credentials come
+    /// from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or the instance metadata on AWS).
+    #[arg(long, env = "SOTTO_BLOB_S3_BUCKET")]
+    pub blob_s3_bucket: Option<String>,
+
+    /// Endpoint of a non-AWS S3 store, e.g. `http://127.0.0.1:9000` (plain HTTP is allowed).
+    #[arg(long, env = "SOTTO_BLOB_S3_ENDPOINT")]
+    pub blob_s3_endpoint: Option<String>,
+
+    /// S3 region [default: the `AWS_REGION` environment, else us-east-1].
+    #[arg(long, env = "SOTTO_BLOB_S3_REGION")]
+    pub blob_s3_region: Option<String>,
+
+    /// Most members per group [default: 1000].
+    #[arg(long, env = "SOTTO_MAX_GROUP_SIZE")]
+    pub max_group_size: Option<u32>,
+
+    /// Most devices per account [default: 6].
+    #[arg(long, env = "SOTTO_MAX_DEVICES")]
+    pub max_devices: Option<u32>,
+
     /// Rate limits: only in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
     /// `bundle-fetch = "1000/hour"`, `login = "off"`, …). Defaults: see `docs/operator.md`.
     #[arg(skip)]
@@ -204,6 +233,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Rate limits.
     pub rate_limits: RateLimitConfig,
+    /// Largest attachment.
+    pub max_attachment_bytes: u64,
+    /// Where attachment blobs live.
+    pub blobs: crate::blobs::BlobConfig,
+    /// Most members per group.
+    pub max_group_size: u32,
+    /// Most devices per account.
+    pub max_devices: u32,
 }
 
 impl Config {
@@ -261,6 +298,7 @@ impl Config {
             };
         }
         let default_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7700));
+        let blobs = crate::features::blob_config(&cli, &file);
         Config {
             listen: pick!(listen, default_listen),
             database_url: pick!(database_url, DEFAULT_DATABASE_URL.to_owned()),
@@ -281,6 +319,13 @@ impl Config {
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 10)),
             log_format: pick!(log_format, LogFormat::Text),
             rate_limits: pick!(rate_limits, RateLimitConfig::default()),
+            max_attachment_bytes: pick!(
+                max_attachment_bytes,
+                crate::blobs::DEFAULT_MAX_BLOB_BYTES
+            ),
+            blobs,
+            max_group_size: pick!(max_group_size, 1000).max(1),
+            max_devices: pick!(max_devices, 6).max(1),
         }
     }
 
@@ -294,6 +339,7 @@ impl Config {
         config.db_max_connections = 4;
         config.shutdown_grace = Duration::from_secs(2);
         config.rate_limits = RateLimitConfig::disabled();
+        config.blobs = crate::features::test_blob_config(database_url);
         config
     }
 }

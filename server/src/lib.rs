@@ -29,10 +29,13 @@ pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod provisioning;
 pub mod ratelimit;
+pub mod realtime;
 pub mod serve;
 pub mod store;
 pub mod ws;
@@ -55,6 +58,7 @@ struct Inner {
     metrics: metrics::Metrics,
     limiter: Arc<dyn ratelimit::RateLimiter>,
     shutdown: watch::Sender<bool>,
+    features: features::Features,
 }
 
 impl AppState {
@@ -62,8 +66,10 @@ impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let (shutdown, _) = watch::channel(false);
         let limiter = Arc::new(ratelimit::LocalRateLimiter::new(&config.rate_limits));
+        let features = features::Features::new(&config);
         Self {
             inner: Arc::new(Inner {
+                features,
                 limiter,
                 config,
                 store,
@@ -120,6 +126,10 @@ impl AppState {
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
+    /// Blobs, presence, provisioning.
+    pub fn features(&self) -> &features::Features {
+        &self.inner.features
+    }
     /// Tells WebSockets to close (graceful shutdown).
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.send_replace(true);
@@ -162,6 +172,49 @@ pub fn app(state: AppState) -> Router {
         .route("/api/messages/unread", get(api::messages::unread))
         .route("/api/messages", get(api::messages::fetch))
         .route("/api/messages/{seq}", delete(api::messages::ack))
+        .route("/api/attachments", post(api::attachments::upload))
+        .route(
+            "/api/attachments/{attachment_id}",
+            get(api::attachments::download),
+        )
+        .route(
+            "/api/groups",
+            post(api::groups::create).get(api::groups::list),
+        )
+        .route("/api/groups/{group_id}/members", get(api::groups::members))
+        .route("/api/groups/{group_id}/join", post(api::groups::join))
+        .route("/api/groups/{group_id}/leave", delete(api::groups::leave))
+        .route(
+            "/api/groups/{group_id}/members/{user_id}",
+            delete(api::groups::remove).put(api::groups::set_role),
+        )
+        .route(
+            "/api/groups/{group_id}/invites",
+            post(api::groups::create_invite),
+        )
+        .route(
+            "/api/groups/{group_id}/invites/{invite_id}",
+            delete(api::groups::revoke_invite),
+        )
+        .route("/api/groups/{group_id}/messages", post(api::groups::send))
+        .route("/api/users/{user_id}/status", get(api::presence::status))
+        .route("/api/presence", put(api::presence::set))
+        .route("/api/presence/subscriptions", put(api::presence::subscribe))
+        .route("/api/messages/ephemeral", post(api::presence::ephemeral))
+        .route("/api/provisioning", post(api::provisioning::open))
+        .route(
+            "/api/provisioning/{address}",
+            put(api::provisioning::deliver).get(api::provisioning::receive),
+        )
+        .route(
+            "/api/devices/linking-codes",
+            post(api::provisioning::create_code),
+        )
+        .route("/api/devices/link", post(api::provisioning::link))
+        .route(
+            "/api/devices/{device_id}",
+            delete(api::provisioning::remove_device),
+        )
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))
@@ -203,6 +256,7 @@ pub async fn run_expiry(state: AppState) {
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
+        features::sweep(&state, now).await;
     }
 }
 

@@ -121,7 +121,9 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let expiry = tokio::spawn(run_expiry(state.clone()));
-    let router = app(state.clone());
+    // Client addresses reach handlers for per-address rate limits.
+    let router = app(state.clone())
+        .into_make_service_with_connect_info::<crate::api::provisioning::PeerAddr>();
     let signal_state = state.clone();
     let stop = async move {
         stop.await;

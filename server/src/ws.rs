@@ -227,6 +227,7 @@ impl Conn {
 
 async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
     let signal = state.hub().register(device.pk);
+    let live = crate::api::presence::on_connect(&state, &device);
     state.metrics().connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(user_id = %device.user_id, device_id = device.device_id, "websocket open");
     let mut shutdown = state.shutdown_signal();
@@ -266,6 +267,17 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
                 Some(Err(_)) => Err(Exit::Close(1009, "invalid or oversize frame")),
                 None => Err(Exit::Drop),
             },
+            _ = live.ready() => {
+                // Presence and ephemeral frames: never stored, dropped when stale.
+                let mut sent = Ok(());
+                for msg in live.drain() {
+                    sent = conn.send(&mut socket, msg).await;
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                sent
+            },
             _ = ping.tick() => {
                 if conn.last_heard.elapsed() > idle {
                     Err(Exit::Close(close_code::IDLE_TIMEOUT, "idle timeout"))
@@ -296,6 +308,7 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
         })
         .await;
     }
+    crate::api::presence::on_disconnect(&state, &device, &live);
     state.hub().unregister(device.pk, &signal);
     state.metrics().connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(user_id = %device.user_id, device_id = device.device_id, "websocket closed");

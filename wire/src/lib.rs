@@ -47,6 +47,16 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod attachments;
+mod groups;
+mod linking;
+mod presence;
+
+pub use attachments::*;
+pub use groups::*;
+pub use linking::*;
+pub use presence::*;
+
 /// Bytes carried as a standard, padded base64 string in JSON.
 ///
 /// `Debug` prints only the length: these are usually ciphertext or keys, and logs must not hold them.
@@ -422,6 +432,10 @@ pub enum EnvelopeKind {
     /// Relay-generated: a recipient device acked the message `serverMessageId` sent by this account.
     /// `sourceUserId`/`sourceDeviceId` name the device that received it; there is no content.
     DeliveryReceipt,
+    /// A group's shared Sender-Key ciphertext (`groupId` is set); stored once by the relay.
+    GroupMessage,
+    /// Relay-generated: a group's membership changed; `content` is a JSON [`GroupEvent`].
+    GroupEvent,
 }
 
 /// A queued item of a device's mailbox.
@@ -445,6 +459,9 @@ pub struct Envelope {
     /// Opaque ciphertext; absent for receipts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Base64>,
+    /// The group, for [`EnvelopeKind::GroupMessage`] and [`EnvelopeKind::GroupEvent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// Answer of `GET /api/messages/unread`.
@@ -485,6 +502,11 @@ pub enum ServerFrame {
     /// A frame was not understood or referred to unknown envelopes; the connection stays open
     /// unless the error says otherwise.
     Error(ErrorBody),
+    /// A presence change of a user who shares a group with this device's user, or that this
+    /// device subscribed to.
+    Presence(UserStatus),
+    /// An ephemeral envelope (typing): never stored, never acked.
+    Ephemeral(EphemeralEnvelope),
 }
 
 /// Frames a device sends.

@@ -36,6 +36,7 @@ pub fn to_wire(e: StoredEnvelope) -> Envelope {
         client_message_id: e.client_message_id,
         server_timestamp: u64::try_from(e.server_ts).unwrap_or(0),
         content: e.content.map(Base64),
+        group_id: None,
     }
 }
 

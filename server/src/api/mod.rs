@@ -8,8 +8,12 @@ use sotto_wire::Health;
 use crate::error::Json;
 use crate::AppState;
 
+pub mod attachments;
+pub mod groups;
 pub mod keys;
 pub mod messages;
+pub mod presence;
+pub mod provisioning;
 pub mod users;
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.

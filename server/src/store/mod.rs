@@ -9,14 +9,17 @@
 //! before returning, so an "accepted" answer means the envelopes survive a crash.
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 
+pub mod groups;
 pub mod postgres;
 pub mod sqlite;
+
+pub use groups::{GroupStore, LinkStore};
 
 /// Storage failures. None of them is the client's fault except where the variant says so.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +256,7 @@ pub struct AckOutcome {
 
 /// The relay's persistent state.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'static {
     /// A cheap query, for `/healthz`.
     async fn health(&self) -> Result<(), StoreError>;
     /// Creates an account; `Ok(false)` when the username is taken.

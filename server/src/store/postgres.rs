@@ -11,19 +11,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use tokio::sync::mpsc;
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
+use tokio::sync::mpsc;
 
 use super::{
-    Wakeup,
     check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
     SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
-    UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+    UserCredentials, Wakeup, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
 };
 use crate::config::Config;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[path = "postgres_groups.rs"]
+mod groups;
 
 /// The LISTEN/NOTIFY channel relay processes use to wake each other's WebSockets.
 const CHANNEL: &str = "sotto_wake";
@@ -62,7 +64,12 @@ fn parse_payload(origin: u64, text: &str) -> Option<Wakeup> {
     }
 }
 
-async fn notify(conn: &mut PgConnection, origin: u64, kind: char, pks: &[i64]) -> Result<(), StoreError> {
+async fn notify(
+    conn: &mut PgConnection,
+    origin: u64,
+    kind: char,
+    pks: &[i64],
+) -> Result<(), StoreError> {
     if pks.is_empty() {
         return Ok(());
     }
@@ -755,9 +762,15 @@ mod tests {
     #[test]
     fn payloads_round_trip_and_own_are_ignored() {
         let p = payload(7, 'm', &[1, 22, 333]);
-        assert_eq!(parse_payload(8, &p), Some(Wakeup::Mailboxes(vec![1, 22, 333])));
+        assert_eq!(
+            parse_payload(8, &p),
+            Some(Wakeup::Mailboxes(vec![1, 22, 333]))
+        );
         assert_eq!(parse_payload(7, &p), None);
-        assert_eq!(parse_payload(8, &payload(7, 'r', &[5])), Some(Wakeup::Revoked(5)));
+        assert_eq!(
+            parse_payload(8, &payload(7, 'r', &[5])),
+            Some(Wakeup::Revoked(5))
+        );
         assert_eq!(parse_payload(8, "garbage"), None);
     }
 }

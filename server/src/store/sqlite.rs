@@ -36,6 +36,9 @@ const MAX_GROUP: usize = 512;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+#[path = "sqlite_groups.rs"]
+mod groups;
+
 /// The SQLite store.
 pub struct SqliteStore {
     readers: SqlitePool,

@@ -1,136 +1,633 @@
-//! The real binary, killed with SIGKILL while sends are in flight: after a restart on the same
-//! database every envelope that was answered "accepted" is still queued.
+//! "Nothing acked is ever lost": the real relay binary, under concurrent sends, is killed with
+//! SIGKILL and restarted on the same database and port.
+//!
+//! Every send answered "accepted" before the kill must then be delivered exactly once, in mailbox
+//! order. Sends the kill cut off (no answer) are retried with the same client message id, as a
+//! client would: the relay must accept each retry and store it exactly once, whether or not the
+//! first attempt had been committed. Nothing that was never sent may arrive.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::SinkExt as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use serde_json::{json, Value};
+use sqlx::{Connection as _, Executor as _};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::both;
-use crate::common::{b64, Backend, TestApp};
+use crate::common::{b64, Backend, Client};
+use crate::ws::{connect, frame};
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// Concurrent senders.
+const WORKERS: usize = 8;
+/// Sends per sender at most (the kill normally comes long before).
+const PER_WORKER: usize = 75;
+/// Accepted sends before the kill.
+const KILL_AFTER: usize = 150;
+/// Envelopes per WebSocket ack.
+const ACK_BATCH: usize = 50;
+/// Any single HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A relay process answering `/healthz`.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The whole test, as a last resort (it normally takes a few seconds).
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// A fresh database, dropped (PostgreSQL) even when the test fails.
+
+fn pg_admin_url() -> String {
+    std::env::var("SOTTO_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "relay");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Full::new(Bytes::from(serde_json::to_vec(&b).unwrap()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let resp = sender.send_request(req.body(body).unwrap()).await.ok()?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+/// A database no other process has open: the test itself never connects to it, so a restart goes
+/// through the same recovery as after a real crash.
+struct Database {
+    url: String,
+    dir: tempfile::TempDir,
+    pg_name: Option<String>,
 }
 
-fn start(url: &str, addr: SocketAddr, config: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-server"))
-        .args(["--listen", &addr.to_string(), "--database-url", url])
-        .arg("--config")
-        .arg(config)
-        .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_up(addr: SocketAddr) {
-    for _ in 0..200 {
-        if let Some((200, _)) = http(addr, "GET", "/healthz", None, None).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("relay did not come up on {addr}");
-}
-
-async fn kill_9_loses_nothing_accepted(b: Backend) {
-    let t = TestApp::new(b).await;
-    // Accounts through the in-process app, then hand the database to the binary.
-    let alice = t.client("alice").await;
-    let bob = t.client("bob").await;
-    t.state.store().close().await;
-
-    // The load below is far over the default 100 messages/minute.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.toml");
-    std::fs::write(&config, "[rate-limits]\nmessages = \"off\"\n").unwrap();
-    let addr = free_addr();
-    let mut relay = start(&t.url, addr, &config);
-    wait_up(addr).await;
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut senders = Vec::new();
-    for w in 0..4 {
-        let (accepted, alice, bob) = (accepted.clone(), alice.clone(), bob.clone());
-        senders.push(tokio::spawn(async move {
-            for i in 0.. {
-                let id = format!("w{w}-{i}");
-                let body = json!({"recipientId": bob.user_id, "clientMessageId": id,
-                    "messages": [{"deviceId": 1, "registrationId": bob.registration_id, "content": b64(id.as_bytes())}]});
-                match http(addr, "POST", "/api/messages/send", Some(&alice.token), Some(body)).await {
-                    Some((200, _)) => accepted.lock().unwrap().push(id),
-                    Some((status, v)) => panic!("unexpected {status} {v}"),
-                    None => return,
+impl Database {
+    async fn create(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("relay.sqlite").display()),
+                dir,
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("sotto_test_{:016x}", rand::random::<u64>());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL is required for the relay tests and is not reachable at \
+                             {admin} ({e}). Run `bash scripts/test.sh` (it starts PostgreSQL) or \
+                             set SOTTO_TEST_POSTGRES_URL."
+                        )
+                    });
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+                Self {
+                    url: format!("{base}/{name}"),
+                    dir,
+                    pg_name: Some(name),
                 }
             }
-        }));
-    }
-    // Kill while sends are in flight, once some have been accepted (the machine may be busy).
-    for _ in 0..300 {
-        if accepted.lock().unwrap().len() >= 40 {
-            break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    relay.start_kill().unwrap();
-    relay.wait().await.unwrap();
-    for s in senders {
-        s.await.unwrap();
-    }
-    let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 40, "only {} sends got through", accepted.len());
+}
 
-    let addr = free_addr();
-    let mut relay = start(&t.url, addr, &config);
-    wait_up(addr).await;
-    let mut stored = std::collections::HashSet::new();
-    let mut after = 0;
+async fn drop_pg_database(name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+    conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    conn.close().await
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop may run inside the test's runtime (or while unwinding): use a thread of its own.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(tokio::time::timeout(
+                        Duration::from_secs(10),
+                        drop_pg_database(&name),
+                    ));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay process.
+
+/// A 127.0.0.1 port nobody listens on right now.
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A running `sotto-server`; killed (SIGKILL) when dropped, whatever happened.
+struct Relay {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Relay {
+    /// Starts the binary on `db` at `addr` and waits until `/healthz` answers. The port was just
+    /// released (by the probe in [`free_addr`] or by the kill), so a failed start is retried.
+    async fn start(db: &Database, addr: SocketAddr, run: u32) -> Self {
+        let mut last_error = String::new();
+        for attempt in 0..5 {
+            let log = db.dir.path().join(format!("relay-{run}-{attempt}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-server"))
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--database-url")
+                .arg(&db.url)
+                .arg("--config")
+                .arg(db.dir.path().join("relay.toml"))
+                .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut relay = Relay { child, log };
+            match relay.wait_healthy(addr).await {
+                Ok(()) => return relay,
+                Err(e) => {
+                    last_error = format!("{e}\n--- relay log ---\n{}", relay.log_text());
+                    drop(relay);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        panic!("the relay did not start on {addr}: {last_error}");
+    }
+
+    async fn wait_healthy(&mut self, addr: SocketAddr) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!("exited with {status}"));
+            }
+            let mut http = Http::new(addr);
+            if let Ok((200, _)) = http.call("GET", "/healthz", None, None).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("no healthy answer within {STARTUP_TIMEOUT:?}"))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then reap; returns the signal that ended the process.
+    async fn kill9(&mut self) -> Option<i32> {
+        self.child.start_kill().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the killed relay is reaped")
+            .unwrap();
+        status.signal()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP over one kept-alive connection, reconnecting after a failure.
+
+struct Http {
+    addr: SocketAddr,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Http {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    /// Status and JSON body (Null if not JSON), or why there was no answer.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
+        let result =
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, token, body))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
+        if self.conn.is_none() {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            self.conn = Some(sender);
+        }
+        let sender = self.conn.as_mut().unwrap();
+        sender.ready().await.map_err(|e| format!("ready: {e}"))?;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "relay");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Full::new(Bytes::from(serde_json::to_vec(b).unwrap()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let resp = sender
+            .send_request(req.body(body).unwrap())
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+}
+
+/// Registers `name` and logs in its first device through the relay's API.
+async fn register(addr: SocketAddr, name: &str) -> Client {
+    let mut http = Http::new(addr);
+    let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "password123"});
+    let (status, v) = http
+        .call("POST", "/api/users/register", None, Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "register {name}: {v}");
+    let registration_id = rand::random::<u32>() | 1;
+    let body =
+        json!({"username": name, "password": "password123", "registrationId": registration_id});
+    let (status, v) = http
+        .call("POST", "/api/users/login", None, Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "login {name}: {v}");
+    Client {
+        user_id: v["userId"].as_str().unwrap().to_owned(),
+        device_id: u32::try_from(v["deviceId"].as_u64().unwrap()).unwrap(),
+        registration_id,
+        token: v["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The senders.
+
+/// The (opaque to the relay) content of the message with client id `id`.
+fn content(id: &str) -> Vec<u8> {
+    format!("ciphertext of {id};").repeat(12).into_bytes()
+}
+
+fn send_body(to: &Client, id: &str) -> Value {
+    json!({
+        "recipientId": to.user_id,
+        "clientMessageId": id,
+        "messages": [{"deviceId": to.device_id, "registrationId": to.registration_id, "content": b64(&content(id))}],
+    })
+}
+
+/// What the senders saw.
+#[derive(Debug, Default, Clone)]
+struct Ledger {
+    /// Every client message id a request was started for.
+    attempted: BTreeSet<String>,
+    /// Answered 200: client message id → server message id.
+    accepted: BTreeMap<String, String>,
+    /// No answer (cut off by the kill) or a 5xx: may or may not be stored.
+    uncertain: BTreeSet<String>,
+    /// 5xx answers.
+    server_errors: Vec<String>,
+    /// Transport failures while the relay was supposed to be up.
+    failures_before_kill: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    ledger: Mutex<Ledger>,
+    /// Set just before the SIGKILL.
+    killed: AtomicBool,
+    /// Signalled when `KILL_AFTER` sends have been accepted.
+    enough: Notify,
+}
+
+async fn sender(worker: usize, addr: SocketAddr, from: Client, to: Client, shared: Arc<Shared>) {
+    let mut http = Http::new(addr);
+    for i in 0..PER_WORKER {
+        if shared.killed.load(Ordering::SeqCst) {
+            return;
+        }
+        let id = format!("w{worker}-{i:03}");
+        shared
+            .ledger
+            .lock()
+            .unwrap()
+            .attempted
+            .insert(id.clone());
+        let answer = http
+            .call(
+                "POST",
+                "/api/messages/send",
+                Some(&from.token),
+                Some(&send_body(&to, &id)),
+            )
+            .await;
+        let mut ledger = shared.ledger.lock().unwrap();
+        match answer {
+            Ok((200, v)) => {
+                assert_eq!(v["duplicate"], false, "first send of {id}: {v}");
+                let server_id = v["serverMessageId"].as_str().unwrap().to_owned();
+                ledger.accepted.insert(id, server_id);
+                if ledger.accepted.len() == KILL_AFTER {
+                    shared.enough.notify_one();
+                }
+            }
+            Ok((status, v)) if status >= 500 => {
+                ledger.server_errors.push(format!("{id}: {status} {v}"));
+                ledger.uncertain.insert(id);
+            }
+            Ok((status, v)) => panic!("send {id} answered {status}: {v}"),
+            Err(e) => {
+                ledger.uncertain.insert(id.clone());
+                if shared.killed.load(Ordering::SeqCst) {
+                    return;
+                }
+                ledger.failures_before_kill.push(format!("{id}: {e}"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recipient.
+
+/// Connects `device` over the WebSocket, acks everything it is pushed until the backlog is
+/// drained, and returns the envelopes in arrival order. Then checks the mailbox is empty.
+async fn drain(addr: SocketAddr, device: &Client) -> Vec<Value> {
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), connect(addr, device))
+        .await
+        .expect("WebSocket connected in time");
+    let mut envelopes = Vec::new();
+    let mut unacked = Vec::new();
     loop {
-        let (status, page) = http(addr, "GET", &format!("/api/messages?after={after}"), Some(&bob.token), None)
+        // `frame` waits at most 10 s.
+        let f = frame(&mut ws).await;
+        match f["type"].as_str() {
+            Some("envelope") => {
+                unacked.push(f["data"]["seq"].as_u64().unwrap());
+                envelopes.push(f["data"].clone());
+            }
+            Some("queueEmpty") => break,
+            _ => panic!("unexpected frame while draining: {f}"),
+        }
+        if unacked.len() >= ACK_BATCH {
+            ack(&mut ws, &mut unacked).await;
+        }
+    }
+    ack(&mut ws, &mut unacked).await;
+
+    // Acks are applied asynchronously: the mailbox empties shortly.
+    let mut http = Http::new(addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = http
+            .call("GET", "/api/messages/unread", Some(&device.token), None)
             .await
             .unwrap();
-        assert_eq!(status, 200);
-        for e in page["envelopes"].as_array().unwrap() {
-            stored.insert(e["clientMessageId"].as_str().unwrap().to_owned());
+        assert_eq!(status, 200, "{v}");
+        if v["count"] == 0 {
+            break;
         }
-        match page["nextCursor"].as_u64() {
-            Some(c) => after = c,
-            None => break,
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the mailbox still holds {} envelopes after every push was acked",
+            v["count"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lost: Vec<&String> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} accepted envelopes lost: {lost:?}", lost.len());
-    relay.start_kill().unwrap();
-    relay.wait().await.unwrap();
-    t.finish().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    envelopes
+}
+
+async fn ack(ws: &mut crate::ws::Ws, seqs: &mut Vec<u64>) {
+    if seqs.is_empty() {
+        return;
+    }
+    let text = json!({"type": "ack", "data": {"ids": seqs}}).to_string();
+    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::Text(text.into())))
+        .await
+        .expect("ack sent in time")
+        .unwrap();
+    seqs.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test.
+
+async fn kill_9_loses_nothing_accepted(backend: Backend) {
+    tokio::time::timeout(TEST_TIMEOUT, kill_9_run(backend))
+        .await
+        .expect("the crash test finished in time");
+}
+
+async fn kill_9_run(backend: Backend) {
+    let started = Instant::now();
+    let db = Database::create(backend).await;
+    // The load is far over the default 100 messages/minute.
+    std::fs::write(
+        db.dir.path().join("relay.toml"),
+        "[rate-limits]\nmessages = \"off\"\n",
+    )
+    .unwrap();
+    let addr = free_addr();
+    let mut relay = Relay::start(&db, addr, 1).await;
+    let alice = register(addr, "alice").await;
+    let bob = register(addr, "bob").await;
+
+    // Concurrent senders; SIGKILL once enough sends were accepted, with more in flight.
+    let shared = Arc::new(Shared::default());
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            tokio::spawn(sender(
+                w,
+                addr,
+                alice.clone(),
+                bob.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
+    if tokio::time::timeout(Duration::from_secs(60), shared.enough.notified())
+        .await
+        .is_err()
+    {
+        panic!(
+            "fewer than {KILL_AFTER} sends accepted in 60 s: {:?}\n--- relay log ---\n{}",
+            shared.ledger.lock().unwrap(),
+            relay.log_text()
+        );
+    }
+    shared.killed.store(true, Ordering::SeqCst);
+    let signal = relay.kill9().await;
+    assert_eq!(signal, Some(9), "the relay died of SIGKILL");
+    for w in workers {
+        tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), w)
+            .await
+            .expect("a sender stops after the kill")
+            .unwrap();
+    }
+    let ledger = shared.ledger.lock().unwrap().clone();
+    assert!(
+        ledger.failures_before_kill.is_empty(),
+        "requests failed while the relay was up: {:?}\n--- relay log ---\n{}",
+        ledger.failures_before_kill,
+        relay.log_text()
+    );
+    assert!(
+        ledger.attempted.len() < WORKERS * PER_WORKER,
+        "the kill came only after every send had finished; nothing was in flight"
+    );
+    let pre_kill_log = relay.log_text();
+    drop(relay);
+
+    // Same database, same port.
+    let relay = Relay::start(&db, addr, 2).await;
+
+    // A client that got no answer retries with the same client message id.
+    let mut accepted = ledger.accepted.clone();
+    let mut stored_before_kill = 0;
+    let mut http = Http::new(addr);
+    for id in &ledger.uncertain {
+        let (status, v) = http
+            .call(
+                "POST",
+                "/api/messages/send",
+                Some(&alice.token),
+                Some(&send_body(&bob, id)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "retry of {id} after the restart: {v}");
+        if v["duplicate"] == true {
+            stored_before_kill += 1;
+        }
+        accepted.insert(id.clone(), v["serverMessageId"].as_str().unwrap().to_owned());
+    }
+
+    let envelopes = drain(addr, &bob).await;
+
+    // In mailbox order, each from alice with the content sent under its client message id.
+    let mut delivered: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last_seq = 0;
+    for e in &envelopes {
+        let seq = e["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq {seq} after {last_seq}: out of order");
+        last_seq = seq;
+        assert_eq!(e["kind"], "message", "{e}");
+        assert_eq!(e["sourceUserId"], alice.user_id.as_str(), "{e}");
+        let id = e["clientMessageId"].as_str().unwrap();
+        assert!(
+            ledger.attempted.contains(id),
+            "{id} arrived but was never sent: {e}"
+        );
+        assert_eq!(
+            e["content"].as_str().unwrap(),
+            b64(&content(id)),
+            "content of {id}"
+        );
+        assert_eq!(
+            e["serverMessageId"].as_str(),
+            accepted.get(id).map(String::as_str),
+            "{id} arrived under another server message id than its answer gave"
+        );
+        *delivered.entry(id.to_owned()).or_default() += 1;
+    }
+    let duplicated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "delivered twice: {duplicated:?}");
+    let lost: Vec<&String> = ledger
+        .accepted
+        .keys()
+        .filter(|id| !delivered.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} envelopes accepted before the kill were lost: {lost:?}\n\
+         --- relay log before the kill ---\n{pre_kill_log}",
+        lost.len(),
+        ledger.accepted.len()
+    );
+    let lost_retries: Vec<&String> = ledger
+        .uncertain
+        .iter()
+        .filter(|id| !delivered.contains_key(*id))
+        .collect();
+    assert!(
+        lost_retries.is_empty(),
+        "retries accepted after the restart were lost: {lost_retries:?}"
+    );
+    assert_eq!(delivered.len(), accepted.len());
+
+    println!(
+        "crash ({backend:?}): {} sends started, {} accepted before the kill, {} cut off \
+         ({} of them had been stored: the retry was a duplicate), {} 5xx, {} delivered exactly \
+         once, {:.1} s",
+        ledger.attempted.len(),
+        ledger.accepted.len(),
+        ledger.uncertain.len(),
+        stored_before_kill,
+        ledger.server_errors.len(),
+        envelopes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(relay);
 }
 both!(kill_9_loses_nothing_accepted);

@@ -263,7 +263,9 @@ async fn postgres_processes_wake_each_other() {
     let a = t.serve().await;
     // A second process: its own state, hub and listener on the same database.
     let other = t.reopen().await;
-    let b = sotto_server::serve::spawn(other.clone(), None).await.unwrap();
+    let b = sotto_server::serve::spawn(other.clone(), None)
+        .await
+        .unwrap();
 
     let mut bob_ws = connect(b.addr, &bob).await;
     assert_eq!(frame(&mut bob_ws).await["type"], "queueEmpty");

@@ -1,0 +1,524 @@
+//! Groups: membership for routing, one stored ciphertext per group message.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore as _;
+use sotto_wire::{
+    CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvite, GroupList, GroupMember, GroupMembers,
+    GroupRole, GroupSendRequest, GroupSummary, JoinGroupRequest, SendMessageResponse,
+    SetRoleRequest,
+};
+
+use crate::auth::{hash_token, Auth};
+use crate::error::{Json, Path};
+use crate::ratelimit::{Limit, RateKey};
+use crate::store::groups::{
+    wire_role, GroupSendBatch, GroupSendOutcome, GroupWrite, MemberChange, MemberOp, NewGroup,
+    ENVELOPE_GROUP_EVENT, ENVELOPE_GROUP_MESSAGE, ROLE_ADMIN, ROLE_MEMBER,
+};
+use crate::store::{DeviceAuth, StoreError, StoredEnvelope, Target};
+use crate::{now_ms, AppError, AppState};
+
+/// Largest encrypted metadata blob.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// How long an invite token works.
+pub const INVITE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Most users one join request may add.
+const MAX_ADD: usize = 1000;
+
+fn unknown_group() -> AppError {
+    AppError::not_found("unknown_group", "no such group, or you are not a member")
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+}
+
+fn check_group_id(id: &str) -> Result<(), AppError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(unknown_group())
+    }
+}
+
+fn check_user_ids(ids: &[String]) -> Result<(), AppError> {
+    if ids.len() > MAX_ADD {
+        return Err(AppError::bad_request(
+            "too_many_users",
+            format!("at most {MAX_ADD} users per request"),
+        ));
+    }
+    if let Some(bad) = ids.iter().find(|id| !valid_id(id)) {
+        return Err(AppError::bad_request(
+            "invalid_user_id",
+            format!("invalid user id {:?}", bad.chars().take(64).collect::<String>()),
+        ));
+    }
+    Ok(())
+}
+
+/// Maps a refused write to its answer; wakes mailboxes of an applied one.
+fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
+    match write {
+        GroupWrite::Done { revision, notify } => {
+            for pk in notify {
+                state.hub().notify(pk);
+            }
+            Ok(revision)
+        }
+        GroupWrite::NotMember => Err(unknown_group()),
+        GroupWrite::NotAdmin => Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "not_admin",
+            "only an admin of the group can do this (and the last admin cannot step down)",
+        )),
+        GroupWrite::UnknownUsers(users) => Err(AppError::not_found(
+            "unknown_user",
+            format!("no such user: {}", users.join(", ")),
+        )),
+        GroupWrite::UnknownMember => Err(AppError::not_found(
+            "unknown_member",
+            "no such member or invite in this group",
+        )),
+        GroupWrite::GroupFull => Err(AppError::conflict(
+            "group_full",
+            format!(
+                "a group has at most {} members",
+                state.config().max_group_size
+            ),
+        )),
+        GroupWrite::InvalidInvite => Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "invalid_invite",
+            "the invite token is unknown, expired or revoked",
+        )),
+    }
+}
+
+fn revision(r: i64) -> u64 {
+    u64::try_from(r).unwrap_or(0)
+}
+
+/// Shared ciphertexts of the group-message references in a page of a device's mailbox.
+#[derive(Debug, Default)]
+pub struct References(std::collections::HashMap<i64, (String, Vec<u8>)>);
+
+/// Loads the references of a mailbox page (one query, only when the page has any).
+pub async fn references(
+    state: &AppState,
+    device_pk: i64,
+    page: &[StoredEnvelope],
+) -> Result<References, StoreError> {
+    let refs = page.iter().filter(|e| e.kind == ENVELOPE_GROUP_MESSAGE);
+    let (Some(first), Some(last)) = (
+        refs.clone().map(|e| e.seq).min(),
+        refs.map(|e| e.seq).max(),
+    ) else {
+        return Ok(References::default());
+    };
+    let rows = state
+        .store()
+        .group_references(device_pk, first, last)
+        .await?;
+    Ok(References(
+        rows.into_iter()
+            .map(|(seq, group, content)| (seq, (group, content)))
+            .collect(),
+    ))
+}
+
+/// The wire form of a mailbox envelope, with group messages and events completed.
+pub fn to_wire(e: StoredEnvelope, refs: &References) -> Envelope {
+    let kind = e.kind;
+    let seq = e.seq;
+    let mut wire = crate::api::messages::to_wire(e);
+    if kind == ENVELOPE_GROUP_MESSAGE {
+        wire.kind = EnvelopeKind::GroupMessage;
+        if let Some((group, content)) = refs.0.get(&seq) {
+            wire.group_id = Some(group.clone());
+            wire.content = Some(content.clone().into());
+        }
+    } else if kind == ENVELOPE_GROUP_EVENT {
+        wire.kind = EnvelopeKind::GroupEvent;
+        // Events carry their group id in the client message id column.
+        wire.group_id = Some(wire.client_message_id.clone());
+    }
+    wire
+}
+
+/// `POST /api/groups`.
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Json(req): Json<CreateGroupRequest>,
+) -> Result<(StatusCode, Json<GroupCreated>), AppError> {
+    if req.metadata.as_bytes().len() > MAX_METADATA_BYTES {
+        return Err(AppError::too_large(format!(
+            "metadata is limited to {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    check_user_ids(&req.members)?;
+    let mut seen = HashSet::new();
+    let members: Vec<String> = req
+        .members
+        .into_iter()
+        .filter(|m| *m != device.user_id && seen.insert(m.clone()))
+        .collect();
+    if members.len() + 1 > state.config().max_group_size as usize {
+        return Err(refused(&state, GroupWrite::GroupFull));
+    }
+    let now = now_ms();
+    let group_id = uuid::Uuid::new_v4().to_string();
+    let write = state
+        .store()
+        .create_group(NewGroup {
+            id: group_id.clone(),
+            creator: device,
+            members,
+            metadata: req.metadata.into_bytes(),
+            now,
+            expires_at: state.expires_at(now),
+        })
+        .await?;
+    let rev = applied(&state, write)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GroupCreated {
+            group_id,
+            revision: revision(rev),
+        }),
+    ))
+}
+
+/// The answer for a refusal decided before reaching the store.
+fn refused(state: &AppState, write: GroupWrite) -> AppError {
+    match applied(state, write) {
+        Err(e) => e,
+        Ok(_) => AppError::Internal("a refusal was applied".into()),
+    }
+}
+
+/// `GET /api/groups`.
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<Json<GroupList>, AppError> {
+    let rows = state.store().groups_of(&device.user_id).await?;
+    Ok(Json(GroupList {
+        groups: rows
+            .into_iter()
+            .map(|g| GroupSummary {
+                group_id: g.group_id,
+                role: wire_role(g.role),
+                revision: revision(g.revision),
+                member_count: u32::try_from(g.member_count).unwrap_or(0),
+                metadata: g.metadata.into(),
+            })
+            .collect(),
+    }))
+}
+
+async fn view(state: &AppState, group_id: &str, asker: &str) -> Result<GroupMembers, AppError> {
+    let g = state
+        .store()
+        .group_view(group_id, asker)
+        .await?
+        .ok_or_else(unknown_group)?;
+    Ok(GroupMembers {
+        group_id: g.group_id,
+        revision: revision(g.revision),
+        metadata: g.metadata.into(),
+        members: g
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                user_id: m.user_id,
+                role: wire_role(m.role),
+                joined_at: u64::try_from(m.joined_at).unwrap_or(0),
+            })
+            .collect(),
+    })
+}
+
+/// `GET /api/groups/{groupId}/members`: members only.
+pub async fn members(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+) -> Result<Json<GroupMembers>, AppError> {
+    check_group_id(&group_id)?;
+    Ok(Json(view(&state, &group_id, &device.user_id).await?))
+}
+
+async fn change(
+    state: &AppState,
+    group_id: String,
+    actor: DeviceAuth,
+    op: MemberOp,
+) -> Result<i64, AppError> {
+    let now = now_ms();
+    let write = state
+        .store()
+        .change_members(MemberChange {
+            group_id,
+            actor,
+            op,
+            max_size: state.config().max_group_size,
+            now,
+            expires_at: state.expires_at(now),
+        })
+        .await?;
+    applied(state, write)
+}
+
+/// `POST /api/groups/{groupId}/join`.
+pub async fn join(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+    Json(req): Json<JoinGroupRequest>,
+) -> Result<Json<GroupMembers>, AppError> {
+    check_group_id(&group_id)?;
+    let op = match (req.user_ids, req.invite_token) {
+        (Some(users), None) => {
+            check_user_ids(&users)?;
+            if users.is_empty() {
+                return Err(AppError::bad_request("no_users", "userIds is empty"));
+            }
+            MemberOp::Add(users)
+        }
+        (None, Some(token)) => {
+            if token.len() != 43 {
+                return Err(refused(&state, GroupWrite::InvalidInvite));
+            }
+            MemberOp::JoinWithInvite(hash_token(&token))
+        }
+        _ => {
+            return Err(AppError::bad_request(
+                "invalid_join",
+                "give exactly one of userIds and inviteToken",
+            ))
+        }
+    };
+    change(&state, group_id.clone(), device.clone(), op).await?;
+    Ok(Json(view(&state, &group_id, &device.user_id).await?))
+}
+
+/// `DELETE /api/groups/{groupId}/leave`.
+pub async fn leave(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    change(&state, group_id, device, MemberOp::Leave).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/groups/{groupId}/members/{userId}`: an admin removes a member.
+pub async fn remove(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path((group_id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    let op = if user_id == device.user_id {
+        MemberOp::Leave
+    } else {
+        MemberOp::Remove(user_id)
+    };
+    change(&state, group_id, device, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/groups/{groupId}/members/{userId}`: an admin sets a role.
+pub async fn set_role(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path((group_id, user_id)): Path<(String, String)>,
+    Json(req): Json<SetRoleRequest>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    let role = match req.role {
+        GroupRole::Admin => ROLE_ADMIN,
+        GroupRole::Member => ROLE_MEMBER,
+    };
+    change(&state, group_id, device, MemberOp::SetRole(user_id, role)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/groups/{groupId}/invites`.
+pub async fn create_invite(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+) -> Result<(StatusCode, Json<GroupInvite>), AppError> {
+    check_group_id(&group_id)?;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let invite_id = uuid::Uuid::new_v4().to_string();
+    let now = now_ms();
+    let expires_at = now.saturating_add(INVITE_TTL_MS);
+    let write = state
+        .store()
+        .create_invite(
+            &group_id,
+            &device.user_id,
+            &invite_id,
+            &hash_token(&token),
+            now,
+            expires_at,
+        )
+        .await?;
+    applied(&state, write)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GroupInvite {
+            invite_id,
+            token,
+            expires_at: u64::try_from(expires_at).unwrap_or(0),
+        }),
+    ))
+}
+
+/// `DELETE /api/groups/{groupId}/invites/{inviteId}`.
+pub async fn revoke_invite(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path((group_id, invite_id)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    let write = state
+        .store()
+        .revoke_invite(&group_id, &device.user_id, &invite_id)
+        .await?;
+    applied(&state, write)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/groups/{groupId}/messages`.
+pub async fn send(
+    State(state): State<AppState>,
+    Auth(sender): Auth,
+    Path(group_id): Path<String>,
+    Json(req): Json<GroupSendRequest>,
+) -> Result<Json<SendMessageResponse>, AppError> {
+    check_group_id(&group_id)?;
+    state
+        .limiter()
+        .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
+        .await?;
+    if req.client_message_id.is_empty()
+        || req.client_message_id.len() > 64
+        || req.client_message_id.chars().any(char::is_control)
+    {
+        return Err(AppError::bad_request(
+            "invalid_client_message_id",
+            "clientMessageId must be 1-64 bytes without control characters",
+        ));
+    }
+    let max = state.config().max_envelope_bytes;
+    let len = req.content.as_bytes().len();
+    if len == 0 {
+        return Err(AppError::bad_request(
+            "empty_content",
+            "content must not be empty",
+        ));
+    }
+    if len > max {
+        return Err(AppError::too_large(format!(
+            "content is {len} bytes; the limit is {max}"
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        if !seen.insert((m.user_id.clone(), m.device_id)) {
+            return Err(AppError::bad_request(
+                "duplicate_device",
+                "two ciphertexts for one device",
+            ));
+        }
+        let len = m.content.as_bytes().len();
+        if len == 0 || len > max {
+            return Err(AppError::bad_request(
+                "invalid_content",
+                format!("pairwise content must be 1-{max} bytes"),
+            ));
+        }
+        targets.push(Target {
+            user_id: m.user_id,
+            device_id: m.device_id,
+            registration_id: m.registration_id,
+            content: m.content.into_bytes(),
+        });
+    }
+    let count = targets.len() as u64 + 1;
+    let now = now_ms();
+    let outcome = state
+        .store()
+        .group_send(GroupSendBatch {
+            group_id,
+            sender,
+            client_message_id: req.client_message_id,
+            server_message_id: uuid::Uuid::new_v4().to_string(),
+            now,
+            expires_at: state.expires_at(now),
+            content: req.content.into_bytes(),
+            targets,
+        })
+        .await?;
+    let refs = |list: Vec<(String, u32)>| -> Vec<DeviceRef> {
+        list.into_iter()
+            .map(|(user_id, device_id)| DeviceRef { user_id, device_id })
+            .collect()
+    };
+    match outcome {
+        GroupSendOutcome::Accepted {
+            server_message_id,
+            server_timestamp,
+            notify,
+        } => {
+            for pk in notify {
+                state.hub().notify(pk);
+            }
+            state
+                .metrics()
+                .envelopes_accepted
+                .fetch_add(count, Ordering::Relaxed);
+            Ok(Json(SendMessageResponse {
+                server_message_id,
+                server_timestamp: u64::try_from(server_timestamp).unwrap_or(0),
+                duplicate: false,
+            }))
+        }
+        GroupSendOutcome::Duplicate {
+            server_message_id,
+            server_timestamp,
+        } => Ok(Json(SendMessageResponse {
+            server_message_id,
+            server_timestamp: u64::try_from(server_timestamp).unwrap_or(0),
+            duplicate: true,
+        })),
+        GroupSendOutcome::NotMember => Err(unknown_group()),
+        GroupSendOutcome::Mismatch(m) => {
+            if m.extra.is_empty() {
+                Err(AppError::StaleDevices(refs(m.stale)))
+            } else {
+                Err(AppError::MismatchedDevices {
+                    missing: Vec::new(),
+                    extra: refs(m.extra),
+                })
+            }
+        }
+    }
+}

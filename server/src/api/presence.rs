@@ -1,0 +1,275 @@
+//! Presence (status, away, subscriptions) and ephemeral envelopes (typing).
+//!
+//! Presence changes are pushed to the connected devices of users who share a group with the user
+//! and to devices that subscribed to the user; the WebSocket task calls [`on_connect`] and
+//! [`on_disconnect`]. Ephemeral envelopes go to devices connected right now and nowhere else.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use sotto_wire::{
+    EphemeralEnvelope, EphemeralRequest, PresenceSnapshot, PresenceStatus, PresenceSubscriptions,
+    ServerFrame, SetPresenceRequest, UserStatus,
+};
+
+use crate::auth::Auth;
+use crate::error::{Json, Path};
+use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
+use crate::store::DeviceAuth;
+use crate::{now_ms, AppError, AppState};
+
+fn frame_text(frame: &ServerFrame) -> Utf8Bytes {
+    serde_json::to_string(frame).unwrap_or_default().into()
+}
+
+async fn user_status(state: &AppState, user_id: &str) -> Result<UserStatus, AppError> {
+    let status = state.features().realtime().status(user_id);
+    let last_seen = if status == PresenceStatus::Offline {
+        state.store().last_seen(user_id).await?
+    } else {
+        Some(now_ms())
+    };
+    Ok(UserStatus {
+        user_id: user_id.to_owned(),
+        status,
+        last_seen: last_seen.and_then(|t| u64::try_from(t).ok()),
+    })
+}
+
+/// Pushes a user's current status to everyone entitled to it.
+pub async fn broadcast(state: &AppState, user_id: &str) {
+    let status = match user_status(state, user_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = ?e, "presence lookup failed");
+            return;
+        }
+    };
+    let realtime = state.features().realtime();
+    let mut targets: HashSet<i64> = realtime.watchers_of(user_id).into_iter().collect();
+    match state.store().co_members(user_id).await {
+        Ok(users) => {
+            for user in users {
+                targets.extend(realtime.devices_of(&user));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "presence audience lookup failed"),
+    }
+    let text = frame_text(&ServerFrame::Presence(status));
+    let now = Instant::now();
+    for pk in targets {
+        realtime.push(pk, text.clone(), now);
+    }
+}
+
+fn announce(state: &AppState, user_id: &str, transition: Transition) {
+    if transition.changed() {
+        let state = state.clone();
+        let user_id = user_id.to_owned();
+        tokio::spawn(async move {
+            if transition.after == PresenceStatus::Offline {
+                if let Err(e) = state.store().set_last_seen(&user_id, now_ms()).await {
+                    tracing::warn!(error = %e, "last-seen update failed");
+                }
+            }
+            broadcast(&state, &user_id).await;
+        });
+    }
+}
+
+/// A device's WebSocket opened.
+pub fn on_connect(state: &AppState, device: &DeviceAuth) -> Arc<LiveConn> {
+    let (conn, transition) = state.features().realtime().connect(device);
+    announce(state, &device.user_id, transition);
+    conn
+}
+
+/// A device's WebSocket closed.
+pub fn on_disconnect(state: &AppState, device: &DeviceAuth, conn: &LiveConn) {
+    let transition = state.features().realtime().disconnect(conn);
+    announce(state, &device.user_id, transition);
+}
+
+/// `GET /api/users/{userId}/status`.
+pub async fn status(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path(user_id): Path<String>,
+) -> Result<Json<UserStatus>, AppError> {
+    if user_id.len() > 64 || !state.store().user_exists(&user_id).await? {
+        return Err(AppError::not_found("unknown_user", "no such user"));
+    }
+    Ok(Json(user_status(&state, &user_id).await?))
+}
+
+fn not_connected() -> AppError {
+    AppError::conflict(
+        "not_connected",
+        "this device has no open WebSocket; presence applies to connections",
+    )
+}
+
+/// `PUT /api/presence`.
+pub async fn set(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Json(req): Json<SetPresenceRequest>,
+) -> Result<StatusCode, AppError> {
+    let away = match req.status {
+        PresenceStatus::Online => false,
+        PresenceStatus::Away => true,
+        PresenceStatus::Offline => {
+            return Err(AppError::bad_request(
+                "invalid_status",
+                "status must be online or away",
+            ))
+        }
+    };
+    let transition = state
+        .features()
+        .realtime()
+        .set_away(&device, away)
+        .ok_or_else(not_connected)?;
+    announce(&state, &device.user_id, transition);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/presence/subscriptions`.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Json(req): Json<PresenceSubscriptions>,
+) -> Result<Json<PresenceSnapshot>, AppError> {
+    if req.user_ids.len() > MAX_SUBSCRIPTIONS {
+        return Err(AppError::bad_request(
+            "too_many_users",
+            format!("at most {MAX_SUBSCRIPTIONS} subscriptions"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut users = Vec::new();
+    for user in req.user_ids {
+        if user.len() <= 64 && seen.insert(user.clone()) && state.store().user_exists(&user).await?
+        {
+            users.push(user);
+        }
+    }
+    if !state.features().realtime().subscribe(device.pk, &users) {
+        return Err(not_connected());
+    }
+    let mut statuses = Vec::with_capacity(users.len());
+    for user in &users {
+        statuses.push(user_status(&state, user).await?);
+    }
+    Ok(Json(PresenceSnapshot { statuses }))
+}
+
+/// `POST /api/messages/ephemeral`: relayed to connected devices only, never stored.
+pub async fn ephemeral(
+    State(state): State<AppState>,
+    Auth(sender): Auth,
+    Json(req): Json<EphemeralRequest>,
+) -> Result<StatusCode, AppError> {
+    let max = state.config().max_envelope_bytes;
+    let check_len = |len: usize| {
+        if len == 0 || len > max {
+            Err(AppError::bad_request(
+                "invalid_content",
+                format!("content must be 1-{max} bytes"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let now = now_ms();
+    let age_ms = u64::try_from(now).unwrap_or(0).saturating_sub(req.timestamp);
+    let stale = u128::from(age_ms) > EPHEMERAL_MAX_AGE.as_millis();
+    let realtime = state.features().realtime();
+    let envelope = |group_id: Option<String>, content: sotto_wire::Base64| {
+        frame_text(&ServerFrame::Ephemeral(EphemeralEnvelope {
+            source_user_id: sender.user_id.clone(),
+            source_device_id: sender.device_id,
+            group_id,
+            timestamp: req.timestamp,
+            content,
+        }))
+    };
+    let at = Instant::now();
+    match (&req.recipient_id, &req.group_id) {
+        (Some(recipient), None) => {
+            if req.content.is_some() || req.messages.is_empty() {
+                return Err(AppError::bad_request(
+                    "invalid_ephemeral",
+                    "a 1:1 ephemeral needs `messages` and no `content`",
+                ));
+            }
+            let mut seen = HashSet::new();
+            for m in &req.messages {
+                check_len(m.content.as_bytes().len())?;
+                if !seen.insert(m.device_id) {
+                    return Err(AppError::bad_request(
+                        "duplicate_device",
+                        "two ciphertexts for one device",
+                    ));
+                }
+            }
+            if recipient.len() > 64 || !state.store().user_exists(recipient).await? {
+                return Err(AppError::not_found("unknown_user", "no such recipient"));
+            }
+            if stale {
+                return Ok(StatusCode::NO_CONTENT);
+            }
+            let devices = state.store().devices(recipient).await?;
+            for m in req.messages.iter() {
+                let Some(device) = devices.iter().find(|d| d.device_id == m.device_id) else {
+                    continue;
+                };
+                if device.pk != sender.pk && realtime.is_connected(device.pk) {
+                    realtime.push(device.pk, envelope(None, m.content.clone()), at);
+                }
+            }
+        }
+        (None, Some(group_id)) => {
+            let (Some(content), true) = (&req.content, req.messages.is_empty()) else {
+                return Err(AppError::bad_request(
+                    "invalid_ephemeral",
+                    "a group ephemeral needs `content` and no `messages`",
+                ));
+            };
+            check_len(content.as_bytes().len())?;
+            if group_id.len() > 64 {
+                return Err(AppError::not_found(
+                    "unknown_group",
+                    "no such group, or you are not a member",
+                ));
+            }
+            let devices = state
+                .store()
+                .group_devices(group_id, &sender.user_id)
+                .await?
+                .ok_or_else(|| {
+                    AppError::not_found("unknown_group", "no such group, or you are not a member")
+                })?;
+            if stale {
+                return Ok(StatusCode::NO_CONTENT);
+            }
+            let text = envelope(Some(group_id.clone()), content.clone());
+            for (_, pk) in devices {
+                if pk != sender.pk {
+                    realtime.push(pk, text.clone(), at);
+                }
+            }
+        }
+        _ => {
+            return Err(AppError::bad_request(
+                "invalid_ephemeral",
+                "give exactly one of recipientId and groupId",
+            ))
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,273 @@
+//! Device linking: provisioning channels, linking codes, and device removal.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::serve::IncomingStream;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::Deserialize;
+use sotto_wire::{
+    LinkDeviceRequest, LinkingCode, LoginResponse, ProvisioningChannel, ProvisioningMessage,
+};
+
+use crate::auth::{self, hash_token, Auth};
+use crate::error::{Json, Path, Query};
+use crate::provisioning::ChannelError;
+use crate::ratelimit::{Limit, RateKey};
+use crate::store::groups::LinkOutcome;
+use crate::{now_ms, AppError, AppState};
+
+/// How long a linking code works.
+pub const LINK_CODE_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Longest long poll.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// The peer address of a connection, plain or TLS (what [`ClientAddr`] reads).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::serve::TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::serve::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// The client's address, for per-address rate limits. Requests that did not come through a socket
+/// (in-process tests) count as one unspecified address.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|ConnectInfo(PeerAddr(addr))| addr.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ))
+    }
+}
+
+fn unknown_address() -> AppError {
+    AppError::not_found(
+        "unknown_address",
+        "no such provisioning address (never opened, expired or already used)",
+    )
+}
+
+fn channel_error(e: ChannelError) -> AppError {
+    match e {
+        ChannelError::Unknown => unknown_address(),
+        ChannelError::AlreadyDelivered => AppError::conflict(
+            "already_delivered",
+            "this address already received its message",
+        ),
+        ChannelError::Full => AppError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_channels",
+            "too many provisioning channels are open; retry later",
+        ),
+    }
+}
+
+fn ms_after(now: i64, d: Duration) -> u64 {
+    u64::try_from(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))).unwrap_or(0)
+}
+
+/// `POST /api/provisioning`: opens a channel (no authentication).
+pub async fn open(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+) -> Result<(StatusCode, Json<ProvisioningChannel>), AppError> {
+    state
+        .limiter()
+        .check(Limit::Provisioning, RateKey::Address(addr), 1)
+        .await?;
+    let channels = state.features().provisioning();
+    let address = channels.open(Instant::now()).map_err(channel_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProvisioningChannel {
+            address,
+            expires_at: ms_after(now_ms(), channels.ttl()),
+        }),
+    ))
+}
+
+/// `PUT /api/provisioning/{address}`: an existing device delivers the encrypted message.
+pub async fn deliver(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Path(address): Path<String>,
+    Json(req): Json<ProvisioningMessage>,
+) -> Result<StatusCode, AppError> {
+    let len = req.message.as_bytes().len();
+    let max = state.config().max_envelope_bytes;
+    if len == 0 || len > max {
+        return Err(AppError::bad_request(
+            "invalid_message",
+            format!("message must be 1-{max} bytes"),
+        ));
+    }
+    state
+        .features()
+        .provisioning()
+        .deliver(&address, req.message.into_bytes(), Instant::now())
+        .map_err(channel_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of the long poll.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait for the message (0-30, default 0).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// `GET /api/provisioning/{address}?waitSecs=n`: the new device picks up its message.
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(address): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::IntoResponse as _;
+    let wait = Duration::from_secs(q.wait_secs.unwrap_or(0).min(MAX_WAIT_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let channels = state.features().provisioning();
+    loop {
+        match channels.take(&address, Instant::now()).map_err(channel_error)? {
+            Ok(message) => {
+                return Ok(Json(ProvisioningMessage {
+                    message: message.into(),
+                })
+                .into_response())
+            }
+            Err(notify) => {
+                if tokio::time::timeout_at(deadline, notify.notified())
+                    .await
+                    .is_err()
+                {
+                    return Ok(StatusCode::NO_CONTENT.into_response());
+                }
+            }
+        }
+    }
+}
+
+/// `POST /api/devices/linking-codes`: a one-time code for linking a new device to this account.
+pub async fn create_code(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<(StatusCode, Json<LinkingCode>), AppError> {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let code = URL_SAFE_NO_PAD.encode(raw);
+    let now = now_ms();
+    let expires_at = now.saturating_add(LINK_CODE_TTL_MS);
+    state
+        .store()
+        .create_link_code(&device.user_id, &hash_token(&code), now, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkingCode {
+            code,
+            expires_at: u64::try_from(expires_at).unwrap_or(0),
+        }),
+    ))
+}
+
+/// `POST /api/devices/link`: the new device registers with its code (no authentication).
+pub async fn link(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    Json(req): Json<LinkDeviceRequest>,
+) -> Result<(StatusCode, Json<LoginResponse>), AppError> {
+    state
+        .limiter()
+        .check(Limit::Provisioning, RateKey::Address(addr), 1)
+        .await?;
+    if req.registration_id == 0 {
+        return Err(AppError::bad_request(
+            "invalid_registration_id",
+            "registrationId must be non-zero",
+        ));
+    }
+    let invalid = || {
+        AppError::client(
+            StatusCode::FORBIDDEN,
+            "invalid_linking_code",
+            "the linking code is unknown, used or expired",
+        )
+    };
+    if req.code.len() != 43 {
+        return Err(invalid());
+    }
+    let (token, token_hash) = auth::generate_token();
+    let outcome = state
+        .store()
+        .link_device(
+            &hash_token(&req.code),
+            req.registration_id,
+            &token_hash,
+            now_ms(),
+            state.config().max_devices,
+        )
+        .await?;
+    match outcome {
+        LinkOutcome::Linked { user_id, device_id } => {
+            tracing::info!(%user_id, device_id, "device linked");
+            Ok((
+                StatusCode::CREATED,
+                Json(LoginResponse {
+                    user_id,
+                    device_id,
+                    token,
+                }),
+            ))
+        }
+        LinkOutcome::InvalidCode => Err(invalid()),
+        LinkOutcome::TooManyDevices => Err(AppError::conflict(
+            "too_many_devices",
+            format!(
+                "an account has at most {} devices; remove one first",
+                state.config().max_devices
+            ),
+        )),
+    }
+}
+
+/// `DELETE /api/devices/{deviceId}`: removes one of the caller's devices (token, keys, mailbox).
+pub async fn remove_device(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(device_id): Path<u32>,
+) -> Result<StatusCode, AppError> {
+    let devices = state.store().devices(&caller.user_id).await?;
+    let target = devices
+        .iter()
+        .find(|d| d.device_id == device_id)
+        .ok_or_else(|| AppError::not_found("unknown_device", "no such device on this account"))?;
+    state.store().remove_device(target.pk).await?;
+    state.hub().revoke(target.pk);
+    tracing::info!(user_id = %caller.user_id, device_id, "device removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,160 @@
+//! [`GroupStore`] and [`LinkStore`] for PostgreSQL: one transaction per operation, committed
+//! when the operation returns `Ok` (every refusal is decided before anything is written).
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+
+use super::PgStore;
+
+crate::store::groups::group_queries!(PgConnection, "FOR UPDATE");
+
+/// Runs `$call` (an expression using `tx`) in a transaction and commits on `Ok`.
+macro_rules! in_tx {
+    ($self:ident, |$tx:ident| $call:expr) => {{
+        let mut $tx = $self.pool.begin().await?;
+        let out = $call.await?;
+        $tx.commit().await?;
+        Ok(out)
+    }};
+}
+
+/// Runs `$call` on a pooled connection (reads).
+macro_rules! on_conn {
+    ($self:ident, |$conn:ident| $call:expr) => {{
+        let mut $conn = $self.pool.acquire().await?;
+        $call.await
+    }};
+}
+
+#[async_trait]
+impl GroupStore for PgStore {
+    async fn create_group(&self, group: NewGroup) -> Result<GroupWrite, StoreError> {
+        in_tx!(self, |tx| create_group_tx(&mut tx, group))
+    }
+
+    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError> {
+        on_conn!(self, |conn| groups_of_tx(&mut conn, user_id))
+    }
+
+    async fn group_view(
+        &self,
+        group_id: &str,
+        asker: &str,
+    ) -> Result<Option<GroupView>, StoreError> {
+        on_conn!(self, |conn| group_view_tx(&mut conn, group_id, asker))
+    }
+
+    async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError> {
+        in_tx!(self, |tx| change_members_tx(&mut tx, change))
+    }
+
+    async fn create_invite(
+        &self,
+        group_id: &str,
+        actor: &str,
+        invite_id: &str,
+        token_hash: &[u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<GroupWrite, StoreError> {
+        in_tx!(self, |tx| create_invite_tx(
+            &mut tx,
+            group_id.to_owned(),
+            actor.to_owned(),
+            invite_id.to_owned(),
+            *token_hash,
+            now,
+            expires_at
+        ))
+    }
+
+    async fn revoke_invite(
+        &self,
+        group_id: &str,
+        actor: &str,
+        invite_id: &str,
+    ) -> Result<GroupWrite, StoreError> {
+        in_tx!(self, |tx| revoke_invite_tx(
+            &mut tx,
+            group_id.to_owned(),
+            actor.to_owned(),
+            invite_id.to_owned()
+        ))
+    }
+
+    async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
+        in_tx!(self, |tx| group_send_tx(&mut tx, batch))
+    }
+
+    async fn group_devices(
+        &self,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Vec<(String, i64)>>, StoreError> {
+        on_conn!(self, |conn| group_devices_tx(&mut conn, group_id, user_id))
+    }
+
+    async fn group_references(
+        &self,
+        device_pk: i64,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        on_conn!(self, |conn| group_references_tx(
+            &mut conn, device_pk, first, last
+        ))
+    }
+
+    async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        on_conn!(self, |conn| co_members_tx(&mut conn, user_id))
+    }
+
+    async fn sweep_groups(&self, now: i64) -> Result<u64, StoreError> {
+        in_tx!(self, |tx| sweep_groups_tx(&mut tx, now))
+    }
+}
+
+#[async_trait]
+impl LinkStore for PgStore {
+    async fn create_link_code(
+        &self,
+        user_id: &str,
+        code_hash: &[u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        in_tx!(self, |tx| create_link_code_tx(
+            &mut tx,
+            user_id.to_owned(),
+            *code_hash,
+            now,
+            expires_at
+        ))
+    }
+
+    async fn link_device(
+        &self,
+        code_hash: &[u8; 32],
+        registration_id: u32,
+        token_hash: &[u8; 32],
+        now: i64,
+        max_devices: u32,
+    ) -> Result<LinkOutcome, StoreError> {
+        in_tx!(self, |tx| link_device_tx(
+            &mut tx,
+            *code_hash,
+            registration_id,
+            *token_hash,
+            now,
+            max_devices
+        ))
+    }
+
+    async fn set_last_seen(&self, user_id: &str, at: i64) -> Result<(), StoreError> {
+        in_tx!(self, |tx| set_last_seen_tx(&mut tx, user_id.to_owned(), at))
+    }
+
+    async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
+        on_conn!(self, |conn| last_seen_tx(&mut conn, user_id))
+    }
+}
