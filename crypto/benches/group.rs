@@ -9,22 +9,29 @@
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use sotto_crypto::sender_key::{GroupId, SenderKeyMessage, SenderKeyRecord, SenderKeyState};
 use vodozemac::megolm::{GroupSession, InboundGroupSession, MegolmMessage, SessionConfig};
 
 const PLAINTEXT: [u8; 1024] = [0x5a; 1024];
 
-fn sender_keys(c: &mut Criterion) {
-    let mut group = c.benchmark_group("group 1 KiB");
-    group.throughput(Throughput::Elements(1));
-
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+/// A sender's state and a member's record that holds its distribution, and the RNG they came from.
+fn sender_and_record(seed: u64) -> (ChaCha20Rng, SenderKeyState, SenderKeyRecord) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let id = GroupId::new(b"bench-group".to_vec()).unwrap();
-    let mut sender = SenderKeyState::new(id.clone(), &mut rng);
+    let sender = SenderKeyState::new(id.clone(), &mut rng);
     let mut record = SenderKeyRecord::new(id);
     record
         .process_distribution(&sender.distribution_message())
         .unwrap();
+    (rng, sender, record)
+}
+
+fn sender_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("group 1 KiB");
+    group.throughput(Throughput::Elements(1));
+
+    let (mut rng, mut sender, mut record) = sender_and_record(1);
 
     group.bench_function("sotto sender key encrypt", |b| {
         let mut s = SenderKeyState::from_bytes(&sender.to_bytes()).unwrap();
@@ -83,13 +90,7 @@ fn sender_keys(c: &mut Criterion) {
 /// same conditions for.
 fn interleaved_ratio() {
     use std::time::Instant;
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
-    let id = GroupId::new(b"bench-group".to_vec()).unwrap();
-    let mut sender = SenderKeyState::new(id.clone(), &mut rng);
-    let mut record = SenderKeyRecord::new(id);
-    record
-        .process_distribution(&sender.distribution_message())
-        .unwrap();
+    let (_, mut sender, mut record) = sender_and_record(2);
     let mut outbound = GroupSession::new(SessionConfig::version_1());
     let mut inbound = InboundGroupSession::new(&outbound.session_key(), SessionConfig::version_1());
 

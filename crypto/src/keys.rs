@@ -279,13 +279,9 @@ impl IdentityKeyPair {
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::with_capacity(66);
         let mut seed = self.signing.to_bytes();
-        let mut agreement = self.agreement.to_bytes();
-        w.u8(RECORD_VERSION)
-            .u8(TAG_IDENTITY_KEY_PAIR)
-            .fixed(&seed)
-            .fixed(&agreement);
+        w.u8(RECORD_VERSION).u8(TAG_IDENTITY_KEY_PAIR).fixed(&seed);
         seed.zeroize();
-        agreement.zeroize();
+        write_x25519_secret(&mut w, &self.agreement);
         w.into_zeroizing()
     }
 
@@ -303,7 +299,7 @@ impl IdentityKeyPair {
         let mut seed = Zeroizing::new(r.array::<32>()?);
         let signing = Box::new(SigningKey::from_bytes(&seed));
         seed.zeroize();
-        let agreement = Box::new(StaticSecret::from(r.array::<32>()?));
+        let agreement = read_x25519_secret(r)?;
         Ok(Self::from_parts(signing, agreement))
     }
 }
@@ -400,6 +396,40 @@ fn read_signature(r: &mut Reader<'_>) -> Result<[u8; SIGNATURE_LEN], DecodeError
     r.array::<SIGNATURE_LEN>()
 }
 
+/// A signature as received from the relay: exactly 64 bytes.
+fn signature_from_slice(signature: &[u8]) -> Result<[u8; SIGNATURE_LEN], DecodeError> {
+    signature
+        .try_into()
+        .map_err(|_| DecodeError::InvalidValue("signature length"))
+}
+
+/// Starts a secret prekey record: `RECORD_VERSION | tag | id:u32`.
+fn prekey_record_writer(capacity: usize, tag: u8, id: u32) -> Writer {
+    let mut w = Writer::with_capacity(capacity);
+    w.u8(RECORD_VERSION).u8(tag).u32(id);
+    w
+}
+
+/// Reads the header [`prekey_record_writer`] writes and returns the id.
+fn read_prekey_record_header(r: &mut Reader<'_>, tag: u8) -> Result<u32, DecodeError> {
+    r.version(RECORD_VERSION)?;
+    r.tag(tag)?;
+    r.u32()
+}
+
+/// Appends the 32 secret bytes of `secret`, wiping the temporary copy.
+fn write_x25519_secret(w: &mut Writer, secret: &StaticSecret) {
+    let mut bytes = secret.to_bytes();
+    w.fixed(&bytes);
+    bytes.zeroize();
+}
+
+/// Reads 32 secret bytes into a boxed X25519 secret, wiping the copy read off the input.
+fn read_x25519_secret(r: &mut Reader<'_>) -> Result<Box<StaticSecret>, DecodeError> {
+    let bytes = Zeroizing::new(r.array::<32>()?);
+    Ok(Box::new(StaticSecret::from(*bytes)))
+}
+
 /// A device's secret signed X25519 prekey.
 pub struct SignedPreKey {
     id: u32,
@@ -468,24 +498,17 @@ impl SignedPreKey {
 
     /// Secret storage encoding: `0x01 0x82 id:u32 x25519_secret[32] signature[64]`.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(102);
-        let mut secret = self.secret.to_bytes();
-        w.u8(RECORD_VERSION)
-            .u8(TAG_SIGNED_PREKEY)
-            .u32(self.id)
-            .fixed(&secret)
-            .fixed(&self.signature);
-        secret.zeroize();
+        let mut w = prekey_record_writer(102, TAG_SIGNED_PREKEY, self.id);
+        write_x25519_secret(&mut w, &self.secret);
+        w.fixed(&self.signature);
         w.into_zeroizing()
     }
 
     /// Decodes [`SignedPreKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(RECORD_VERSION)?;
-        r.tag(TAG_SIGNED_PREKEY)?;
-        let id = r.u32()?;
-        let secret = Box::new(StaticSecret::from(r.array::<32>()?));
+        let id = read_prekey_record_header(&mut r, TAG_SIGNED_PREKEY)?;
+        let secret = read_x25519_secret(&mut r)?;
         let signature = read_signature(&mut r)?;
         r.finish()?;
         let public = X25519PublicKey::from(&*secret);
@@ -517,9 +540,7 @@ impl SignedPreKeyPublic {
             public_key: public_key
                 .try_into()
                 .map_err(|_| DecodeError::InvalidValue("X25519 key length"))?,
-            signature: signature
-                .try_into()
-                .map_err(|_| DecodeError::InvalidValue("signature length"))?,
+            signature: signature_from_slice(signature)?,
         })
     }
 
@@ -593,23 +614,16 @@ impl OneTimePreKey {
 
     /// Secret storage encoding: `0x01 0x83 id:u32 x25519_secret[32]`.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(38);
-        let mut secret = self.secret.to_bytes();
-        w.u8(RECORD_VERSION)
-            .u8(TAG_ONE_TIME_PREKEY)
-            .u32(self.id)
-            .fixed(&secret);
-        secret.zeroize();
+        let mut w = prekey_record_writer(38, TAG_ONE_TIME_PREKEY, self.id);
+        write_x25519_secret(&mut w, &self.secret);
         w.into_zeroizing()
     }
 
     /// Decodes [`OneTimePreKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(RECORD_VERSION)?;
-        r.tag(TAG_ONE_TIME_PREKEY)?;
-        let id = r.u32()?;
-        let secret = Box::new(StaticSecret::from(r.array::<32>()?));
+        let id = read_prekey_record_header(&mut r, TAG_ONE_TIME_PREKEY)?;
+        let secret = read_x25519_secret(&mut r)?;
         r.finish()?;
         let public = X25519PublicKey::from(&*secret);
         Ok(Self { id, secret, public })
@@ -739,12 +753,13 @@ impl KemPreKey {
     /// Secret storage encoding: `0x01 0x84 id:u32 last_resort:u8 decapsulation_key[2400]
     /// signature[64]`.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(7 + KEM_DECAPSULATION_KEY_LEN + SIGNATURE_LEN);
+        let mut w = prekey_record_writer(
+            7 + KEM_DECAPSULATION_KEY_LEN + SIGNATURE_LEN,
+            TAG_KEM_PREKEY,
+            self.id,
+        );
         let mut dk = self.secret.as_bytes();
-        w.u8(RECORD_VERSION)
-            .u8(TAG_KEM_PREKEY)
-            .u32(self.id)
-            .bool(self.last_resort)
+        w.bool(self.last_resort)
             .fixed(dk.as_slice())
             .fixed(&self.signature);
         dk.zeroize();
@@ -754,9 +769,7 @@ impl KemPreKey {
     /// Decodes [`KemPreKey::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(RECORD_VERSION)?;
-        r.tag(TAG_KEM_PREKEY)?;
-        let id = r.u32()?;
+        let id = read_prekey_record_header(&mut r, TAG_KEM_PREKEY)?;
         let last_resort = r.bool()?;
         let raw = r.fixed(KEM_DECAPSULATION_KEY_LEN)?;
         let signature = read_signature(&mut r)?;
@@ -806,9 +819,7 @@ impl KemPreKeyPublic {
         Ok(Self {
             key_id,
             public_key: public_key.to_vec(),
-            signature: signature
-                .try_into()
-                .map_err(|_| DecodeError::InvalidValue("signature length"))?,
+            signature: signature_from_slice(signature)?,
         })
     }
 

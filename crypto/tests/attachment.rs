@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::attachment::{
@@ -405,7 +407,7 @@ mod vectors {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use serde_json::{json, Value};
 
-    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/attachment.json");
+    const VECTORS: &str = "attachment.json";
 
     /// (name, plaintext length): plaintext byte i is `i mod 251`.
     const CASES: [(&str, usize); 4] = [
@@ -453,29 +455,14 @@ mod vectors {
 
     #[test]
     fn vectors_match_the_committed_file() {
-        let generated = generate();
-        if std::env::var_os("SOTTO_REGENERATE_VECTORS").is_some() {
-            let tmp = format!("{PATH}.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_string_pretty(&generated).unwrap() + "\n",
-            )
-            .unwrap();
-            std::fs::rename(&tmp, PATH).unwrap();
-        }
-        let committed: Value =
-            serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-        assert_eq!(
-            generated, committed,
-            "regenerate with SOTTO_REGENERATE_VECTORS=1 if intended"
-        );
+        common::check_committed_vectors(VECTORS, &generate());
     }
 
     /// Rebuilds every blob from the key, header and plaintext using only the specification and
     /// the primitives, and checks tags, length and digest against the committed values.
     #[test]
     fn vectors_follow_the_specification() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+        let v: Value = common::load_vectors(VECTORS);
         for case in v["cases"].as_array().unwrap() {
             let key = hex::decode(case["key"].as_str().unwrap()).unwrap();
             let header = hex::decode(case["header"].as_str().unwrap()).unwrap();

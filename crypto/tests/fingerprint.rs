@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::fingerprint::{QrCompareError, SafetyNumber, QR_PAYLOAD_LEN};
@@ -86,7 +88,7 @@ mod vectors {
     use serde_json::{json, Value};
     use sha2::{Digest, Sha512};
 
-    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/fingerprint.json");
+    const VECTORS: &str = "fingerprint.json";
     const CASES: [(u64, &str, u64, &str); 3] = [
         (1, "alice", 2, "bob"),
         (
@@ -137,28 +139,13 @@ mod vectors {
 
     #[test]
     fn vectors_match_the_committed_file() {
-        let generated = generate();
-        if std::env::var_os("SOTTO_REGENERATE_VECTORS").is_some() {
-            let tmp = format!("{PATH}.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_string_pretty(&generated).unwrap() + "\n",
-            )
-            .unwrap();
-            std::fs::rename(&tmp, PATH).unwrap();
-        }
-        let committed: Value =
-            serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-        assert_eq!(
-            generated, committed,
-            "regenerate with SOTTO_REGENERATE_VECTORS=1 if intended"
-        );
+        common::check_committed_vectors(VECTORS, &generate());
     }
 
     /// Recomputes every committed case from the specification with SHA-512 alone.
     #[test]
     fn vectors_follow_the_specification() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+        let v: Value = common::load_vectors(VECTORS);
         let party = |id: &str, key_hex: &str| -> [u8; 64] {
             let key = hex::decode(key_hex).unwrap();
             let mut first = b"Sotto v1 SafetyNumber".to_vec();

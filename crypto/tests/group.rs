@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::sender_key::{
@@ -399,7 +401,7 @@ mod vectors {
     use serde_json::{json, Value};
     use sha2::{Digest, Sha256};
 
-    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/sender_key.json");
+    const VECTORS: &str = "sender_key.json";
 
     fn generate() -> Value {
         let g = group("sotto-test-group");
@@ -436,23 +438,7 @@ mod vectors {
 
     #[test]
     fn vectors_match_the_committed_file() {
-        let generated = generate();
-        if std::env::var_os("SOTTO_REGENERATE_VECTORS").is_some() {
-            // Write then rename, so tests reading the file in parallel never see half of it.
-            let tmp = format!("{PATH}.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_string_pretty(&generated).unwrap() + "\n",
-            )
-            .unwrap();
-            std::fs::rename(&tmp, PATH).unwrap();
-        }
-        let committed: Value =
-            serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-        assert_eq!(
-            generated, committed,
-            "regenerate with SOTTO_REGENERATE_VECTORS=1 if intended"
-        );
+        common::check_committed_vectors(VECTORS, &generate());
     }
 
     fn unhex(v: &Value) -> Vec<u8> {
@@ -463,7 +449,7 @@ mod vectors {
     /// specification and the primitives, independently of the crate's own code.
     #[test]
     fn vectors_follow_the_specification() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+        let v: Value = common::load_vectors(VECTORS);
         let group_id = unhex(&v["group_id"]);
         let d = unhex(&v["distribution"]);
         // version 1 | tag 0x20 | u32 len | group id | u32 chain id | u32 iteration | ck | signing key
@@ -525,7 +511,7 @@ mod vectors {
 
     #[test]
     fn committed_record_and_state_still_work() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+        let v: Value = common::load_vectors(VECTORS);
         let mut record = SenderKeyRecord::from_bytes(&unhex(&v["record_after_0_and_2"])).unwrap();
         let m1 = SenderKeyMessage::from_bytes(&unhex(&v["messages"][1]["message"])).unwrap();
         assert_eq!(record.decrypt(&m1).unwrap(), b"hello group");

@@ -7,6 +7,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 mod session {
     pub mod harness;
     mod props;

@@ -245,6 +245,23 @@ pub async fn open_ws(
     source: Option<IpAddr>,
     read_buffer: usize,
 ) -> Result<Ws> {
+    tokio::time::timeout(
+        WS_OPEN_TIMEOUT,
+        open_ws_inner(addr, token, source, read_buffer),
+    )
+    .await
+    .map_err(|_| format!("no WebSocket handshake within {WS_OPEN_TIMEOUT:?}"))?
+}
+
+/// How long a WebSocket may take to open (a relay out of file descriptors never answers).
+const WS_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn open_ws_inner(
+    addr: SocketAddr,
+    token: &str,
+    source: Option<IpAddr>,
+    read_buffer: usize,
+) -> Result<Ws> {
     let stream = match source {
         Some(ip) => {
             let socket = TcpSocket::new_v4()?;

@@ -56,7 +56,7 @@ pub struct IdleArgs {
 impl IdleArgs {
     /// File descriptors this run needs (the started relay inherits the same limit).
     pub fn fd_budget(&self) -> u64 {
-        (self.connections + self.setup_concurrency + 4096) as u64
+        (self.connections + self.setup_concurrency + 512) as u64
     }
 }
 

@@ -237,7 +237,13 @@ pub fn raise_fd_limit(wanted: u64) -> Result<()> {
     }
     let (soft, _) = rlimit::Resource::NOFILE.get()?;
     if soft < wanted {
-        eprintln!("warning: open-file limit is {soft}, wanted {wanted}; large runs will fail");
+        return Err(format!(
+            "this run needs {wanted} open files but the limit is {soft} and its hard limit cannot be \
+             raised here (needs root with CAP_SYS_RESOURCE); the relay started by this process has \
+             the same limit, so use at most about {} connections",
+            soft.saturating_sub(600)
+        )
+        .into());
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub struct SendArgs {
 impl SendArgs {
     /// File descriptors this run needs.
     pub fn fd_budget(&self) -> u64 {
-        (self.accounts + self.in_flight + self.setup_concurrency + 1024) as u64
+        (self.accounts + self.in_flight + self.setup_concurrency + 512) as u64
     }
 }
 

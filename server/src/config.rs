@@ -319,10 +319,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 10)),
             log_format: pick!(log_format, LogFormat::Text),
             rate_limits: pick!(rate_limits, RateLimitConfig::default()),
-            max_attachment_bytes: pick!(
-                max_attachment_bytes,
-                crate::blobs::DEFAULT_MAX_BLOB_BYTES
-            ),
+            max_attachment_bytes: pick!(max_attachment_bytes, crate::blobs::DEFAULT_MAX_BLOB_BYTES),
             blobs,
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),

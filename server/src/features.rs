@@ -96,8 +96,13 @@ pub fn default_blob_dir(database_url: &str) -> PathBuf {
 pub(crate) fn blob_config(cli: &Cli, file: &Cli) -> BlobConfig {
     let bucket = cli.blob_s3_bucket.clone().or(file.blob_s3_bucket.clone());
     if let Some(bucket) = bucket {
-        let endpoint = cli.blob_s3_endpoint.clone().or(file.blob_s3_endpoint.clone());
-        let allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let endpoint = cli
+            .blob_s3_endpoint
+            .clone()
+            .or(file.blob_s3_endpoint.clone());
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         return BlobConfig {
             backend: BlobBackend::S3(S3Config {
                 bucket,

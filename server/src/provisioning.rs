@@ -97,7 +97,12 @@ impl Channels {
     }
 
     /// Puts the one message of a channel.
-    pub fn deliver(&self, address: &str, message: Vec<u8>, now: Instant) -> Result<(), ChannelError> {
+    pub fn deliver(
+        &self,
+        address: &str,
+        message: Vec<u8>,
+        now: Instant,
+    ) -> Result<(), ChannelError> {
         let mut map = lock(&self.map);
         let channel = match map.get_mut(address) {
             Some(c) if c.expires > now => c,
@@ -113,7 +118,11 @@ impl Channels {
     }
 
     /// Takes the message if it arrived (closing the channel), or a handle to wait on.
-    pub fn take(&self, address: &str, now: Instant) -> Result<Result<Vec<u8>, Arc<Notify>>, ChannelError> {
+    pub fn take(
+        &self,
+        address: &str,
+        now: Instant,
+    ) -> Result<Result<Vec<u8>, Arc<Notify>>, ChannelError> {
         let mut map = lock(&self.map);
         let channel = match map.get_mut(address) {
             Some(c) if c.expires > now => c,
@@ -156,7 +165,10 @@ mod tests {
         assert_eq!(a.len(), 43);
         assert!(matches!(ch.take(&a, now), Ok(Err(_))));
         ch.deliver(&a, vec![1], now).unwrap();
-        assert_eq!(ch.deliver(&a, vec![2], now), Err(ChannelError::AlreadyDelivered));
+        assert_eq!(
+            ch.deliver(&a, vec![2], now),
+            Err(ChannelError::AlreadyDelivered)
+        );
         assert_eq!(ch.take(&a, now).unwrap().unwrap(), vec![1]);
         assert!(matches!(ch.take(&a, now), Err(ChannelError::Unknown)));
         let b = ch.open(now).unwrap();

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sotto_wire::{close_code, ClientFrame, ErrorBody, ServerFrame};
 use std::sync::atomic::Ordering;
 
-use crate::api::messages::{apply_ack, to_wire, MAX_PAGE};
+use crate::api::messages::{apply_ack, MAX_PAGE};
 use crate::auth;
 use crate::error::Query;
 use crate::hub::CloseReason;
@@ -134,6 +134,12 @@ impl Conn {
                 Exit::Close(1011, "internal error")
             })?;
         let full = page.len() >= room as usize;
+        let refs = crate::api::groups::references(&self.state, self.device.pk, &page)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "group message read failed");
+                Exit::Close(1011, "internal error")
+            })?;
         let now = now_ms();
         for env in page {
             self.cursor = env.seq;
@@ -144,8 +150,8 @@ impl Conn {
                 .delivery_latency
                 .observe(std::time::Duration::from_millis(waited));
             metrics.envelopes_pushed.fetch_add(1, Ordering::Relaxed);
-            self.send(socket, text(&ServerFrame::Envelope(to_wire(env))))
-                .await?;
+            let env = crate::api::groups::to_wire(env, &refs);
+            self.send(socket, text(&ServerFrame::Envelope(env))).await?;
         }
         self.more = full;
         if !full && !self.backlog_done {

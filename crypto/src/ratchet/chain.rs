@@ -2,7 +2,8 @@
 //!
 //! - `KDF_RK(rk, dh) = HKDF-SHA256(salt = rk, ikm = dh, info = "Sotto_Ratchet_v1")`, 64 bytes:
 //!   the new root key, then the new chain key.
-//! - `KDF_CK(ck)`: message key seed `HMAC-SHA256(ck, 0x01)`, next chain key `HMAC-SHA256(ck, 0x02)`.
+//! - `KDF_CK(ck)`: message key seed `HMAC-SHA256(ck, 0x01)`, next chain key `HMAC-SHA256(ck, 0x02)`
+//!   (the step Sender Key chains share, in `crate::kdf`).
 //! - Message keys: `HKDF-SHA256(salt = 32 zero bytes, ikm = seed, info = "Sotto_MessageKeys_v1")`,
 //!   44 bytes: the AES-256-GCM key, then its 12-byte nonce. Each seed is used for exactly one
 //!   message, so the derived nonce never repeats under a key.
@@ -10,9 +11,10 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::kdf;
 
 pub(crate) const RATCHET_INFO: &[u8] = b"Sotto_Ratchet_v1";
 pub(crate) const MESSAGE_KEYS_INFO: &[u8] = b"Sotto_MessageKeys_v1";
@@ -47,6 +49,13 @@ impl Key32 {
         Self(key)
     }
 
+    /// A key written in place by `fill`, so the derived bytes never sit in a stack temporary.
+    pub(crate) fn derive(fill: impl FnOnce(&mut [u8; 32])) -> Self {
+        let mut key = Self(Box::new([0u8; 32]));
+        fill(&mut key.0);
+        key
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -76,25 +85,10 @@ pub(crate) fn kdf_rk(root_key: &Key32, dh_output: &[u8; 32]) -> (Key32, Key32) {
     split64(&okm)
 }
 
-fn hmac_byte(key: &[u8; 32], byte: u8) -> Key32 {
-    // HMAC pads a key shorter than the 64-byte block with zeros, so the padded key below is the
-    // same HMAC key as the 32 bytes alone; building it this way needs no fallible length check.
-    let mut block = Zeroizing::new([0u8; 64]);
-    if let Some(head) = block.get_mut(..32) {
-        head.copy_from_slice(key);
-    }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new(&(*block).into());
-    mac.update(&[byte]);
-    let mut out = mac.finalize().into_bytes();
-    let key = Key32::from_slice(&out);
-    out.zeroize();
-    key
-}
-
 /// `KDF_CK`: the message key seed for the current position and the next chain key.
 pub(crate) fn chain_step(chain_key: &Key32) -> (Key32, Key32) {
-    let seed = hmac_byte(chain_key.as_bytes(), 0x01);
-    let next = hmac_byte(chain_key.as_bytes(), 0x02);
+    let seed = Key32::derive(|out| kdf::message_seed(chain_key.as_bytes(), out));
+    let next = Key32::derive(|out| kdf::next_chain_key(chain_key.as_bytes(), out));
     (seed, next)
 }
 
@@ -148,15 +142,6 @@ pub(crate) fn open(seed: &Key32, aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_padding_matches_plain_key() {
-        let key = [0x42u8; 32];
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
-        mac.update(&[0x01]);
-        let expected: [u8; 32] = mac.finalize().into_bytes().into();
-        assert_eq!(*hmac_byte(&key, 0x01).as_bytes(), expected);
-    }
 
     #[test]
     fn seal_open_round_trip_and_tamper() {

@@ -8,14 +8,19 @@
 //! to Edwards form costs a square root, so it is done once per key ([`Prepared`]) and reused when
 //! the same key takes part in several agreements (PQXDH uses `SPK` and `EK_A` more than once; a
 //! ratchet key is used once to receive and once to send). Keys on the quadratic twist, which have
-//! no Edwards form, fall back to the ladder. Tests check equality with the ladder.
+//! no Edwards form, and `u = -1`, where the birational map is undefined, fall back to the ladder.
+//!
+//! Which path runs depends on the public key only. Both paths read `u` as RFC 7748 does (bit 255
+//! ignored, then reduced mod p), so the output equals x25519-dalek's for every 32-byte input; the
+//! tests check this by input class (torsion points, non-canonical encodings, the top bit, random
+//! strings). The argument is written out in `docs/protocol.md` §9.1.
 
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
-use curve25519_dalek::scalar::{clamp_integer, Scalar};
+use curve25519_dalek::scalar::Scalar;
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// A peer's X25519 public key, with `[8]P` in Edwards form when it has one.
 #[derive(Clone, Copy)]
@@ -40,25 +45,39 @@ impl Prepared {
     }
 }
 
-/// `X25519(secret, public)`, or `None` when the output is all zeros (non-contributory).
+/// RFC 7748 `decodeScalar25519`, in place (the same bits as curve25519-dalek's `clamp_integer`).
+fn clamp_in_place(k: &mut [u8; 32]) {
+    k[0] &= 0b1111_1000;
+    k[31] &= 0b0111_1111;
+    k[31] |= 0b0100_0000;
+}
+
+/// `X25519(secret, public)`, or `None` when the output is all zeros (non-contributory). Equal to
+/// x25519-dalek's `diffie_hellman` for every 32-byte public key (see the tests); callers turn `None`
+/// into their operation's typed error.
 pub(crate) fn agree(secret: &StaticSecret, public: &Prepared) -> Option<Zeroizing<[u8; 32]>> {
     let out = match &public.cofactor_cleared {
         Some(point) => {
-            let mut raw = secret.to_bytes();
-            let mut bytes = clamp_integer(raw);
-            raw.zeroize();
-            // Divide by 8: shift the little-endian integer right by three bits.
+            // `clamp(k) / 8` computed in one self-wiping buffer: RFC 7748's decodeScalar25519
+            // (clear bits 0-2 and 255, set bit 254), then a right shift by three bits of the
+            // little-endian integer. No branch depends on the bytes.
+            let mut k = Zeroizing::new(secret.to_bytes());
+            clamp_in_place(&mut k);
             let mut carry = 0u8;
-            for b in bytes.iter_mut().rev() {
+            for b in k.iter_mut().rev() {
                 let next = *b << 5;
                 *b = (*b >> 3) | carry;
                 carry = next;
             }
-            let scalar = Zeroizing::new(Scalar::from_bytes_mod_order(bytes));
-            bytes.zeroize();
-            // Explicit call: keeps the scalar behind its wiping wrapper instead of copying it out.
+            // `clamp(k) / 8` lies in [2^251, 2^252) and 2^252 < ℓ, so this is the integer itself,
+            // not a reduction of it.
+            let scalar = Zeroizing::new(Scalar::from_bytes_mod_order(*k));
+            // `&EdwardsPoint * &Scalar` is curve25519-dalek's constant-time variable-base
+            // multiplication (`backend::variable_base_mul`: fixed window, table lookups by
+            // conditional selection). Called explicitly so the scalar stays behind its wrapper.
             let shared = Zeroizing::new(core::ops::Mul::mul(point, &*scalar));
-            Zeroizing::new(shared.to_montgomery().to_bytes())
+            let u = Zeroizing::new(shared.to_montgomery());
+            Zeroizing::new(u.to_bytes())
         }
         None => Zeroizing::new(*secret.diffie_hellman(&public.public).as_bytes()),
     };
@@ -119,6 +138,74 @@ mod tests {
             one
         }] {
             assert!(agree(&secret, &Prepared::new(&X25519PublicKey::from(u))).is_none());
+        }
+    }
+
+    /// Every kind of 32-byte input, not only canonical ones: the u-coordinates of all eight torsion
+    /// points, small values, encodings of `p - 20 .. 2^255` (non-canonical from `p` on, which both
+    /// sides reduce mod p), the exceptional `u = -1`, all of these with bit 255 set (ignored by
+    /// RFC 7748), and random strings with the top bit unmasked. Each must give x25519-dalek's exact
+    /// output, or `None` exactly where that output is all zeros.
+    #[test]
+    fn matches_x25519_dalek_on_all_input_classes() {
+        let mut inputs: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|t| t.to_montgomery().to_bytes())
+            .collect();
+        for small in 0u8..=40 {
+            let mut u = [0u8; 32];
+            u[0] = small;
+            inputs.push(u);
+        }
+        // p = 2^255 - 19 = ed ff .. ff 7f (little-endian); the low byte runs over d9..=ff.
+        for low in 0xd9u8..=0xff {
+            let mut u = [0xffu8; 32];
+            u[0] = low;
+            u[31] = 0x7f;
+            inputs.push(u);
+        }
+        for u in inputs.clone() {
+            let mut high = u;
+            high[31] |= 0x80;
+            inputs.push(high);
+        }
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        for _ in 0..300 {
+            let mut u = [0u8; 32];
+            rng.fill_bytes(&mut u);
+            inputs.push(u);
+        }
+        let (mut via_edwards, mut zero) = (0, 0);
+        for u in &inputs {
+            let public = X25519PublicKey::from(*u);
+            let prepared = Prepared::new(&public);
+            via_edwards += usize::from(prepared.cofactor_cleared.is_some());
+            for _ in 0..3 {
+                let secret = StaticSecret::random_from_rng(&mut rng);
+                let expected = *secret.diffie_hellman(&public).as_bytes();
+                match agree(&secret, &prepared) {
+                    Some(out) => assert_eq!(*out, expected, "u = {u:02x?}"),
+                    None => {
+                        assert_eq!(expected, [0; 32], "u = {u:02x?}");
+                        zero += 1;
+                    }
+                }
+            }
+        }
+        // Both paths and the rejection were exercised.
+        assert!(via_edwards > 100 && via_edwards < inputs.len());
+        assert!(zero >= 3 * 8);
+    }
+
+    #[test]
+    fn clamping_matches_the_library() {
+        let mut rng = ChaCha20Rng::from_seed([6; 32]);
+        for _ in 0..100 {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            let expected = curve25519_dalek::scalar::clamp_integer(k);
+            clamp_in_place(&mut k);
+            assert_eq!(k, expected);
         }
     }
 

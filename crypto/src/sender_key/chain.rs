@@ -1,35 +1,18 @@
-//! The symmetric chain: `CK_{i+1} = HMAC-SHA256(CK_i, 0x02)`, message seed `HMAC-SHA256(CK_i, 0x01)`,
-//! and the per-message AES-256-GCM key and nonce expanded from the seed by HKDF-SHA256.
+//! The symmetric chain: `CK_{i+1} = HMAC-SHA256(CK_i, 0x02)`, message seed `HMAC-SHA256(CK_i, 0x01)`
+//! (the step the Double Ratchet shares, in `crate::kdf`), and the per-message AES-256-GCM key and
+//! nonce expanded from the seed by HKDF-SHA256.
 
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::kdf;
 
-/// HMAC input byte that derives a message-key seed from a chain key.
-const MESSAGE_SEED_BYTE: u8 = 0x01;
-/// HMAC input byte that derives the next chain key.
-const CHAIN_STEP_BYTE: u8 = 0x02;
 /// HKDF info turning a message-key seed into an AES-256-GCM key and nonce.
 pub(crate) const MESSAGE_KEYS_INFO: &[u8] = b"Sotto v1 SenderKey MessageKeys";
 
 pub(crate) const KEY_LEN: usize = 32;
 pub(crate) const NONCE_LEN: usize = 12;
-
-/// `out = HMAC-SHA256(key, [byte])`.
-fn hmac_byte(key: &[u8; KEY_LEN], byte: u8, out: &mut [u8; KEY_LEN]) {
-    // RFC 2104 zero-pads a key shorter than the hash block to the block size, so keying with the padded
-    // block is exactly HMAC under `key`, and infallible.
-    let mut block = Zeroizing::new([0u8; 64]);
-    for (b, k) in block.iter_mut().zip(key) {
-        *b = *k;
-    }
-    let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new(&(*block).into());
-    mac.update(&[byte]);
-    out.copy_from_slice(&mac.finalize().into_bytes());
-}
 
 /// A chain key and its iteration (the index of the next message key it yields).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -62,7 +45,7 @@ impl ChainKey {
             iteration: self.iteration,
             seed: Box::new([0u8; KEY_LEN]),
         };
-        hmac_byte(&self.key, MESSAGE_SEED_BYTE, &mut seed.seed);
+        kdf::message_seed(&self.key, &mut seed.seed);
         seed
     }
 
@@ -73,7 +56,7 @@ impl ChainKey {
             key: Box::new([0u8; KEY_LEN]),
             iteration,
         };
-        hmac_byte(&self.key, CHAIN_STEP_BYTE, &mut next.key);
+        kdf::next_chain_key(&self.key, &mut next.key);
         Some(next)
     }
 }
@@ -120,17 +103,6 @@ pub(crate) struct MessageKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_byte_matches_the_keyed_mac() {
-        let key = [7u8; 32];
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&key).unwrap();
-        mac.update(&[1]);
-        let expected: [u8; 32] = mac.finalize().into_bytes().into();
-        let mut out = [0u8; 32];
-        hmac_byte(&key, 1, &mut out);
-        assert_eq!(out, expected);
-    }
 
     #[test]
     fn chain_steps_are_one_way_and_distinct() {

@@ -17,8 +17,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::chain::{ChainKey, MessageKeys, KEY_LEN};
-use super::{GroupId, MAX_PLAINTEXT_LEN, VERSION};
+use super::chain::{ChainKey, MessageKeys};
+use super::{read_chain_head, write_chain_head, GroupId, MAX_PLAINTEXT_LEN, VERSION};
 use crate::codec::{Reader, Writer};
 use crate::DecodeError;
 
@@ -218,32 +218,27 @@ impl core::fmt::Debug for SenderKeyDistributionMessage {
 impl SenderKeyDistributionMessage {
     /// The encoding, to be sent inside a 1:1 session. Holds the chain key: wiped when dropped.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(2 + 4 + self.group_id.as_bytes().len() + 8 + 64);
-        w.u8(VERSION).u8(DISTRIBUTION_TAG);
-        self.group_id.encode(&mut w);
-        w.u32(self.chain_id)
-            .u32(self.chain_key.iteration())
-            .fixed(self.chain_key.key_bytes())
-            .fixed(self.signing_key.as_bytes());
+        let mut w = write_chain_head(
+            DISTRIBUTION_TAG,
+            &self.group_id,
+            self.chain_id,
+            &self.chain_key,
+        );
+        w.fixed(self.signing_key.as_bytes());
         w.into_zeroizing()
     }
 
     /// Decodes a distribution taken out of a 1:1 session.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(VERSION)?;
-        r.tag(DISTRIBUTION_TAG)?;
-        let group_id = GroupId::decode(&mut r)?;
-        let chain_id = r.u32()?;
-        let iteration = r.u32()?;
-        let chain_key = Zeroizing::new(r.array::<KEY_LEN>()?);
+        let (group_id, chain_id, chain_key) = read_chain_head(&mut r, DISTRIBUTION_TAG)?;
         let signing_key = VerifyingKey::from_bytes(&r.array()?)
             .map_err(|_| DecodeError::InvalidValue("signing key"))?;
         r.finish()?;
         Ok(Self {
             group_id,
             chain_id,
-            chain_key: ChainKey::new(&chain_key, iteration),
+            chain_key,
             signing_key,
         })
     }

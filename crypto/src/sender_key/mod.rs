@@ -109,6 +109,38 @@ impl GroupId {
     }
 }
 
+/// Writes the head a distribution and a stored state share:
+/// `u8 version | u8 tag | u32 len + group id | u32 chain id | u32 iteration | 32 chain key`.
+/// The caller appends the signing key (public or secret) and must wipe the buffer.
+pub(crate) fn write_chain_head(
+    tag: u8,
+    group_id: &GroupId,
+    chain_id: u32,
+    chain_key: &chain::ChainKey,
+) -> crate::codec::Writer {
+    let mut w = crate::codec::Writer::with_capacity(2 + 4 + group_id.as_bytes().len() + 8 + 64);
+    w.u8(VERSION).u8(tag);
+    group_id.encode(&mut w);
+    w.u32(chain_id)
+        .u32(chain_key.iteration())
+        .fixed(chain_key.key_bytes());
+    w
+}
+
+/// Reads what [`write_chain_head`] writes.
+pub(crate) fn read_chain_head(
+    r: &mut crate::codec::Reader<'_>,
+    tag: u8,
+) -> Result<(GroupId, u32, chain::ChainKey), DecodeError> {
+    r.version(VERSION)?;
+    r.tag(tag)?;
+    let group_id = GroupId::decode(r)?;
+    let chain_id = r.u32()?;
+    let iteration = r.u32()?;
+    let key = zeroize::Zeroizing::new(r.array::<{ chain::KEY_LEN }>()?);
+    Ok((group_id, chain_id, chain::ChainKey::new(&key, iteration)))
+}
+
 /// A group id was empty or longer than [`MAX_GROUP_ID_LEN`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a group id must be 1 to {MAX_GROUP_ID_LEN} bytes, got {0}")]

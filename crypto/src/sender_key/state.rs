@@ -6,8 +6,8 @@ use zeroize::Zeroizing;
 
 use super::chain::{ChainKey, KEY_LEN};
 use super::message::{SenderKeyDistributionMessage, SenderKeyMessage};
-use super::{GroupId, SenderKeyEncryptError, MAX_PLAINTEXT_LEN, VERSION};
-use crate::codec::{Reader, Writer};
+use super::{read_chain_head, write_chain_head, GroupId, SenderKeyEncryptError, MAX_PLAINTEXT_LEN};
+use crate::codec::Reader;
 use crate::DecodeError;
 
 /// Type tag of a serialized [`SenderKeyState`].
@@ -121,31 +121,21 @@ impl SenderKeyState {
     /// `u8 version | u8 tag = 0x22 | group id | u32 chain id | u32 iteration | 32 chain key
     /// | 32 Ed25519 secret key`. Wiped when dropped.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(2 + 4 + self.group_id.as_bytes().len() + 8 + 64);
-        w.u8(VERSION).u8(STATE_TAG);
-        self.group_id.encode(&mut w);
-        w.u32(self.chain_id)
-            .u32(self.chain_key.iteration())
-            .fixed(self.chain_key.key_bytes())
-            .fixed(self.signing_key.as_bytes());
+        let mut w = write_chain_head(STATE_TAG, &self.group_id, self.chain_id, &self.chain_key);
+        w.fixed(self.signing_key.as_bytes());
         w.into_zeroizing()
     }
 
     /// Restores a state written by [`SenderKeyState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(VERSION)?;
-        r.tag(STATE_TAG)?;
-        let group_id = GroupId::decode(&mut r)?;
-        let chain_id = r.u32()?;
-        let iteration = r.u32()?;
-        let chain_key = Zeroizing::new(r.array::<KEY_LEN>()?);
+        let (group_id, chain_id, chain_key) = read_chain_head(&mut r, STATE_TAG)?;
         let secret = Zeroizing::new(r.array::<32>()?);
         r.finish()?;
         Ok(Self {
             group_id,
             chain_id,
-            chain_key: ChainKey::new(&chain_key, iteration),
+            chain_key,
             signing_key: Box::new(SigningKey::from_bytes(&secret)),
         })
     }

@@ -75,6 +75,31 @@ impl Device {
         self.bundle(one_time, kem_one_time).verify().unwrap()
     }
 
+    /// Sets up a session to `peer` in `record` from `peer`'s bundle (with or without one-time keys).
+    pub fn initiate_with(
+        &self,
+        record: &mut SessionRecord,
+        peer: &Device,
+        one_time: bool,
+        kem_one_time: bool,
+        rng: &mut ChaCha20Rng,
+    ) {
+        record
+            .initiate(
+                &self.identity,
+                &self.address,
+                &peer.address,
+                &peer.verified_bundle(one_time, kem_one_time),
+                rng,
+            )
+            .unwrap();
+    }
+
+    /// [`Device::initiate_with`] from a full bundle.
+    pub fn initiate(&self, record: &mut SessionRecord, peer: &Device, rng: &mut ChaCha20Rng) {
+        self.initiate_with(record, peer, true, true, rng);
+    }
+
     /// Looks up the keys a pre-key message names, as the SDK's store would.
     pub fn keys_for(&self, m: &PreKeyMessage) -> ResponderKeys<'_> {
         ResponderKeys {
@@ -134,14 +159,7 @@ impl Pair {
         let alice = Device::new("alice", 1, &mut rng);
         let bob = Device::new("bob", 2, &mut rng);
         let mut a = SessionRecord::new();
-        a.initiate(
-            &alice.identity,
-            &alice.address,
-            &bob.address,
-            &bob.verified_bundle(true, true),
-            &mut rng,
-        )
-        .unwrap();
+        alice.initiate(&mut a, &bob, &mut rng);
         Self {
             alice,
             bob,

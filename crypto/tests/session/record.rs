@@ -1,33 +1,26 @@
 //! Session records: archived sessions, simultaneous initiation, identity changes.
 
 use super::harness::*;
+use rand_chacha::ChaCha20Rng;
 use sotto_crypto::keys::IdentityKeyPair;
 use sotto_crypto::session::{SessionRecord, MAX_ARCHIVED_SESSIONS};
+
+/// Alice and Bob, each of whom has just set up a session to the other (nothing sent yet).
+fn crossed(seed: u8) -> (ChaCha20Rng, Device, Device, SessionRecord, SessionRecord) {
+    let mut rng = rng(seed);
+    let alice = Device::new("alice", 1, &mut rng);
+    let bob = Device::new("bob", 1, &mut rng);
+    let mut a = SessionRecord::new();
+    let mut b = SessionRecord::new();
+    alice.initiate(&mut a, &bob, &mut rng);
+    bob.initiate(&mut b, &alice, &mut rng);
+    (rng, alice, bob, a, b)
+}
 
 #[test]
 fn simultaneous_initiation_converges() {
     for seed in 0..8u8 {
-        let mut rng = rng(40 + seed);
-        let mut alice = Device::new("alice", 1, &mut rng);
-        let mut bob = Device::new("bob", 1, &mut rng);
-        let mut a = SessionRecord::new();
-        let mut b = SessionRecord::new();
-        a.initiate(
-            &alice.identity,
-            &alice.address,
-            &bob.address,
-            &bob.verified_bundle(true, true),
-            &mut rng,
-        )
-        .unwrap();
-        b.initiate(
-            &bob.identity,
-            &bob.address,
-            &alice.address,
-            &alice.verified_bundle(true, true),
-            &mut rng,
-        )
-        .unwrap();
+        let (mut rng, mut alice, mut bob, mut a, mut b) = crossed(40 + seed);
         // Both send before either has heard from the other.
         let from_a = a.encrypt(b"hi from a", &mut rng).unwrap();
         let from_b = b.encrypt(b"hi from b", &mut rng).unwrap();
@@ -138,14 +131,7 @@ fn identity_change_is_reported() {
     let new_alice =
         Device::with_identity(IdentityKeyPair::generate(&mut rng), "alice", 1, &mut rng);
     let mut a2 = SessionRecord::new();
-    a2.initiate(
-        &new_alice.identity,
-        &new_alice.address,
-        &q.bob.address,
-        &q.bob.verified_bundle(false, false),
-        &mut rng,
-    )
-    .unwrap();
+    new_alice.initiate_with(&mut a2, &q.bob, false, false, &mut rng);
     let m = a2.encrypt(b"it's me, really", &mut rng).unwrap();
     let pm = match sotto_crypto::session::IncomingMessage::from_bytes(&m).unwrap() {
         sotto_crypto::session::IncomingMessage::PreKey(pm) => pm,
@@ -173,27 +159,7 @@ fn late_prekey_message_after_an_answer_still_converges() {
     // sees A's answer before A's own (delayed) pre-key message.
     let mut diverged = 0;
     for seed in 0..8u8 {
-        let mut rng = rng(60 + seed);
-        let mut alice = Device::new("alice", 1, &mut rng);
-        let mut bob = Device::new("bob", 1, &mut rng);
-        let mut a = SessionRecord::new();
-        let mut b = SessionRecord::new();
-        a.initiate(
-            &alice.identity,
-            &alice.address,
-            &bob.address,
-            &bob.verified_bundle(true, true),
-            &mut rng,
-        )
-        .unwrap();
-        b.initiate(
-            &bob.identity,
-            &bob.address,
-            &alice.address,
-            &alice.verified_bundle(true, true),
-            &mut rng,
-        )
-        .unwrap();
+        let (mut rng, mut alice, mut bob, mut a, mut b) = crossed(60 + seed);
         let delayed = a.encrypt(b"a's first", &mut rng).unwrap();
         let from_b = b.encrypt(b"b's first", &mut rng).unwrap();
         assert_eq!(

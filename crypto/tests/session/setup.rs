@@ -22,14 +22,7 @@ fn setup_with_and_without_one_time_keys() {
         let mut bob = Device::new("bob", 2, &mut rng);
         let mut a = SessionRecord::new();
         let mut b = SessionRecord::new();
-        a.initiate(
-            &alice.identity,
-            &alice.address,
-            &bob.address,
-            &bob.verified_bundle(otk, kem_otk),
-            &mut rng,
-        )
-        .unwrap();
+        alice.initiate_with(&mut a, &bob, otk, kem_otk, &mut rng);
         let bytes = a.encrypt(b"first", &mut rng).unwrap();
         let m = prekey_message(&bytes);
         assert_eq!(m.one_time_prekey_id().is_some(), otk);
@@ -155,14 +148,7 @@ fn unknown_prekeys_are_rejected_and_consume_nothing() {
     let alice = Device::new("alice", 1, &mut rng);
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
-    a.initiate(
-        &alice.identity,
-        &alice.address,
-        &bob.address,
-        &bob.verified_bundle(true, true),
-        &mut rng,
-    )
-    .unwrap();
+    alice.initiate(&mut a, &bob, &mut rng);
     let m = prekey_message(&a.encrypt(b"x", &mut rng).unwrap());
     let mut b = SessionRecord::new();
     let full = bob.keys_for(&m);
@@ -214,14 +200,7 @@ fn failed_setup_changes_nothing() {
     let alice = Device::new("alice", 1, &mut rng);
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
-    a.initiate(
-        &alice.identity,
-        &alice.address,
-        &bob.address,
-        &bob.verified_bundle(true, true),
-        &mut rng,
-    )
-    .unwrap();
+    alice.initiate(&mut a, &bob, &mut rng);
     let bytes = a.encrypt(b"secret", &mut rng).unwrap();
     let mut b = Pair::established(6).b; // a record with an unrelated session in it
     let before = b.to_bytes();
@@ -267,14 +246,7 @@ fn substituted_identity_or_kem_key_fails() {
     let mallory = Device::new("mallory", 1, &mut rng);
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
-    a.initiate(
-        &alice.identity,
-        &alice.address,
-        &bob.address,
-        &bob.verified_bundle(false, false),
-        &mut rng,
-    )
-    .unwrap();
+    alice.initiate_with(&mut a, &bob, false, false, &mut rng);
     let bytes = a.encrypt(b"x", &mut rng).unwrap();
     // Mallory swaps in her identity key: the transcript and DH1 no longer match.
     let mut bad = bytes.clone();
@@ -307,14 +279,7 @@ fn low_order_base_key_is_rejected() {
     let alice = Device::new("alice", 1, &mut rng);
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
-    a.initiate(
-        &alice.identity,
-        &alice.address,
-        &bob.address,
-        &bob.verified_bundle(true, true),
-        &mut rng,
-    )
-    .unwrap();
+    alice.initiate(&mut a, &bob, &mut rng);
     let bytes = a.encrypt(b"x", &mut rng).unwrap();
     // Base key sits after version, type, identity (65), spk id (4), flag + opk id (5), kem id (4).
     let at = 2 + 65 + 4 + 5 + 4;

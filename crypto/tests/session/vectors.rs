@@ -206,21 +206,7 @@ fn all_cases() -> Value {
 
 #[test]
 fn session_vectors_match() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/session.json");
-    let generated = all_cases();
-    if std::env::var_os("SOTTO_REGENERATE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
-        std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/vectors")).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let stored: Value = serde_json::from_str(
-        &std::fs::read_to_string(path).expect("vectors/session.json is committed"),
-    )
-    .unwrap();
-    assert_eq!(
-        stored, generated,
-        "regenerate with SOTTO_REGENERATE_VECTORS=1 if intended"
-    );
+    crate::common::check_committed_vectors("session.json", &all_cases());
 }
 
 /// An RNG that hands out recorded draws, in order.
@@ -265,8 +251,7 @@ impl CryptoRng for ReplayRng {}
 #[test]
 fn vectors_replay_from_the_file_alone() {
     // Re-run every step using only what the file holds: keys, bundle and recorded random draws.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/session.json");
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let stored = crate::common::load_vectors("session.json");
     let h = |v: &Value| hex::decode(v.as_str().unwrap()).unwrap();
     use sotto_crypto::address::DeviceAddress;
     use sotto_crypto::keys::{IdentityKey, OneTimePreKey, PreKeyBundle, SignedPreKey};

@@ -9,9 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
 use sotto_wire::{
-    CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvite, GroupList, GroupMember, GroupMembers,
-    GroupRole, GroupSendRequest, GroupSummary, JoinGroupRequest, SendMessageResponse,
-    SetRoleRequest,
+    CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvite, GroupList,
+    GroupMember, GroupMembers, GroupRole, GroupSendRequest, GroupSummary, JoinGroupRequest,
+    SendMessageResponse, SetRoleRequest,
 };
 
 use crate::auth::{hash_token, Auth};
@@ -59,7 +59,10 @@ fn check_user_ids(ids: &[String]) -> Result<(), AppError> {
     if let Some(bad) = ids.iter().find(|id| !valid_id(id)) {
         return Err(AppError::bad_request(
             "invalid_user_id",
-            format!("invalid user id {:?}", bad.chars().take(64).collect::<String>()),
+            format!(
+                "invalid user id {:?}",
+                bad.chars().take(64).collect::<String>()
+            ),
         ));
     }
     Ok(())
@@ -118,10 +121,8 @@ pub async fn references(
     page: &[StoredEnvelope],
 ) -> Result<References, StoreError> {
     let refs = page.iter().filter(|e| e.kind == ENVELOPE_GROUP_MESSAGE);
-    let (Some(first), Some(last)) = (
-        refs.clone().map(|e| e.seq).min(),
-        refs.map(|e| e.seq).max(),
-    ) else {
+    let (Some(first), Some(last)) = (refs.clone().map(|e| e.seq).min(), refs.map(|e| e.seq).max())
+    else {
         return Ok(References::default());
     };
     let rows = state

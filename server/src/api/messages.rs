@@ -217,7 +217,11 @@ pub async fn fetch(
         .map_err(|_| AppError::bad_request("invalid_cursor", "cursor out of range"))?;
     let rows = state.store().fetch(device.pk, after, limit).await?;
     let full = rows.len() == limit as usize;
-    let envelopes: Vec<Envelope> = rows.into_iter().map(to_wire).collect();
+    let refs = crate::api::groups::references(&state, device.pk, &rows).await?;
+    let envelopes: Vec<Envelope> = rows
+        .into_iter()
+        .map(|e| crate::api::groups::to_wire(e, &refs))
+        .collect();
     let next_cursor = if full {
         envelopes.last().map(|e| e.seq)
     } else {

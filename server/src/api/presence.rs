@@ -186,7 +186,9 @@ pub async fn ephemeral(
         }
     };
     let now = now_ms();
-    let age_ms = u64::try_from(now).unwrap_or(0).saturating_sub(req.timestamp);
+    let age_ms = u64::try_from(now)
+        .unwrap_or(0)
+        .saturating_sub(req.timestamp);
     let stale = u128::from(age_ms) > EPHEMERAL_MAX_AGE.as_millis();
     let realtime = state.features().realtime();
     let envelope = |group_id: Option<String>, content: sotto_wire::Base64| {

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::serve::IncomingStream;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::serve::IncomingStream;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -153,7 +153,10 @@ pub async fn receive(
     let deadline = tokio::time::Instant::now() + wait;
     let channels = state.features().provisioning();
     loop {
-        match channels.take(&address, Instant::now()).map_err(channel_error)? {
+        match channels
+            .take(&address, Instant::now())
+            .map_err(channel_error)?
+        {
             Ok(message) => {
                 return Ok(Json(ProvisioningMessage {
                     message: message.into(),

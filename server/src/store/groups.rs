@@ -213,8 +213,11 @@ pub trait GroupStore: Send + Sync {
     /// The groups a user belongs to.
     async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError>;
     /// A group and its members, if `asker` is a member.
-    async fn group_view(&self, group_id: &str, asker: &str)
-        -> Result<Option<GroupView>, StoreError>;
+    async fn group_view(
+        &self,
+        group_id: &str,
+        asker: &str,
+    ) -> Result<Option<GroupView>, StoreError>;
     /// Applies a membership change and queues its event.
     async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError>;
     /// Stores an invite (admins only).

@@ -152,9 +152,11 @@ pub struct ClaimedBundle {
 pub(crate) const KIND_EC: i64 = 0;
 pub(crate) const KIND_KEM: i64 = 1;
 
-/// Envelope kinds in the `envelopes` table.
-pub(crate) const ENVELOPE_MESSAGE: i64 = 0;
-pub(crate) const ENVELOPE_RECEIPT: i64 = 1;
+// Envelope kinds in the `envelopes` table.
+/// A message from another device.
+pub const ENVELOPE_MESSAGE: i64 = 0;
+/// A relay-generated delivery receipt.
+pub const ENVELOPE_RECEIPT: i64 = 1;
 
 /// One ciphertext for one device of a send.
 #[derive(Debug, Clone)]

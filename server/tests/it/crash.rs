@@ -1,10 +1,10 @@
 //! "Nothing acked is ever lost": the real relay binary, under concurrent sends, is killed with
-//! SIGKILL and restarted on the same database and port.
+//! SIGKILL and restarted on the same database and port, several times over.
 //!
-//! Every send answered "accepted" before the kill must then be delivered exactly once, in mailbox
-//! order. Sends the kill cut off (no answer) are retried with the same client message id, as a
-//! client would: the relay must accept each retry and store it exactly once, whether or not the
-//! first attempt had been committed. Nothing that was never sent may arrive.
+//! Every send answered "accepted" before a kill must then be delivered exactly once, in mailbox
+//! order. Sends a kill cut off (no answer) are retried after the restart with the same client
+//! message id, as a client would: the relay must accept each retry and store it exactly once,
+//! whether or not the first attempt had been committed. Nothing that was never sent may arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -28,12 +28,14 @@ use crate::both;
 use crate::common::{b64, Backend, Client};
 use crate::ws::{connect, frame};
 
-/// Concurrent senders.
+/// Kill and restart cycles.
+const ROUNDS: usize = 3;
+/// Concurrent senders per round.
 const WORKERS: usize = 8;
-/// Sends per sender at most (the kill normally comes long before).
-const PER_WORKER: usize = 75;
-/// Accepted sends before the kill.
-const KILL_AFTER: usize = 150;
+/// Sends per sender and round at most (the kill normally comes long before).
+const PER_WORKER: usize = 50;
+/// Accepted sends per round before the kill.
+const KILL_AFTER: usize = 120;
 /// Envelopes per WebSocket ack.
 const ACK_BATCH: usize = 50;
 /// Any single HTTP request.
@@ -111,10 +113,9 @@ impl Drop for Database {
                     .enable_all()
                     .build()
                 {
-                    let _ = rt.block_on(tokio::time::timeout(
-                        Duration::from_secs(10),
-                        drop_pg_database(&name),
-                    ));
+                    let _ = rt.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(10), drop_pg_database(&name)).await
+                    });
                 }
             })
             .join();
@@ -146,7 +147,7 @@ impl Drop for Relay {
 impl Relay {
     /// Starts the binary on `db` at `addr` and waits until `/healthz` answers. The port was just
     /// released (by the probe in [`free_addr`] or by the kill), so a failed start is retried.
-    async fn start(db: &Database, addr: SocketAddr, run: u32) -> Self {
+    async fn start(db: &Database, addr: SocketAddr, run: usize) -> Self {
         let mut last_error = String::new();
         for attempt in 0..5 {
             let log = db.dir.path().join(format!("relay-{run}-{attempt}.log"));
@@ -336,7 +337,7 @@ fn send_body(to: &Client, id: &str) -> Value {
     })
 }
 
-/// What the senders saw.
+/// What the senders of one round saw.
 #[derive(Debug, Default, Clone)]
 struct Ledger {
     /// Every client message id a request was started for.
@@ -356,23 +357,27 @@ struct Shared {
     ledger: Mutex<Ledger>,
     /// Set just before the SIGKILL.
     killed: AtomicBool,
-    /// Signalled when `KILL_AFTER` sends have been accepted.
+    /// Signalled when `KILL_AFTER` sends of the round have been accepted.
     enough: Notify,
 }
 
-async fn sender(worker: usize, addr: SocketAddr, from: Client, to: Client, shared: Arc<Shared>) {
+/// Sends one message at a time until the relay dies (or `PER_WORKER` are done). Returns the ids
+/// accepted, in order: each was answered before the next one was sent.
+async fn sender(
+    name: String,
+    addr: SocketAddr,
+    from: Client,
+    to: Client,
+    shared: Arc<Shared>,
+) -> Vec<String> {
     let mut http = Http::new(addr);
+    let mut chain = Vec::new();
     for i in 0..PER_WORKER {
         if shared.killed.load(Ordering::SeqCst) {
-            return;
+            break;
         }
-        let id = format!("w{worker}-{i:03}");
-        shared
-            .ledger
-            .lock()
-            .unwrap()
-            .attempted
-            .insert(id.clone());
+        let id = format!("{name}-{i:03}");
+        shared.ledger.lock().unwrap().attempted.insert(id.clone());
         let answer = http
             .call(
                 "POST",
@@ -386,7 +391,8 @@ async fn sender(worker: usize, addr: SocketAddr, from: Client, to: Client, share
             Ok((200, v)) => {
                 assert_eq!(v["duplicate"], false, "first send of {id}: {v}");
                 let server_id = v["serverMessageId"].as_str().unwrap().to_owned();
-                ledger.accepted.insert(id, server_id);
+                ledger.accepted.insert(id.clone(), server_id);
+                chain.push(id);
                 if ledger.accepted.len() == KILL_AFTER {
                     shared.enough.notify_one();
                 }
@@ -399,12 +405,70 @@ async fn sender(worker: usize, addr: SocketAddr, from: Client, to: Client, share
             Err(e) => {
                 ledger.uncertain.insert(id.clone());
                 if shared.killed.load(Ordering::SeqCst) {
-                    return;
+                    break;
                 }
                 ledger.failures_before_kill.push(format!("{id}: {e}"));
             }
         }
     }
+    chain
+}
+
+/// One round: `WORKERS` concurrent senders, SIGKILL once `KILL_AFTER` sends were accepted (more
+/// are in flight then). Returns the round's ledger and each sender's accepted ids in order.
+async fn load_then_kill(
+    round: usize,
+    relay: &mut Relay,
+    addr: SocketAddr,
+    alice: &Client,
+    bob: &Client,
+) -> (Ledger, Vec<Vec<String>>) {
+    let shared = Arc::new(Shared::default());
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            tokio::spawn(sender(
+                format!("r{round}-w{w}"),
+                addr,
+                alice.clone(),
+                bob.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
+    if tokio::time::timeout(Duration::from_secs(60), shared.enough.notified())
+        .await
+        .is_err()
+    {
+        panic!(
+            "round {round}: fewer than {KILL_AFTER} sends accepted in 60 s: {:?}\n\
+             --- relay log ---\n{}",
+            shared.ledger.lock().unwrap(),
+            relay.log_text()
+        );
+    }
+    shared.killed.store(true, Ordering::SeqCst);
+    let signal = relay.kill9().await;
+    assert_eq!(signal, Some(9), "round {round}: the relay died of SIGKILL");
+    let mut chains = Vec::new();
+    for w in workers {
+        let chain = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), w)
+            .await
+            .expect("a sender stops after the kill")
+            .unwrap();
+        chains.push(chain);
+    }
+    let ledger = shared.ledger.lock().unwrap().clone();
+    assert!(
+        ledger.failures_before_kill.is_empty(),
+        "round {round}: requests failed while the relay was up: {:?}\n--- relay log ---\n{}",
+        ledger.failures_before_kill,
+        relay.log_text()
+    );
+    assert!(
+        ledger.attempted.len() < WORKERS * PER_WORKER,
+        "round {round}: the kill came after every send had finished; nothing was in flight"
+    );
+    (ledger, chains)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,84 +553,72 @@ async fn kill_9_run(backend: Backend) {
     )
     .unwrap();
     let addr = free_addr();
-    let mut relay = Relay::start(&db, addr, 1).await;
+    let mut relay = Relay::start(&db, addr, 0).await;
     let alice = register(addr, "alice").await;
     let bob = register(addr, "bob").await;
 
-    // Concurrent senders; SIGKILL once enough sends were accepted, with more in flight.
-    let shared = Arc::new(Shared::default());
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            tokio::spawn(sender(
-                w,
-                addr,
-                alice.clone(),
-                bob.clone(),
-                shared.clone(),
-            ))
-        })
-        .collect();
-    if tokio::time::timeout(Duration::from_secs(60), shared.enough.notified())
-        .await
-        .is_err()
-    {
-        panic!(
-            "fewer than {KILL_AFTER} sends accepted in 60 s: {:?}\n--- relay log ---\n{}",
-            shared.ledger.lock().unwrap(),
-            relay.log_text()
-        );
-    }
-    shared.killed.store(true, Ordering::SeqCst);
-    let signal = relay.kill9().await;
-    assert_eq!(signal, Some(9), "the relay died of SIGKILL");
-    for w in workers {
-        tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), w)
-            .await
-            .expect("a sender stops after the kill")
-            .unwrap();
-    }
-    let ledger = shared.ledger.lock().unwrap().clone();
-    assert!(
-        ledger.failures_before_kill.is_empty(),
-        "requests failed while the relay was up: {:?}\n--- relay log ---\n{}",
-        ledger.failures_before_kill,
-        relay.log_text()
-    );
-    assert!(
-        ledger.attempted.len() < WORKERS * PER_WORKER,
-        "the kill came only after every send had finished; nothing was in flight"
-    );
-    let pre_kill_log = relay.log_text();
-    drop(relay);
-
-    // Same database, same port.
-    let relay = Relay::start(&db, addr, 2).await;
-
-    // A client that got no answer retries with the same client message id.
-    let mut accepted = ledger.accepted.clone();
-    let mut stored_before_kill = 0;
-    let mut http = Http::new(addr);
-    for id in &ledger.uncertain {
-        let (status, v) = http
-            .call(
-                "POST",
-                "/api/messages/send",
-                Some(&alice.token),
-                Some(&send_body(&bob, id)),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "retry of {id} after the restart: {v}");
-        if v["duplicate"] == true {
-            stored_before_kill += 1;
+    // Every id a request was started for.
+    let mut sent: BTreeSet<String> = BTreeSet::new();
+    // Accepted by a first attempt: what "nothing acked is ever lost" is about.
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    // Every accepted id (first attempts and retries) → the server message id of its answer.
+    let mut answers: BTreeMap<String, String> = BTreeMap::new();
+    // Per sender and round, ids accepted one after the other.
+    let mut chains: Vec<Vec<String>> = Vec::new();
+    // Cut off by a kill, not yet retried.
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut report = Vec::new();
+    for round in 0..=ROUNDS {
+        if round > 0 {
+            // Same database, same port.
+            relay = Relay::start(&db, addr, round).await;
         }
-        accepted.insert(id.clone(), v["serverMessageId"].as_str().unwrap().to_owned());
+        // A client that got no answer retries with the same client message id; the first
+        // attempt may or may not have been stored, the retry must not store it twice.
+        let mut stored_before = 0;
+        let mut http = Http::new(addr);
+        for id in std::mem::take(&mut pending) {
+            let (status, v) = http
+                .call(
+                    "POST",
+                    "/api/messages/send",
+                    Some(&alice.token),
+                    Some(&send_body(&bob, &id)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "retry of {id} after the restart: {v}");
+            if v["duplicate"] == true {
+                stored_before += 1;
+            }
+            answers.insert(id, v["serverMessageId"].as_str().unwrap().to_owned());
+        }
+        if round > 0 {
+            report.push(format!("{stored_before} of them stored before the kill"));
+        }
+        if round == ROUNDS {
+            break;
+        }
+        let (ledger, round_chains) = load_then_kill(round, &mut relay, addr, &alice, &bob).await;
+        report.push(format!(
+            "round {round}: {} accepted, {} cut off, {} 5xx",
+            ledger.accepted.len(),
+            ledger.uncertain.len(),
+            ledger.server_errors.len()
+        ));
+        sent.extend(ledger.attempted);
+        answers.extend(ledger.accepted.clone());
+        acked.extend(ledger.accepted);
+        pending = ledger.uncertain;
+        chains.extend(round_chains);
     }
 
     let envelopes = drain(addr, &bob).await;
 
-    // In mailbox order, each from alice with the content sent under its client message id.
-    let mut delivered: BTreeMap<String, u32> = BTreeMap::new();
+    // In mailbox order, each from alice with the content sent under its client message id and
+    // the server message id its answer gave.
+    let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
+    let mut twice = Vec::new();
     let mut last_seq = 0;
     for e in &envelopes {
         let seq = e["seq"].as_u64().unwrap();
@@ -575,10 +627,7 @@ async fn kill_9_run(backend: Backend) {
         assert_eq!(e["kind"], "message", "{e}");
         assert_eq!(e["sourceUserId"], alice.user_id.as_str(), "{e}");
         let id = e["clientMessageId"].as_str().unwrap();
-        assert!(
-            ledger.attempted.contains(id),
-            "{id} arrived but was never sent: {e}"
-        );
+        assert!(sent.contains(id), "{id} arrived but was never sent: {e}");
         assert_eq!(
             e["content"].as_str().unwrap(),
             b64(&content(id)),
@@ -586,45 +635,46 @@ async fn kill_9_run(backend: Backend) {
         );
         assert_eq!(
             e["serverMessageId"].as_str(),
-            accepted.get(id).map(String::as_str),
+            answers.get(id).map(String::as_str),
             "{id} arrived under another server message id than its answer gave"
         );
-        *delivered.entry(id.to_owned()).or_default() += 1;
+        if seqs.insert(id.to_owned(), seq).is_some() {
+            twice.push(id.to_owned());
+        }
     }
-    let duplicated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "delivered twice: {duplicated:?}");
-    let lost: Vec<&String> = ledger
-        .accepted
-        .keys()
-        .filter(|id| !delivered.contains_key(*id))
-        .collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let lost: Vec<&String> = acked.keys().filter(|id| !seqs.contains_key(*id)).collect();
     assert!(
         lost.is_empty(),
-        "{} of {} envelopes accepted before the kill were lost: {lost:?}\n\
-         --- relay log before the kill ---\n{pre_kill_log}",
+        "{} of {} accepted envelopes were lost: {lost:?}",
         lost.len(),
-        ledger.accepted.len()
+        acked.len()
     );
-    let lost_retries: Vec<&String> = ledger
-        .uncertain
-        .iter()
-        .filter(|id| !delivered.contains_key(*id))
+    let lost_retries: Vec<&String> = answers
+        .keys()
+        .filter(|id| !seqs.contains_key(*id))
         .collect();
     assert!(
         lost_retries.is_empty(),
-        "retries accepted after the restart were lost: {lost_retries:?}"
+        "retries accepted after a restart were lost: {lost_retries:?}"
     );
-    assert_eq!(delivered.len(), accepted.len());
+    assert_eq!(seqs.len(), answers.len());
+    // A message accepted before the next one was sent comes first in the mailbox.
+    for chain in &chains {
+        for pair in chain.windows(2) {
+            assert!(
+                seqs[&pair[0]] < seqs[&pair[1]],
+                "{} was accepted before {} was sent but has a later seq",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
 
     println!(
-        "crash ({backend:?}): {} sends started, {} accepted before the kill, {} cut off \
-         ({} of them had been stored: the retry was a duplicate), {} 5xx, {} delivered exactly \
-         once, {:.1} s",
-        ledger.attempted.len(),
-        ledger.accepted.len(),
-        ledger.uncertain.len(),
-        stored_before_kill,
-        ledger.server_errors.len(),
+        "crash ({backend:?}): {}; {} sends, {} delivered exactly once in order, {:.1} s",
+        report.join("; "),
+        sent.len(),
         envelopes.len(),
         started.elapsed().as_secs_f64()
     );

@@ -51,10 +51,16 @@ async fn no_secrets_in_logs(b: Backend) {
     let (s, _) = t.get("/api/messages", &bob.token).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = t
-        .post("/api/users/login", None, json!({"username": "alice", "password": "wrong-password-xyz", "registrationId": 3}))
+        .post(
+            "/api/users/login",
+            None,
+            json!({"username": "alice", "password": "wrong-password-xyz", "registrationId": 3}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = t.call(Method::GET, &format!("/ws?token={}", bob.token), None, None).await;
+    let (s, _) = t
+        .call(Method::GET, &format!("/ws?token={}", bob.token), None, None)
+        .await;
     assert_eq!(s, StatusCode::UPGRADE_REQUIRED);
     t.finish().await;
 

@@ -11,10 +11,16 @@
 mod common;
 
 mod accounts;
+mod attachments;
 mod bad_input;
 mod crash;
+mod groups;
 mod keys;
+mod linking;
 mod logs;
 mod messages;
 mod ops;
+mod presence;
+mod shutdown;
+mod support;
 mod ws;

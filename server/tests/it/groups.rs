@@ -1,0 +1,447 @@
+//! Groups: membership, events, one stored ciphertext per group message, and the hostile cases.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::common::{b64, Backend, Client, TestApp};
+use crate::support::{count, event, frame_of, group, mailbox, maybe_frame, snapshot};
+use crate::ws::connect;
+
+async fn send(
+    t: &TestApp,
+    from: &Client,
+    group_id: &str,
+    id: &str,
+    content: &[u8],
+    pairwise: Value,
+) -> (StatusCode, Value) {
+    t.post(
+        &format!("/api/groups/{group_id}/messages"),
+        Some(&from.token),
+        json!({"clientMessageId": id, "content": b64(content), "messages": pairwise}),
+    )
+    .await
+}
+
+async fn ack_all(t: &TestApp, c: &Client) {
+    for e in mailbox(t, c).await {
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/api/messages/{}", e["seq"]),
+                Some(&c.token),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+}
+
+async fn create_list_members_and_events(b: Backend) {
+    let t = TestApp::new(b).await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let carol = t.client("carol").await;
+    let dave = t.client("dave").await;
+    // The creator listed among the members and duplicates are folded.
+    let (s, v) = t
+        .post(
+            "/api/groups",
+            Some(&alice.token),
+            json!({"members": [bob.user_id, carol.user_id, bob.user_id, alice.user_id], "metadata": b64(b"sealed")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["revision"], 1);
+    let gid = v["groupId"].as_str().unwrap().to_owned();
+
+    let (s, v) = t.get("/api/groups", &alice.token).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(v["groups"][0]["role"], "admin");
+    assert_eq!(v["groups"][0]["memberCount"], 3);
+    assert_eq!(v["groups"][0]["metadata"], b64(b"sealed"));
+    let (_, v) = t.get("/api/groups", &bob.token).await;
+    assert_eq!(v["groups"][0]["role"], "member");
+    let (_, v) = t.get("/api/groups", &dave.token).await;
+    assert_eq!(v["groups"], json!([]));
+
+    let (s, v) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[0]["userId"], alice.user_id.as_str());
+    assert_eq!(members[0]["role"], "admin");
+
+    // Every member device got the `created` event.
+    for c in [&alice, &bob, &carol] {
+        let mb = mailbox(&t, c).await;
+        assert_eq!(mb.len(), 1, "{mb:?}");
+        assert_eq!(mb[0]["kind"], "groupEvent");
+        assert_eq!(mb[0]["groupId"], gid.as_str());
+        let ev = event(&mb[0]);
+        assert_eq!(ev["change"], "created");
+        assert_eq!(ev["groupId"], gid.as_str());
+        assert_eq!(ev["revision"], 1);
+        assert_eq!(ev["userIds"].as_array().unwrap().len(), 3);
+    }
+    assert!(mailbox(&t, &dave).await.is_empty());
+
+    // Unknown members: 404 and nothing created.
+    let rows = snapshot(&t).await;
+    let (s, v) = t
+        .post(
+            "/api/groups",
+            Some(&alice.token),
+            json!({"members": ["no-such-user"], "metadata": b64(b"x")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["code"], "unknown_user");
+    assert_eq!(snapshot(&t).await, rows);
+    t.finish().await;
+}
+both!(create_list_members_and_events);
+
+async fn one_ciphertext_fanned_out_by_reference(b: Backend) {
+    let t = TestApp::new(b).await;
+    let server = t.serve().await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let carol = t.client("carol").await;
+    let gid = group(&t, &alice, &[&bob, &carol]).await;
+    for c in [&alice, &bob, &carol] {
+        ack_all(&t, c).await;
+    }
+    let mut carol_ws = connect(server.addr, &carol).await;
+    assert_eq!(frame_of(&mut carol_ws, "queueEmpty").await["type"], "queueEmpty");
+
+    // A sender-key distribution for bob rides along, queued before the group message.
+    let pairwise = json!([{"userId": bob.user_id, "deviceId": bob.device_id, "registrationId": bob.registration_id, "content": b64(b"skdm-for-bob")}]);
+    let (s, v) = send(&t, &alice, &gid, "g1", b"sender-key ciphertext", pairwise.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["duplicate"], false);
+    let server_id = v["serverMessageId"].as_str().unwrap().to_owned();
+
+    // Stored once, referenced twice (bob, carol); the sender's own device gets nothing.
+    assert_eq!(count(&t, "group_messages").await, 1);
+    assert_eq!(
+        count(&t, "envelopes WHERE group_message_id IS NOT NULL").await,
+        2
+    );
+    assert_eq!(
+        count(&t, "envelopes WHERE group_message_id IS NOT NULL AND content IS NOT NULL").await,
+        0
+    );
+    let mb = mailbox(&t, &bob).await;
+    assert_eq!(mb.len(), 2, "{mb:?}");
+    assert_eq!(mb[0]["kind"], "message");
+    assert_eq!(mb[0]["content"], b64(b"skdm-for-bob"));
+    assert_eq!(mb[1]["kind"], "groupMessage");
+    assert_eq!(mb[1]["groupId"], gid.as_str());
+    assert_eq!(mb[1]["content"], b64(b"sender-key ciphertext"));
+    assert_eq!(mb[1]["serverMessageId"], server_id.as_str());
+    assert_eq!(mb[1]["sourceUserId"], alice.user_id.as_str());
+    assert!(mailbox(&t, &alice).await.is_empty());
+
+    // Live push over the WebSocket carries the shared ciphertext too.
+    let f = frame_of(&mut carol_ws, "envelope").await;
+    assert_eq!(f["data"]["kind"], "groupMessage");
+    assert_eq!(f["data"]["content"], b64(b"sender-key ciphertext"));
+    assert_eq!(f["data"]["groupId"], gid.as_str());
+
+    // A retry stores nothing twice.
+    let (s, v) = send(&t, &alice, &gid, "g1", b"sender-key ciphertext", pairwise).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["duplicate"], true);
+    assert_eq!(v["serverMessageId"], server_id.as_str());
+    assert_eq!(count(&t, "group_messages").await, 1);
+
+    // Pairwise envelopes only for member devices, with current registration ids.
+    let outsider = t.client("outsider").await;
+    let rows = snapshot(&t).await;
+    let bad = json!([{"userId": outsider.user_id, "deviceId": 1, "registrationId": outsider.registration_id, "content": b64(b"x")}]);
+    let (s, v) = send(&t, &alice, &gid, "g2", b"ct", bad).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["extraDevices"][0]["userId"], outsider.user_id.as_str());
+    let stale = json!([{"userId": bob.user_id, "deviceId": bob.device_id, "registrationId": bob.registration_id ^ 2, "content": b64(b"x")}]);
+    let (s, v) = send(&t, &alice, &gid, "g2", b"ct", stale).await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    assert_eq!(v["staleDevices"][0]["userId"], bob.user_id.as_str());
+    assert_eq!(snapshot(&t).await, rows);
+
+    // Once every reference is acked the ciphertext is swept.
+    ack_all(&t, &bob).await;
+    ack_all(&t, &carol).await;
+    sotto_server::features::sweep(&t.state, sotto_server::now_ms()).await;
+    assert_eq!(count(&t, "group_messages").await, 0);
+    server.shutdown().await.unwrap();
+    t.finish().await;
+}
+both!(one_ciphertext_fanned_out_by_reference);
+
+async fn non_members_can_neither_send_nor_read(b: Backend) {
+    let t = TestApp::new(b).await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let mallory = t.client("mallory").await;
+    let gid = group(&t, &alice, &[&bob]).await;
+    let rows = snapshot(&t).await;
+    let (s, v) = send(&t, &mallory, &gid, "m1", b"spam", json!([])).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    let (s, v) = t.get(&format!("/api/groups/{gid}/members"), &mallory.token).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    let (s, _) = t
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&mallory.token),
+            json!({"userIds": [mallory.user_id]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&mallory.token), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/members/{}", bob.user_id),
+            Some(&mallory.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .post(&format!("/api/groups/{gid}/invites"), Some(&mallory.token), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // An unknown group looks the same as someone else's.
+    let (s, v) = t.get("/api/groups/no-such-group/members", &alice.token).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    // Without a token: 401.
+    let (s, _) = t.call(Method::GET, "/api/groups", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Bad input: 4xx JSON, nothing changed.
+    for (body, code) in [
+        (json!({"clientMessageId": "x", "content": ""}), "empty_content"),
+        (json!({"clientMessageId": "", "content": b64(b"x")}), "invalid_client_message_id"),
+        (json!({"clientMessageId": "x"}), "invalid_fields"),
+        (json!({"clientMessageId": "x", "content": "!!"}), "invalid_fields"),
+    ] {
+        let (s, v) = t
+            .post(&format!("/api/groups/{gid}/messages"), Some(&alice.token), body)
+            .await;
+        assert!(s.is_client_error(), "{v}");
+        assert_eq!(v["code"], code);
+    }
+    let (s, v) = t
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&alice.token),
+            json!({"userIds": [bob.user_id], "inviteToken": "x"}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_join")));
+    let (s, v) = t
+        .post(
+            "/api/groups",
+            Some(&alice.token),
+            json!({"members": [], "metadata": b64(&vec![0u8; 16 * 1024 + 1])}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(snapshot(&t).await, rows);
+    t.finish().await;
+}
+both!(non_members_can_neither_send_nor_read);
+
+async fn removed_member_hears_the_removal_then_nothing(b: Backend) {
+    let t = TestApp::new(b).await;
+    let server = t.serve().await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let carol = t.client("carol").await;
+    let gid = group(&t, &alice, &[&bob, &carol]).await;
+    for c in [&alice, &bob, &carol] {
+        ack_all(&t, c).await;
+    }
+    let mut bob_ws = connect(server.addr, &bob).await;
+    frame_of(&mut bob_ws, "queueEmpty").await;
+
+    // Only admins remove.
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/members/{}", alice.user_id),
+            Some(&carol.token),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_admin")));
+
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/members/{}", bob.user_id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Bob's still-open connection receives the removal event.
+    let f = frame_of(&mut bob_ws, "envelope").await;
+    assert_eq!(f["data"]["kind"], "groupEvent");
+    let ev = event(&f["data"]);
+    assert_eq!(ev["change"], "memberRemoved");
+    assert_eq!(ev["userIds"], json!([bob.user_id]));
+    assert_eq!(ev["revision"], 2);
+    // So do the remaining members.
+    for c in [&alice, &carol] {
+        let mb = mailbox(&t, c).await;
+        assert_eq!(event(&mb[0])["change"], "memberRemoved");
+    }
+
+    // Later group messages never reach bob, and bob can no longer send or read.
+    let (s, _) = send(&t, &alice, &gid, "after", b"new sender key", json!([])).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(maybe_frame(&mut bob_ws, std::time::Duration::from_millis(300))
+        .await
+        .is_none());
+    assert_eq!(
+        count(&t, &format!("envelopes e JOIN devices d ON d.pk = e.device_pk WHERE d.user_id = '{}'", bob.user_id)).await,
+        1,
+        "only the removal event"
+    );
+    let (s, _) = send(&t, &bob, &gid, "sneaky", b"x", json!([])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A pairwise envelope to a removed member is refused too.
+    let to_bob = json!([{"userId": bob.user_id, "deviceId": 1, "registrationId": bob.registration_id, "content": b64(b"x")}]);
+    let (s, _) = send(&t, &alice, &gid, "p", b"x", to_bob).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    server.shutdown().await.unwrap();
+    t.finish().await;
+}
+both!(removed_member_hears_the_removal_then_nothing);
+
+async fn invites_roles_and_limits(b: Backend) {
+    let t = TestApp::with(b, |c| c.max_group_size = 4).await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let carol = t.client("carol").await;
+    let dave = t.client("dave").await;
+    let eve = t.client("eve").await;
+    let gid = group(&t, &alice, &[&bob]).await;
+    let other = group(&t, &carol, &[]).await;
+
+    // Members cannot invite; admins can.
+    let (s, _) = t
+        .post(&format!("/api/groups/{gid}/invites"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = t
+        .post(&format!("/api/groups/{gid}/invites"), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let invite_id = v["inviteId"].as_str().unwrap().to_owned();
+
+    // Guessed tokens, and a real token on another group, get nothing.
+    let rows = snapshot(&t).await;
+    let guessed = sotto_server::blobs::BlobId::random().to_string();
+    for (g, tok) in [(&gid, guessed.as_str()), (&gid, "short"), (&other, token.as_str())] {
+        let (s, v) = t
+            .post(&format!("/api/groups/{g}/join"), Some(&dave.token), json!({"inviteToken": tok}))
+            .await;
+        assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("invalid_invite")));
+    }
+    assert_eq!(snapshot(&t).await, rows);
+
+    let (s, v) = t
+        .post(&format!("/api/groups/{gid}/join"), Some(&dave.token), json!({"inviteToken": token}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+    assert_eq!(v["revision"], 2);
+    let mb = mailbox(&t, &bob).await;
+    assert_eq!(event(mb.last().unwrap())["change"], "membersAdded");
+    assert_eq!(event(mb.last().unwrap())["userIds"], json!([dave.user_id]));
+
+    // Revoked: the token stops working.
+    let (s, _) = t
+        .call(Method::DELETE, &format!("/api/groups/{gid}/invites/{invite_id}"), Some(&alice.token), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = t
+        .post(&format!("/api/groups/{gid}/join"), Some(&eve.token), json!({"inviteToken": token}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Size limit (4): adding two more is refused whole, one fits.
+    let (s, v) = t
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&alice.token),
+            json!({"userIds": [carol.user_id, eve.user_id]}),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::CONFLICT, Some("group_full")));
+    let (s, v) = t
+        .post(&format!("/api/groups/{gid}/join"), Some(&alice.token), json!({"userIds": [eve.user_id]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["members"].as_array().unwrap().len(), 4);
+    let (s, _) = t
+        .post(
+            "/api/groups",
+            Some(&alice.token),
+            json!({"members": [bob.user_id, carol.user_id, dave.user_id, eve.user_id], "metadata": b64(b"m")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // Roles: an admin promotes; the last admin cannot step down but can leave (an heir is named).
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("/api/groups/{gid}/members/{}", alice.user_id),
+            Some(&alice.token),
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t
+        .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&alice.token), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[0]["userId"], bob.user_id.as_str());
+    assert_eq!(members[0]["role"], "admin");
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("/api/groups/{gid}/members/{}", dave.user_id),
+            Some(&bob.token),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = t.get("/api/groups", &dave.token).await;
+    assert_eq!(v["groups"][0]["role"], "admin");
+
+    // When the last member leaves the group is gone.
+    for c in [&bob, &dave, &eve] {
+        let (s, _) = t
+            .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&c.token), None)
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(count(&t, &format!("chat_groups WHERE id = '{gid}'")).await, 0);
+    t.finish().await;
+}
+both!(invites_roles_and_limits);
