@@ -476,6 +476,10 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// Spends `cost` tokens, or refuses and says when to retry. A disabled limit always allows; a
     /// `cost` above the bucket size is charged as a full bucket.
     fn check<'a>(&'a self, limit: Limit, key: RateKey<'a>, cost: u32) -> CheckFuture<'a>;
+
+    /// Housekeeping the relay may call now and then (from its expiry loop, say): forget state
+    /// that no longer changes any answer. Memory stays bounded without it.
+    fn sweep(&self) {}
 }
 
 /// A source of monotonic time.
@@ -645,6 +649,10 @@ impl<C: Clock> RateLimiter for LocalRateLimiter<C> {
     fn check<'a>(&'a self, limit: Limit, key: RateKey<'a>, cost: u32) -> CheckFuture<'a> {
         let outcome = self.check_now(limit, key, cost);
         Box::pin(std::future::ready(outcome))
+    }
+
+    fn sweep(&self) {
+        LocalRateLimiter::sweep(self);
     }
 }
 
@@ -984,6 +992,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.retry_after_secs(), 30);
+        limiter.sweep();
     }
 
     #[test]

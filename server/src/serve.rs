@@ -162,7 +162,9 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     expiry.abort();
+    tracing::debug!("connections closed; flushing the store");
     state.store().close().await;
+    tracing::debug!("store closed");
     result
 }
 

@@ -52,7 +52,10 @@ pub struct LinkingCode {
 
 impl std::fmt::Debug for LinkingCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Self { code: _, expires_at } = self;
+        let Self {
+            code: _,
+            expires_at,
+        } = self;
         f.debug_struct("LinkingCode")
             .field("expires_at", expires_at)
             .finish_non_exhaustive()

@@ -6,8 +6,10 @@ use sotto_wire::{
     DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse,
 };
 
+use crate::api::provisioning::ClientAddr;
 use crate::auth::{self, Auth};
 use crate::error::{Json, Path};
+use crate::ratelimit::{Limit, RateKey};
 use crate::store::NewUser;
 use crate::{now_ms, AppError, AppState};
 
@@ -37,8 +39,13 @@ fn valid_email(email: &str) -> bool {
 /// `POST /api/users/register`.
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), AppError> {
+    state
+        .limiter()
+        .check(Limit::Registration, RateKey::Address(addr), 1)
+        .await?;
     if !valid_username(&req.username) {
         return Err(AppError::bad_request(
             "invalid_username",
@@ -92,8 +99,13 @@ pub async fn register(
 /// `POST /api/users/login`: creates the account's first device.
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, AppError> {
+    state
+        .limiter()
+        .check(Limit::Login, RateKey::Address(addr), 1)
+        .await?;
     if req.registration_id == 0 {
         return Err(AppError::bad_request(
             "invalid_registration_id",

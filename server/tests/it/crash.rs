@@ -134,13 +134,21 @@ fn free_addr() -> SocketAddr {
 
 /// A running `sotto-server`; killed (SIGKILL) when dropped, whatever happened.
 struct Relay {
-    child: tokio::process::Child,
+    /// Shared with the senders, which fire the SIGKILL themselves (see [`sender`]).
+    child: Arc<Mutex<tokio::process::Child>>,
     log: PathBuf,
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        sigkill(&self.child);
+    }
+}
+
+/// Sends SIGKILL (`start_kill` on Unix) without waiting.
+fn sigkill(child: &Mutex<tokio::process::Child>) {
+    if let Ok(mut child) = child.lock() {
+        let _ = child.start_kill();
     }
 }
 
@@ -167,7 +175,10 @@ impl Relay {
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap();
-            let mut relay = Relay { child, log };
+            let mut relay = Relay {
+                child: Arc::new(Mutex::new(child)),
+                log,
+            };
             match relay.wait_healthy(addr).await {
                 Ok(()) => return relay,
                 Err(e) => {
@@ -183,7 +194,8 @@ impl Relay {
     async fn wait_healthy(&mut self, addr: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+            let exited = self.child.lock().unwrap().try_wait();
+            if let Some(status) = exited.map_err(|e| e.to_string())? {
                 return Err(format!("exited with {status}"));
             }
             let mut http = Http::new(addr);
@@ -199,14 +211,17 @@ impl Relay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL, then reap; returns the signal that ended the process.
-    async fn kill9(&mut self) -> Option<i32> {
-        self.child.start_kill().unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("the killed relay is reaped")
-            .unwrap();
-        status.signal()
+    /// Waits for the process to end (after [`sigkill`]); returns the signal that ended it.
+    async fn reap(&self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exited = self.child.lock().unwrap().try_wait().unwrap();
+            if let Some(status) = exited {
+                return status.signal();
+            }
+            assert!(Instant::now() < deadline, "the killed relay ended in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -352,17 +367,22 @@ struct Ledger {
     failures_before_kill: Vec<String>,
 }
 
-#[derive(Default)]
 struct Shared {
     ledger: Mutex<Ledger>,
+    /// The relay process.
+    relay: Arc<Mutex<tokio::process::Child>>,
     /// Set just before the SIGKILL.
     killed: AtomicBool,
-    /// Signalled when `KILL_AFTER` sends of the round have been accepted.
-    enough: Notify,
+    /// Signalled after the SIGKILL.
+    killed_notify: Notify,
 }
 
 /// Sends one message at a time until the relay dies (or `PER_WORKER` are done). Returns the ids
 /// accepted, in order: each was answered before the next one was sent.
+///
+/// The sender whose answer makes `KILL_AFTER` accepted sends the SIGKILL itself, right after
+/// reading that answer: a relay answering before its commit were written would lose that send
+/// (or those of its commit group) with a good chance.
 async fn sender(
     name: String,
     addr: SocketAddr,
@@ -394,7 +414,9 @@ async fn sender(
                 ledger.accepted.insert(id.clone(), server_id);
                 chain.push(id);
                 if ledger.accepted.len() == KILL_AFTER {
-                    shared.enough.notify_one();
+                    shared.killed.store(true, Ordering::SeqCst);
+                    sigkill(&shared.relay);
+                    shared.killed_notify.notify_one();
                 }
             }
             Ok((status, v)) if status >= 500 => {
@@ -414,16 +436,21 @@ async fn sender(
     chain
 }
 
-/// One round: `WORKERS` concurrent senders, SIGKILL once `KILL_AFTER` sends were accepted (more
-/// are in flight then). Returns the round's ledger and each sender's accepted ids in order.
+/// One round: `WORKERS` concurrent senders, SIGKILL once `KILL_AFTER` sends were accepted (the
+/// others are in flight then). Returns the round's ledger and each sender's accepted ids in order.
 async fn load_then_kill(
     round: usize,
-    relay: &mut Relay,
+    relay: &Relay,
     addr: SocketAddr,
     alice: &Client,
     bob: &Client,
 ) -> (Ledger, Vec<Vec<String>>) {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        ledger: Mutex::default(),
+        relay: relay.child.clone(),
+        killed: AtomicBool::new(false),
+        killed_notify: Notify::new(),
+    });
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             tokio::spawn(sender(
@@ -435,7 +462,7 @@ async fn load_then_kill(
             ))
         })
         .collect();
-    if tokio::time::timeout(Duration::from_secs(60), shared.enough.notified())
+    if tokio::time::timeout(Duration::from_secs(60), shared.killed_notify.notified())
         .await
         .is_err()
     {
@@ -446,8 +473,7 @@ async fn load_then_kill(
             relay.log_text()
         );
     }
-    shared.killed.store(true, Ordering::SeqCst);
-    let signal = relay.kill9().await;
+    let signal = relay.reap().await;
     assert_eq!(signal, Some(9), "round {round}: the relay died of SIGKILL");
     let mut chains = Vec::new();
     for w in workers {
@@ -599,7 +625,7 @@ async fn kill_9_run(backend: Backend) {
         if round == ROUNDS {
             break;
         }
-        let (ledger, round_chains) = load_then_kill(round, &mut relay, addr, &alice, &bob).await;
+        let (ledger, round_chains) = load_then_kill(round, &relay, addr, &alice, &bob).await;
         report.push(format!(
             "round {round}: {} accepted, {} cut off, {} 5xx",
             ledger.accepted.len(),

@@ -67,7 +67,9 @@ async fn create_list_members_and_events(b: Backend) {
     let (_, v) = t.get("/api/groups", &dave.token).await;
     assert_eq!(v["groups"], json!([]));
 
-    let (s, v) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    let (s, v) = t
+        .get(&format!("/api/groups/{gid}/members"), &bob.token)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
@@ -115,11 +117,22 @@ async fn one_ciphertext_fanned_out_by_reference(b: Backend) {
         ack_all(&t, c).await;
     }
     let mut carol_ws = connect(server.addr, &carol).await;
-    assert_eq!(frame_of(&mut carol_ws, "queueEmpty").await["type"], "queueEmpty");
+    assert_eq!(
+        frame_of(&mut carol_ws, "queueEmpty").await["type"],
+        "queueEmpty"
+    );
 
     // A sender-key distribution for bob rides along, queued before the group message.
     let pairwise = json!([{"userId": bob.user_id, "deviceId": bob.device_id, "registrationId": bob.registration_id, "content": b64(b"skdm-for-bob")}]);
-    let (s, v) = send(&t, &alice, &gid, "g1", b"sender-key ciphertext", pairwise.clone()).await;
+    let (s, v) = send(
+        &t,
+        &alice,
+        &gid,
+        "g1",
+        b"sender-key ciphertext",
+        pairwise.clone(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["duplicate"], false);
     let server_id = v["serverMessageId"].as_str().unwrap().to_owned();
@@ -131,7 +144,11 @@ async fn one_ciphertext_fanned_out_by_reference(b: Backend) {
         2
     );
     assert_eq!(
-        count(&t, "envelopes WHERE group_message_id IS NOT NULL AND content IS NOT NULL").await,
+        count(
+            &t,
+            "envelopes WHERE group_message_id IS NOT NULL AND content IS NOT NULL"
+        )
+        .await,
         0
     );
     let mb = mailbox(&t, &bob).await;
@@ -189,9 +206,17 @@ async fn non_members_can_neither_send_nor_read(b: Backend) {
     let gid = group(&t, &alice, &[&bob]).await;
     let rows = snapshot(&t).await;
     let (s, v) = send(&t, &mallory, &gid, "m1", b"spam", json!([])).await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
-    let (s, v) = t.get(&format!("/api/groups/{gid}/members"), &mallory.token).await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_group"))
+    );
+    let (s, v) = t
+        .get(&format!("/api/groups/{gid}/members"), &mallory.token)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_group"))
+    );
     let (s, _) = t
         .post(
             &format!("/api/groups/{gid}/join"),
@@ -201,7 +226,12 @@ async fn non_members_can_neither_send_nor_read(b: Backend) {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = t
-        .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&mallory.token), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/leave"),
+            Some(&mallory.token),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = t
@@ -214,24 +244,46 @@ async fn non_members_can_neither_send_nor_read(b: Backend) {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = t
-        .post(&format!("/api/groups/{gid}/invites"), Some(&mallory.token), json!({}))
+        .post(
+            &format!("/api/groups/{gid}/invites"),
+            Some(&mallory.token),
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // An unknown group looks the same as someone else's.
-    let (s, v) = t.get("/api/groups/no-such-group/members", &alice.token).await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    let (s, v) = t
+        .get("/api/groups/no-such-group/members", &alice.token)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_group"))
+    );
     // Without a token: 401.
     let (s, _) = t.call(Method::GET, "/api/groups", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Bad input: 4xx JSON, nothing changed.
     for (body, code) in [
-        (json!({"clientMessageId": "x", "content": ""}), "empty_content"),
-        (json!({"clientMessageId": "", "content": b64(b"x")}), "invalid_client_message_id"),
+        (
+            json!({"clientMessageId": "x", "content": ""}),
+            "empty_content",
+        ),
+        (
+            json!({"clientMessageId": "", "content": b64(b"x")}),
+            "invalid_client_message_id",
+        ),
         (json!({"clientMessageId": "x"}), "invalid_fields"),
-        (json!({"clientMessageId": "x", "content": "!!"}), "invalid_fields"),
+        (
+            json!({"clientMessageId": "x", "content": "!!"}),
+            "invalid_fields",
+        ),
     ] {
         let (s, v) = t
-            .post(&format!("/api/groups/{gid}/messages"), Some(&alice.token), body)
+            .post(
+                &format!("/api/groups/{gid}/messages"),
+                Some(&alice.token),
+                body,
+            )
             .await;
         assert!(s.is_client_error(), "{v}");
         assert_eq!(v["code"], code);
@@ -243,7 +295,10 @@ async fn non_members_can_neither_send_nor_read(b: Backend) {
             json!({"userIds": [bob.user_id], "inviteToken": "x"}),
         )
         .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_join")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_join"))
+    );
     let (s, v) = t
         .post(
             "/api/groups",
@@ -279,7 +334,10 @@ async fn removed_member_hears_the_removal_then_nothing(b: Backend) {
             None,
         )
         .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_admin")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_admin"))
+    );
 
     let (s, _) = t
         .call(
@@ -306,17 +364,28 @@ async fn removed_member_hears_the_removal_then_nothing(b: Backend) {
     // Later group messages never reach bob, and bob can no longer send or read.
     let (s, _) = send(&t, &alice, &gid, "after", b"new sender key", json!([])).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(maybe_frame(&mut bob_ws, std::time::Duration::from_millis(300))
-        .await
-        .is_none());
+    assert!(
+        maybe_frame(&mut bob_ws, std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     assert_eq!(
-        count(&t, &format!("envelopes e JOIN devices d ON d.pk = e.device_pk WHERE d.user_id = '{}'", bob.user_id)).await,
+        count(
+            &t,
+            &format!(
+                "envelopes e JOIN devices d ON d.pk = e.device_pk WHERE d.user_id = '{}'",
+                bob.user_id
+            )
+        )
+        .await,
         1,
         "only the removal event"
     );
     let (s, _) = send(&t, &bob, &gid, "sneaky", b"x", json!([])).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    let (s, _) = t
+        .get(&format!("/api/groups/{gid}/members"), &bob.token)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // A pairwise envelope to a removed member is refused too.
     let to_bob = json!([{"userId": bob.user_id, "deviceId": 1, "registrationId": bob.registration_id, "content": b64(b"x")}]);
@@ -339,11 +408,19 @@ async fn invites_roles_and_limits(b: Backend) {
 
     // Members cannot invite; admins can.
     let (s, _) = t
-        .post(&format!("/api/groups/{gid}/invites"), Some(&bob.token), json!({}))
+        .post(
+            &format!("/api/groups/{gid}/invites"),
+            Some(&bob.token),
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, v) = t
-        .post(&format!("/api/groups/{gid}/invites"), Some(&alice.token), json!({}))
+        .post(
+            &format!("/api/groups/{gid}/invites"),
+            Some(&alice.token),
+            json!({}),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let token = v["token"].as_str().unwrap().to_owned();
@@ -352,16 +429,31 @@ async fn invites_roles_and_limits(b: Backend) {
     // Guessed tokens, and a real token on another group, get nothing.
     let rows = snapshot(&t).await;
     let guessed = sotto_server::blobs::BlobId::random().to_string();
-    for (g, tok) in [(&gid, guessed.as_str()), (&gid, "short"), (&other, token.as_str())] {
+    for (g, tok) in [
+        (&gid, guessed.as_str()),
+        (&gid, "short"),
+        (&other, token.as_str()),
+    ] {
         let (s, v) = t
-            .post(&format!("/api/groups/{g}/join"), Some(&dave.token), json!({"inviteToken": tok}))
+            .post(
+                &format!("/api/groups/{g}/join"),
+                Some(&dave.token),
+                json!({"inviteToken": tok}),
+            )
             .await;
-        assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("invalid_invite")));
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("invalid_invite"))
+        );
     }
     assert_eq!(snapshot(&t).await, rows);
 
     let (s, v) = t
-        .post(&format!("/api/groups/{gid}/join"), Some(&dave.token), json!({"inviteToken": token}))
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&dave.token),
+            json!({"inviteToken": token}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["members"].as_array().unwrap().len(), 3);
@@ -372,11 +464,20 @@ async fn invites_roles_and_limits(b: Backend) {
 
     // Revoked: the token stops working.
     let (s, _) = t
-        .call(Method::DELETE, &format!("/api/groups/{gid}/invites/{invite_id}"), Some(&alice.token), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/invites/{invite_id}"),
+            Some(&alice.token),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = t
-        .post(&format!("/api/groups/{gid}/join"), Some(&eve.token), json!({"inviteToken": token}))
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&eve.token),
+            json!({"inviteToken": token}),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
@@ -388,9 +489,16 @@ async fn invites_roles_and_limits(b: Backend) {
             json!({"userIds": [carol.user_id, eve.user_id]}),
         )
         .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::CONFLICT, Some("group_full")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("group_full"))
+    );
     let (s, v) = t
-        .post(&format!("/api/groups/{gid}/join"), Some(&alice.token), json!({"userIds": [eve.user_id]}))
+        .post(
+            &format!("/api/groups/{gid}/join"),
+            Some(&alice.token),
+            json!({"userIds": [eve.user_id]}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["members"].as_array().unwrap().len(), 4);
@@ -414,10 +522,17 @@ async fn invites_roles_and_limits(b: Backend) {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = t
-        .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&alice.token), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/leave"),
+            Some(&alice.token),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (_, v) = t.get(&format!("/api/groups/{gid}/members"), &bob.token).await;
+    let (_, v) = t
+        .get(&format!("/api/groups/{gid}/members"), &bob.token)
+        .await;
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
     assert_eq!(members[0]["userId"], bob.user_id.as_str());
@@ -437,11 +552,19 @@ async fn invites_roles_and_limits(b: Backend) {
     // When the last member leaves the group is gone.
     for c in [&bob, &dave, &eve] {
         let (s, _) = t
-            .call(Method::DELETE, &format!("/api/groups/{gid}/leave"), Some(&c.token), None)
+            .call(
+                Method::DELETE,
+                &format!("/api/groups/{gid}/leave"),
+                Some(&c.token),
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
     }
-    assert_eq!(count(&t, &format!("chat_groups WHERE id = '{gid}'")).await, 0);
+    assert_eq!(
+        count(&t, &format!("chat_groups WHERE id = '{gid}'")).await,
+        0
+    );
     t.finish().await;
 }
 both!(invites_roles_and_limits);

@@ -51,7 +51,12 @@ async fn provisioning_then_link(b: Backend) {
     let address = v["address"].as_str().unwrap().to_owned();
     assert_eq!(address.len(), 43);
     let (s, _) = t
-        .call(Method::GET, &format!("/api/provisioning/{address}"), None, None)
+        .call(
+            Method::GET,
+            &format!("/api/provisioning/{address}"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "nothing yet");
     let router = t.router.clone();
@@ -65,7 +70,10 @@ async fn provisioning_then_link(b: Backend) {
         let resp = router.oneshot(req).await.unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        )
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -86,7 +94,12 @@ async fn provisioning_then_link(b: Backend) {
     assert_eq!(v["message"], b64(sealed.as_bytes()));
     // One message per address, picked up once; unauthenticated delivery is refused.
     let (s, _) = t
-        .call(Method::GET, &format!("/api/provisioning/{address}"), None, None)
+        .call(
+            Method::GET,
+            &format!("/api/provisioning/{address}"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = t
@@ -109,7 +122,10 @@ async fn provisioning_then_link(b: Backend) {
     let (s, _) = t.get("/api/messages/unread", &token).await;
     assert_eq!(s, StatusCode::OK);
     let (_, v) = t
-        .get(&format!("/api/users/{}/devices", alice.user_id), &alice.token)
+        .get(
+            &format!("/api/users/{}/devices", alice.user_id),
+            &alice.token,
+        )
         .await;
     assert_eq!(v["devices"].as_array().unwrap().len(), 2);
     assert_eq!(v["devices"][1]["registrationId"], 777);
@@ -149,9 +165,17 @@ async fn expired_address_gets_nothing(b: Backend) {
             Some(json!({"message": b64(b"identity key, sealed")})),
         )
         .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_address")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_address"))
+    );
     let (s, _) = t
-        .call(Method::GET, &format!("/api/provisioning/{address}"), None, None)
+        .call(
+            Method::GET,
+            &format!("/api/provisioning/{address}"),
+            None,
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Never-opened addresses are the same.
@@ -181,7 +205,10 @@ async fn device_limit_and_removal(b: Backend) {
     // At the limit: refused, and the code stays usable.
     let code = linking_code(&t, &alice).await;
     let (s, v) = link(&t, &code, 99).await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::CONFLICT, Some("too_many_devices")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("too_many_devices"))
+    );
 
     // Bob sends to both devices; the laptop has mail.
     let both_devices = |id: &str| {
@@ -217,7 +244,14 @@ async fn device_limit_and_removal(b: Backend) {
         1
     );
     assert_eq!(
-        count(&t, &format!("envelopes e JOIN devices d ON d.pk = e.device_pk WHERE d.user_id = '{}'", alice.user_id)).await,
+        count(
+            &t,
+            &format!(
+                "envelopes e JOIN devices d ON d.pk = e.device_pk WHERE d.user_id = '{}'",
+                alice.user_id
+            )
+        )
+        .await,
         1,
         "only the phone's envelope is left"
     );
@@ -226,7 +260,10 @@ async fn device_limit_and_removal(b: Backend) {
         .post("/api/messages/send", Some(&bob.token), both_devices("m2"))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert_eq!(v["extraDevices"], json!([{"userId": alice.user_id, "deviceId": 2}]));
+    assert_eq!(
+        v["extraDevices"],
+        json!([{"userId": alice.user_id, "deviceId": 2}])
+    );
     // A device sending after its removal is refused.
     let (s, _) = t
         .post(
@@ -269,11 +306,16 @@ async fn rate_limits_answer_429_with_retry_after(b: Backend) {
     let req = axum::http::Request::post("/api/provisioning")
         .body(axum::body::Body::empty())
         .unwrap();
-    let resp = tower::ServiceExt::oneshot(t.router.clone(), req).await.unwrap();
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), req)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(resp.headers()["retry-after"], "30");
     let (s, v) = link(&t, "whatever", 1).await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
 
     // Group sends count against the account's message bucket.
     let gid = crate::support::group(&t, &alice, &[&bob]).await;
@@ -298,3 +340,68 @@ async fn rate_limits_answer_429_with_retry_after(b: Backend) {
     t.finish().await;
 }
 both!(rate_limits_answer_429_with_retry_after);
+
+async fn login_and_registration_limited_per_address(b: Backend) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use sotto_server::ratelimit::{Quota, RateLimitConfig};
+    let t = TestApp::with(b, |c| {
+        c.rate_limits = RateLimitConfig {
+            registration: Some(Quota::per_hour(2)),
+            login: Some(Quota::per_minute(2)),
+            ..RateLimitConfig::disabled()
+        }
+    })
+    .await;
+    let server = t.serve().await;
+    let json_body = |v: Value| Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()));
+    let ct = [("content-type", "application/json".to_owned())];
+    for (i, expected) in [
+        StatusCode::CREATED,
+        StatusCode::CREATED,
+        StatusCode::TOO_MANY_REQUESTS,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"username": format!("user{i}"), "email": "u@example.com", "password": "password123"});
+        let (s, headers, _) = crate::support::http(
+            server.addr,
+            Method::POST,
+            "/api/users/register",
+            None,
+            &ct,
+            json_body(body),
+        )
+        .await;
+        assert_eq!(s, expected);
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "1800");
+        }
+    }
+    for expected in [
+        StatusCode::UNAUTHORIZED,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let body = json!({"username": "user0", "password": "wrong-password", "registrationId": 1});
+        let (s, headers, bytes) = crate::support::http(
+            server.addr,
+            Method::POST,
+            "/api/users/login",
+            None,
+            &ct,
+            json_body(body),
+        )
+        .await;
+        assert_eq!(s, expected);
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "30");
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["code"], "rate_limited");
+        }
+    }
+    server.shutdown().await.unwrap();
+    t.finish().await;
+}
+both!(login_and_registration_limited_per_address);

@@ -69,7 +69,10 @@ async fn online_away_offline_pushed_to_group_members_only(b: Backend) {
     assert_eq!(presence_of(&mut alice_ws, &bob).await["status"], "away");
     assert_eq!(status(&t, &alice, &bob).await["status"], "away");
     let (s, v) = set_presence(&t, &bob, "offline").await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_status")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_status"))
+    );
     let (s, _) = set_presence(&t, &bob, "online").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(presence_of(&mut alice_ws, &bob).await["status"], "online");
@@ -89,7 +92,10 @@ async fn online_away_offline_pushed_to_group_members_only(b: Backend) {
     assert!(maybe_frame(&mut stranger_ws, QUIET).await.is_none());
     // Presence needs a connection.
     let (s, v) = set_presence(&t, &bob, "away").await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::CONFLICT, Some("not_connected")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_connected"))
+    );
     let (s, _) = t.get("/api/users/nobody/status", &alice.token).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     server.shutdown().await.unwrap();
@@ -121,7 +127,10 @@ async fn subscribers_hear_presence(b: Backend) {
     assert_eq!(presence_of(&mut carol_ws, &alice).await["status"], "online");
     alice_ws.send(Message::Close(None)).await.unwrap();
     drop(alice_ws);
-    assert_eq!(presence_of(&mut carol_ws, &alice).await["status"], "offline");
+    assert_eq!(
+        presence_of(&mut carol_ws, &alice).await["status"],
+        "offline"
+    );
 
     // Subscriptions need a connection and are bounded.
     let bob = t.client("bob").await;
@@ -166,8 +175,13 @@ async fn typing_reaches_online_devices_only(b: Backend) {
     let gid = group(&t, &alice, &[&bob]).await;
     for c in [&alice, &bob] {
         for e in mailbox(&t, c).await {
-            t.call(Method::DELETE, &format!("/api/messages/{}", e["seq"]), Some(&c.token), None)
-                .await;
+            t.call(
+                Method::DELETE,
+                &format!("/api/messages/{}", e["seq"]),
+                Some(&c.token),
+                None,
+            )
+            .await;
         }
     }
     let rows = snapshot(&t).await;
@@ -198,7 +212,11 @@ async fn typing_reaches_online_devices_only(b: Backend) {
     // Online: delivered at once, as an ephemeral frame.
     let now = sotto_server::now_ms();
     let (s, _) = t
-        .post("/api/messages/ephemeral", Some(&alice.token), typing(&bob, b"typing-start", now))
+        .post(
+            "/api/messages/ephemeral",
+            Some(&alice.token),
+            typing(&bob, b"typing-start", now),
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let f = frame_of(&mut bob_ws, "ephemeral").await;
@@ -239,7 +257,10 @@ async fn typing_reaches_online_devices_only(b: Backend) {
             json!({"groupId": gid, "timestamp": sotto_server::now_ms(), "content": b64(b"x")}),
         )
         .await;
-    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_group")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_group"))
+    );
 
     // Bad input.
     for body in [
