@@ -31,7 +31,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 ///   sotto-loadgen send --accounts 200 --in-flight 64 --duration 10
 ///   sotto-loadgen send --rate 5000 --duration 20
 ///   sotto-loadgen --database-url postgres://postgres@127.0.0.1:5432/load1 send
-///   sotto-loadgen idle --connections 100000
+///   sotto-loadgen idle --connections 10000 --hold 40
 ///   sotto-loadgen --url http://127.0.0.1:7700 --relay-pid 1234 send
 #[derive(Debug, Parser)]
 #[command(name = "sotto-loadgen", version, verbatim_doc_comment)]
@@ -71,9 +71,16 @@ fn main() -> std::process::ExitCode {
         };
         relay::raise_fd_limit(wanted)?;
         let relay = relay::Relay::start(&cli.relay).await?;
-        let result = match cli.mode {
-            Mode::Send(args) => send::run(&relay, args).await,
-            Mode::Idle(args) => idle::run(&relay, args).await,
+        let run = async {
+            match cli.mode {
+                Mode::Send(args) => send::run(&relay, args).await,
+                Mode::Idle(args) => idle::run(&relay, args).await,
+            }
+        };
+        // On Ctrl-C or SIGTERM the started relay is stopped and its temporary files removed.
+        let result = tokio::select! {
+            result = run => result,
+            signal = interrupted() => Err(format!("interrupted by {signal}").into()),
         };
         relay.stop().await;
         result
@@ -84,5 +91,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }

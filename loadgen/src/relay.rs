@@ -16,42 +16,37 @@ use crate::Result;
 pub struct RelayArgs {
     /// Attach to a relay already running at this loopback URL (e.g. http://127.0.0.1:7700) instead
     /// of starting one. Its memory is only reported when --relay-pid is given too.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub url: Option<String>,
 
     /// Process id of the relay given by --url, to read its memory and CPU from /proc.
-    #[arg(long, global = true, requires = "url")]
+    #[arg(long, requires = "url")]
     pub relay_pid: Option<u32>,
 
     /// Relay binary to start [default: `sotto-server` next to this executable].
-    #[arg(long, global = true, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "url")]
     pub relay_bin: Option<PathBuf>,
 
     /// Database of the started relay [default: a fresh SQLite file in a temporary directory].
     /// For PostgreSQL give a fresh, empty database, e.g. postgres://postgres@127.0.0.1:5432/load1
-    #[arg(long, global = true, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "url")]
     pub database_url: Option<String>,
 
     /// Extra flag for the started relay, repeatable (e.g. --relay-arg=--ws-max-unacked=1024).
     /// The relay is always started with --listen on a free loopback port, --database-url, cheap
     /// password hashing (--argon2-memory-kib 64 --argon2-iterations 1), since the runs measure
     /// messaging, not login, and (unless --keep-rate-limits) --config with rate limits off.
-    #[arg(
-        long = "relay-arg",
-        global = true,
-        allow_hyphen_values = true,
-        conflicts_with = "url"
-    )]
+    #[arg(long = "relay-arg", allow_hyphen_values = true, conflicts_with = "url")]
     pub relay_args: Vec<String>,
 
     /// Keep the started relay's rate limits. By default it gets a config file turning them off,
     /// since one account may send only 100 messages a minute.
-    #[arg(long, global = true, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "url")]
     pub keep_rate_limits: bool,
 
     /// File for the started relay's log [default: relay.log in the temporary directory, deleted
     /// at exit]. RUST_LOG is passed through (default `warn`).
-    #[arg(long, global = true, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "url")]
     pub relay_log: Option<PathBuf>,
 }
 

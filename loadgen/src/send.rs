@@ -107,6 +107,7 @@ impl Shared {
 
 #[derive(Debug)]
 struct SenderStats {
+    sent: u64,
     accepted_in_window: u64,
     request_latency: Histogram<u64>,
     rejected: BTreeMap<u16, u64>,
@@ -219,6 +220,7 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
     let rss_end = relay.rss_kib();
 
     let mut sent = SenderStats {
+        sent: 0,
         accepted_in_window: 0,
         request_latency: stats::latency_histogram(),
         rejected: BTreeMap::new(),
@@ -227,6 +229,7 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
     };
     for sender in senders {
         let s = sender.await?;
+        sent.sent += s.sent;
         sent.accepted_in_window += s.accepted_in_window;
         sent.request_latency.add(&s.request_latency)?;
         for (status, count) in s.rejected {
@@ -235,7 +238,7 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
         sent.transport_errors += s.transport_errors;
         sent.first_problem = sent.first_problem.or(s.first_problem);
     }
-    let attempted = shared.next.load(Ordering::Relaxed).min(cap);
+    let attempted = sent.sent;
     let sending_time = send_start.elapsed();
 
     // Drain: wait for every accepted message to arrive.
@@ -360,6 +363,7 @@ async fn send_loop(
     plan: SendPlan,
 ) -> SenderStats {
     let mut stats = SenderStats {
+        sent: 0,
         accepted_in_window: 0,
         request_latency: stats::latency_histogram(),
         rejected: BTreeMap::new(),
@@ -419,6 +423,7 @@ async fn send_loop(
                 break;
             }
         };
+        stats.sent += 1;
         match http
             .request(
                 Method::POST,

@@ -127,9 +127,22 @@ pub(crate) fn blob_config(cli: &Cli, file: &Cli) -> BlobConfig {
     BlobConfig::local(dir)
 }
 
-/// Test settings: beside the test database, no fsync.
+/// Test settings, no fsync: beside an SQLite test database; for a server database, a directory
+/// under the system's temporary directory named after the database (created only if used).
 pub(crate) fn test_blob_config(database_url: &str) -> BlobConfig {
-    let mut config = BlobConfig::local(default_blob_dir(database_url));
+    let dir = if database_url.starts_with("sqlite:") {
+        default_blob_dir(database_url)
+    } else {
+        let name: String = database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        std::env::temp_dir().join("sotto-test-blobs").join(name)
+    };
+    let mut config = BlobConfig::local(dir);
     config.fsync = false;
     config
 }
@@ -156,4 +169,28 @@ pub async fn sweep(state: &AppState, now_ms: i64) {
         .features()
         .provisioning()
         .sweep(std::time::Instant::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_dirs_follow_the_database() {
+        assert_eq!(
+            default_blob_dir("sqlite:///var/lib/sotto/relay.sqlite"),
+            PathBuf::from("/var/lib/sotto/blobs")
+        );
+        assert_eq!(
+            default_blob_dir("sqlite://sotto.sqlite?mode=rwc"),
+            PathBuf::from("blobs")
+        );
+        assert_eq!(default_blob_dir("postgres://h/db"), PathBuf::from("blobs"));
+        let BlobBackend::Local { dir } = test_blob_config("postgres://h/sotto_test_1").backend
+        else {
+            panic!("local expected");
+        };
+        assert!(dir.starts_with(std::env::temp_dir()));
+        assert!(dir.ends_with("sotto_test_1"));
+    }
 }

@@ -33,6 +33,7 @@ pub mod features;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_features;
 pub mod provisioning;
 pub mod ratelimit;
 pub mod realtime;

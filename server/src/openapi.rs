@@ -223,5 +223,5 @@ pub fn spec() -> Value {
 
 /// `GET /openapi.json`.
 pub async fn document() -> impl IntoResponse {
-    axum::Json(spec())
+    axum::Json(crate::openapi_features::extend(spec()))
 }

@@ -222,3 +222,37 @@ pub struct GroupEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<GroupRole>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_event_json_shape() {
+        let ev = GroupEvent {
+            group_id: "g".into(),
+            revision: 3,
+            change: GroupChange::MemberRemoved,
+            actor_user_id: "a".into(),
+            user_ids: vec!["b".into()],
+            role: None,
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(
+            json,
+            r#"{"groupId":"g","revision":3,"change":"memberRemoved","actorUserId":"a","userIds":["b"]}"#
+        );
+        assert_eq!(serde_json::from_str::<GroupEvent>(&json).unwrap(), ev);
+    }
+
+    #[test]
+    fn join_request_rejects_unknown_fields_and_invite_debug_hides_token() {
+        assert!(serde_json::from_str::<JoinGroupRequest>(r#"{"userIds":[],"x":1}"#).is_err());
+        let invite = GroupInvite {
+            invite_id: "i".into(),
+            token: "secret-token".into(),
+            expires_at: 1,
+        };
+        assert!(!format!("{invite:?}").contains("secret-token"));
+    }
+}

@@ -12,6 +12,10 @@
 //!    │ GET  /api/keys/{userId} ────────────▶ one bundle per device (one-time keys claimed once)
 //!    │ POST /api/messages/send ────────────▶ one envelope per device, committed, then "accepted"
 //!    │ WS   /ws ◀──────────────── ServerFrame::Envelope … ClientFrame::Ack { ids } ──▶ deleted
+//!    │ POST /api/groups/{id}/messages ─────▶ one stored ciphertext, a reference per member device
+//!    │ POST /api/messages/ephemeral ───────▶ typing: to connected devices only, never stored
+//!    │ POST /api/attachments ──────────────▶ opaque blob (streamed), GET by unguessable id
+//!    │ POST /api/provisioning … /api/devices/link ──▶ a new device linked from an existing one
 //! ```
 //!
 //! A round trip through JSON:

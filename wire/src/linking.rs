@@ -85,3 +85,21 @@ impl std::fmt::Debug for LinkDeviceRequest {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_not_in_debug() {
+        let code = LinkingCode {
+            code: "one-time-code".into(),
+            expires_at: 1,
+        };
+        assert!(!format!("{code:?}").contains("one-time-code"));
+        let req: LinkDeviceRequest =
+            serde_json::from_str(r#"{"code":"one-time-code","registrationId":7}"#).unwrap();
+        assert!(!format!("{req:?}").contains("one-time-code"));
+        assert!(serde_json::from_str::<LinkDeviceRequest>(r#"{"code":"c"}"#).is_err());
+    }
+}

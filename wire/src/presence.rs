@@ -113,3 +113,27 @@ pub struct EphemeralEnvelope {
     /// Opaque ciphertext.
     pub content: Base64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerFrame;
+
+    #[test]
+    fn presence_and_ephemeral_frames() {
+        let f = ServerFrame::Presence(UserStatus {
+            user_id: "u".into(),
+            status: PresenceStatus::Offline,
+            last_seen: Some(5),
+        });
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"presence","data":{"userId":"u","status":"offline","lastSeen":5}}"#
+        );
+        let e: ServerFrame = serde_json::from_str(
+            r#"{"type":"ephemeral","data":{"sourceUserId":"a","sourceDeviceId":1,"timestamp":2,"content":"AQ=="}}"#,
+        )
+        .unwrap();
+        assert!(matches!(e, ServerFrame::Ephemeral(ref x) if x.content.as_bytes() == [1]));
+    }
+}

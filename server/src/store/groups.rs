@@ -287,7 +287,7 @@ pub trait LinkStore: Send + Sync {
 }
 
 /// Expands the shared statements for a connection type (`$conn`) and a row-lock suffix (`$lock`:
-/// `"FOR UPDATE"` on PostgreSQL, `""` on SQLite, whose single writer serialises everything).
+/// `"FOR NO KEY UPDATE"` on PostgreSQL, `""` on SQLite, whose single writer serialises everything).
 macro_rules! group_queries {
     ($conn:ty, $lock:literal) => {
         use sqlx::Row as _;
@@ -396,21 +396,32 @@ macro_rules! group_queries {
                 .fetch_all(&mut *conn)
                 .await?;
             }
-            sqlx::query(
-                "UPDATE devices SET last_seq = last_seq + 1 WHERE user_id IN \
-                 (SELECT user_id FROM group_members WHERE group_id = $1) OR user_id = $2",
-            )
-            .bind(&event.group_id)
-            .bind(extra_user)
-            .execute(&mut *conn)
-            .await?;
-            let notify: Vec<i64> = sqlx::query_scalar(
+            // PostgreSQL: one statement, so the devices bumped are exactly the devices written
+            // even if a device or member commits meanwhile. SQLite: two statements under its
+            // single writer.
+            let sql = if LOCKS {
+                "WITH bumped AS (UPDATE devices SET last_seq = last_seq + 1 WHERE user_id IN \
+                 (SELECT user_id FROM group_members WHERE group_id = $1) OR user_id = $2 \
+                 RETURNING pk, last_seq) \
+                 INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                 client_message_id, server_ts, expires_at, content) \
+                 SELECT pk, last_seq, $3, $4, $5, $6, $1, $7, $8, $9 FROM bumped RETURNING device_pk"
+            } else {
+                sqlx::query(
+                    "UPDATE devices SET last_seq = last_seq + 1 WHERE user_id IN \
+                     (SELECT user_id FROM group_members WHERE group_id = $1) OR user_id = $2",
+                )
+                .bind(&event.group_id)
+                .bind(extra_user)
+                .execute(&mut *conn)
+                .await?;
                 "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
                  client_message_id, server_ts, expires_at, content) \
                  SELECT pk, last_seq, $3, $4, $5, $6, $1, $7, $8, $9 FROM devices WHERE user_id IN \
                  (SELECT user_id FROM group_members WHERE group_id = $1) OR user_id = $2 \
-                 RETURNING device_pk",
-            )
+                 RETURNING device_pk"
+            };
+            let notify: Vec<i64> = sqlx::query_scalar(sql)
             .bind(&event.group_id)
             .bind(extra_user)
             .bind(ENVELOPE_GROUP_EVENT)
@@ -916,21 +927,31 @@ macro_rules! group_queries {
             .bind(b.expires_at)
             .fetch_one(&mut *conn)
             .await?;
-            sqlx::query(
-                "UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN (SELECT d.pk FROM devices d \
-                 JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2)",
-            )
-            .bind(&b.group_id)
-            .bind(b.sender.pk)
-            .execute(&mut *conn)
-            .await?;
-            let refs: Vec<i64> = sqlx::query_scalar(
+            // Fan-out on write of references: two set-based statements whatever the member count
+            // (one on PostgreSQL, so the devices bumped are exactly the devices written).
+            let sql = if LOCKS {
+                "WITH bumped AS (UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN \
+                 (SELECT d.pk FROM devices d JOIN group_members m ON m.user_id = d.user_id \
+                 WHERE m.group_id = $1 AND d.pk <> $2) RETURNING pk, last_seq) \
+                 INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                 client_message_id, server_ts, expires_at, content, group_message_id) \
+                 SELECT pk, last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM bumped RETURNING device_pk"
+            } else {
+                sqlx::query(
+                    "UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN (SELECT d.pk FROM devices d \
+                     JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2)",
+                )
+                .bind(&b.group_id)
+                .bind(b.sender.pk)
+                .execute(&mut *conn)
+                .await?;
                 "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
                  client_message_id, server_ts, expires_at, content, group_message_id) \
                  SELECT d.pk, d.last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM devices d \
                  JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2 \
-                 RETURNING device_pk",
-            )
+                 RETURNING device_pk"
+            };
+            let refs: Vec<i64> = sqlx::query_scalar(sql)
             .bind(&b.group_id)
             .bind(b.sender.pk)
             .bind(ENVELOPE_GROUP_MESSAGE)

@@ -6,7 +6,11 @@ use sqlx::PgConnection;
 
 use super::PgStore;
 
-crate::store::groups::group_queries!(PgConnection, "FOR UPDATE");
+// `FOR NO KEY UPDATE`: the lock the following `UPDATE devices` takes anyway. The stronger
+// `FOR UPDATE` would also conflict with the key-share locks that foreign-key checks of concurrent
+// inserts hold (a sender's `sent_messages` row points at its device), and deadlock two group
+// sends that lock each other's sender devices.
+crate::store::groups::group_queries!(PgConnection, "FOR NO KEY UPDATE");
 
 /// Runs `$call` (an expression using `tx`) in a transaction and commits on `Ok`.
 macro_rules! in_tx {
