@@ -37,6 +37,9 @@ pub struct PgStore {
     origin: u64,
     /// The LISTEN task; it holds a pooled connection, so `close` stops it first.
     listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Post-commit wake-ups for other processes.
+    notifier: std::sync::Arc<Notifier>,
+    notifier_task: tokio::task::AbortHandle,
 }
 
 /// Notification payload: `<origin> m <pk>,<pk>…` or `<origin> r <pk>`.
@@ -64,22 +67,81 @@ fn parse_payload(origin: u64, text: &str) -> Option<Wakeup> {
     }
 }
 
-async fn notify(
-    conn: &mut PgConnection,
-    origin: u64,
-    kind: char,
-    pks: &[i64],
-) -> Result<(), StoreError> {
-    if pks.is_empty() {
-        return Ok(());
+/// Wake-ups for other relay processes, sent after commit by one background task.
+///
+/// `pg_notify` inside a writing transaction takes PostgreSQL's global notification lock and holds
+/// it through that transaction's commit, which would serialize every send and ack. Instead,
+/// operations record the mailboxes to wake here after their commit; the task coalesces them and
+/// notifies in small autocommit statements. A wake-up lost in a crash costs nothing: a mailbox is
+/// read in full whenever a device (re)connects.
+#[derive(Debug, Default)]
+struct Notifier {
+    pending: std::sync::Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    mailboxes: Vec<i64>,
+    revoked: Vec<i64>,
+}
+
+/// At most this many mailbox ids per notification (PostgreSQL caps payloads at 8,000 bytes).
+const PKS_PER_NOTIFICATION: usize = 300;
+
+impl Notifier {
+    fn push(&self, kind: char, pks: &[i64]) {
+        if pks.is_empty() {
+            return;
+        }
+        {
+            let mut pending = match self.pending.lock() {
+                Ok(p) => p,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let list = if kind == 'r' {
+                &mut pending.revoked
+            } else {
+                &mut pending.mailboxes
+            };
+            list.extend_from_slice(pks);
+        }
+        self.wake.notify_one();
     }
-    // Delivered to listeners when the surrounding transaction commits, never before.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload(origin, kind, pks))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+
+    fn take(&self) -> Pending {
+        let mut pending = match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::take(&mut *pending)
+    }
+
+    async fn run(self: std::sync::Arc<Self>, pool: PgPool, origin: u64) {
+        loop {
+            self.wake.notified().await;
+            let Pending {
+                mut mailboxes,
+                revoked,
+            } = self.take();
+            mailboxes.sort_unstable();
+            mailboxes.dedup();
+            let batches = mailboxes
+                .chunks(PKS_PER_NOTIFICATION)
+                .map(|pks| payload(origin, 'm', pks))
+                .chain(revoked.iter().map(|pk| payload(origin, 'r', &[*pk])));
+            for text in batches {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(text)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "postgres notify failed");
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -98,10 +160,16 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let origin = rand::random();
+        let notifier = std::sync::Arc::new(Notifier::default());
+        let notifier_task =
+            tokio::spawn(std::sync::Arc::clone(&notifier).run(pool.clone(), origin)).abort_handle();
         Ok(Self {
             pool,
-            origin: rand::random(),
+            origin,
             listener: std::sync::Mutex::new(None),
+            notifier,
+            notifier_task,
         })
     }
 }
@@ -333,8 +401,8 @@ impl Store for PgStore {
             .bind(device_pk)
             .execute(&mut *tx)
             .await?;
-        notify(&mut tx, self.origin, 'r', &[device_pk]).await?;
         tx.commit().await?;
+        self.notifier.push('r', &[device_pk]);
         Ok(())
     }
 
@@ -575,8 +643,8 @@ impl Store for PgStore {
             insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
             notify.push(pk);
         }
-        self::notify(&mut tx, self.origin, 'm', &notify).await?;
         tx.commit().await?;
+        self.notifier.push('m', &notify);
         Ok(SendOutcome::Accepted {
             server_message_id: batch.server_message_id,
             server_timestamp: batch.now,
@@ -684,8 +752,8 @@ impl Store for PgStore {
                 outcome.notify.push(pk);
             }
         }
-        notify(&mut tx, self.origin, 'm', &outcome.notify).await?;
         tx.commit().await?;
+        self.notifier.push('m', &outcome.notify);
         Ok(outcome)
     }
 
@@ -716,6 +784,7 @@ impl Store for PgStore {
         if let Some(task) = listener {
             task.abort();
         }
+        self.notifier_task.abort();
         self.pool.close().await;
     }
 

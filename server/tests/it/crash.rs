@@ -381,8 +381,9 @@ struct Shared {
 /// accepted, in order: each was answered before the next one was sent.
 ///
 /// The sender whose answer makes `KILL_AFTER` accepted sends the SIGKILL itself, right after
-/// reading that answer: a relay answering before its commit were written would lose that send
-/// (or those of its commit group) with a good chance.
+/// reading that answer, so the kill lands as close as a client can get to an answer: a relay that
+/// answers before its commit reaches the database (write-behind, a group committed later) loses
+/// the sends it answered in that window.
 async fn sender(
     name: String,
     addr: SocketAddr,

@@ -7,7 +7,7 @@ use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::common::{b64, Backend, Client, TestApp};
+use crate::common::{b64, keys, Backend, Client, TestApp};
 use crate::support::{count, snapshot};
 use crate::ws::{close_code, connect};
 
@@ -121,6 +121,39 @@ async fn provisioning_then_link(b: Backend) {
     assert_ne!(token, alice.token);
     let (s, _) = t.get("/api/messages/unread", &token).await;
     assert_eq!(s, StatusCode::OK);
+    // The linked device signs its prekeys with the account identity it received end to end; a
+    // different identity is refused now that the account has two devices.
+    let identity = keys(1, 2);
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&alice.token),
+            Some(identity.upload.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&token),
+            Some(identity.upload),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/api/keys",
+            Some(&token),
+            Some(keys(2, 2).upload),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("identity_key_mismatch"))
+    );
     let (_, v) = t
         .get(
             &format!("/api/users/{}/devices", alice.user_id),
