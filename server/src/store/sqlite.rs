@@ -128,6 +128,12 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
         let last = group.len().saturating_sub(1);
         let mut broken = false;
         for (i, work) in group.drain(..).enumerate() {
+            if broken {
+                // SQLite may have rolled the whole transaction back: running the rest would
+                // autocommit them statement by statement. Dropping the work answers its caller
+                // with `Closed`, and nothing of it is stored.
+                continue;
+            }
             let (ok, finish) = work(&mut conn).await;
             finishes.push(finish);
             let between = match (ok, i == last) {
@@ -136,11 +142,9 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
                 (false, false) => "ROLLBACK TO op; RELEASE op; SAVEPOINT op",
                 (false, true) => "ROLLBACK TO op; RELEASE op; COMMIT",
             };
-            if !broken {
-                if let Err(e) = sqlx::query(between).execute(&mut conn).await {
-                    tracing::error!(error = %e, "sqlite: savepoint or commit failed");
-                    broken = true;
-                }
+            if let Err(e) = sqlx::query(between).execute(&mut conn).await {
+                tracing::error!(error = %e, "sqlite: savepoint or commit failed");
+                broken = true;
             }
         }
         let commit = if broken {
