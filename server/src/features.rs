@@ -1,5 +1,5 @@
 //! State of the relay's second tier of features: attachment blobs, live presence and ephemeral
-//! delivery, and provisioning channels. Held by [`AppState`](crate::AppState) beside the store
+//! delivery, and provisioning channels. Held by [`AppState`] beside the store
 //! and the hub.
 //!
 //! ```text

@@ -11,6 +11,26 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::store::StoredEnvelope;
+
+/// Most envelopes handed over to one connection between two of its wake-ups; past this the
+/// connection re-reads its mailbox instead.
+const MAX_HANDOFF: usize = 32;
+/// Most content bytes handed over to one connection between two of its wake-ups.
+const MAX_HANDOFF_BYTES: usize = 128 * 1024;
+
+/// Envelopes committed since the connection last woke, handed over so that a connection at the
+/// head of its mailbox can push them without reading them back. Bounded; anything it cannot hold
+/// (or a change it does not describe) makes it `stale`, and the connection reads the store.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Committed envelopes, in no particular order.
+    pub envelopes: Vec<StoredEnvelope>,
+    /// The mailbox changed beyond `envelopes`: read it from the store.
+    pub stale: bool,
+    bytes: usize,
+}
+
 /// Why a connection must close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -29,6 +49,7 @@ pub struct ConnSignal {
     /// Woken when the mailbox may have new envelopes or the connection must close.
     pub notify: Notify,
     state: AtomicU8,
+    handoff: Mutex<Handoff>,
 }
 
 impl ConnSignal {
@@ -50,6 +71,45 @@ impl ConnSignal {
         self.state.store(v, Ordering::Release);
         self.notify.notify_one();
     }
+
+    fn handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        match self.handoff.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Takes what was handed over since the last call.
+    pub fn take(&self) -> Handoff {
+        std::mem::take(&mut *self.handoff())
+    }
+
+    fn mark_stale(&self) {
+        let mut h = self.handoff();
+        h.stale = true;
+        h.envelopes = Vec::new();
+        h.bytes = 0;
+        drop(h);
+        self.notify.notify_one();
+    }
+
+    fn hand_over(&self, envelope: StoredEnvelope) {
+        let mut h = self.handoff();
+        let bytes = envelope.content.as_ref().map_or(0, Vec::len);
+        if h.stale
+            || h.envelopes.len() >= MAX_HANDOFF
+            || h.bytes.saturating_add(bytes) > MAX_HANDOFF_BYTES
+        {
+            h.stale = true;
+            h.envelopes = Vec::new();
+            h.bytes = 0;
+        } else {
+            h.bytes += bytes;
+            h.envelopes.push(envelope);
+        }
+        drop(h);
+        self.notify.notify_one();
+    }
 }
 
 /// Registry of live connections by device row id.
@@ -66,6 +126,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             notify: Notify::new(),
             state: AtomicU8::new(0),
+            handoff: Mutex::new(Handoff::default()),
         });
         let old = match self.conns.lock() {
             Ok(mut map) => map.insert(device_pk, Arc::clone(&signal)),
@@ -98,7 +159,15 @@ impl Hub {
     /// Tells the device's connection (if any) that its mailbox changed.
     pub fn notify(&self, device_pk: i64) {
         if let Some(signal) = self.get(device_pk) {
-            signal.notify.notify_one();
+            signal.mark_stale();
+        }
+    }
+
+    /// Hands a committed envelope to the device's connection (if any); a connection that is not
+    /// at the head of its mailbox reads the store instead.
+    pub fn deliver(&self, device_pk: i64, envelope: StoredEnvelope) {
+        if let Some(signal) = self.get(device_pk) {
+            signal.hand_over(envelope);
         }
     }
 
@@ -116,7 +185,7 @@ impl Hub {
             Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
         };
         for signal in signals {
-            signal.notify.notify_one();
+            signal.mark_stale();
         }
     }
 

@@ -18,11 +18,12 @@ use serde::Deserialize;
 use sotto_wire::{close_code, ClientFrame, ErrorBody, ServerFrame};
 use std::sync::atomic::Ordering;
 
+use crate::api::groups::References;
 use crate::api::messages::{apply_ack, MAX_PAGE};
 use crate::auth;
 use crate::error::Query;
-use crate::hub::CloseReason;
-use crate::store::DeviceAuth;
+use crate::hub::{CloseReason, Handoff};
+use crate::store::{DeviceAuth, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT};
 use crate::{now_ms, AppError, AppState};
 
 /// Largest frame a client may send (acks are small).
@@ -142,21 +143,58 @@ impl Conn {
             })?;
         let now = now_ms();
         for env in page {
-            self.cursor = env.seq;
-            self.unacked += 1;
-            let waited = u64::try_from(now.saturating_sub(env.server_ts)).unwrap_or(0);
-            let metrics = self.state.metrics();
-            metrics
-                .delivery_latency
-                .observe(std::time::Duration::from_millis(waited));
-            metrics.envelopes_pushed.fetch_add(1, Ordering::Relaxed);
-            let env = crate::api::groups::to_wire(env, &refs);
-            self.send(socket, text(&ServerFrame::Envelope(env))).await?;
+            self.push_one(socket, env, &refs, now).await?;
         }
         self.more = full;
         if !full && !self.backlog_done {
             self.backlog_done = true;
             self.send(socket, text(&ServerFrame::QueueEmpty)).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_one(
+        &mut self,
+        socket: &mut WebSocket,
+        env: StoredEnvelope,
+        refs: &References,
+        now: i64,
+    ) -> Result<(), Exit> {
+        self.cursor = env.seq;
+        self.unacked += 1;
+        let waited = u64::try_from(now.saturating_sub(env.server_ts)).unwrap_or(0);
+        let metrics = self.state.metrics();
+        metrics
+            .delivery_latency
+            .observe(std::time::Duration::from_millis(waited));
+        metrics.envelopes_pushed.fetch_add(1, Ordering::Relaxed);
+        let env = crate::api::groups::to_wire(env, refs);
+        self.send(socket, text(&ServerFrame::Envelope(env))).await
+    }
+
+    /// Pushes envelopes handed over after their commit when they continue the mailbox exactly
+    /// where this connection stands; anything else (a gap, a full window, a stale hand-over)
+    /// falls back to reading the store.
+    async fn push_handoff(&mut self, socket: &mut WebSocket, handoff: Handoff) -> Result<(), Exit> {
+        if handoff.stale || self.more {
+            self.more = true;
+            return Ok(());
+        }
+        let mut envelopes = handoff.envelopes;
+        envelopes.sort_unstable_by_key(|e| e.seq);
+        let max = self.state.config().ws_max_unacked;
+        let refs = References::default();
+        let now = now_ms();
+        for env in envelopes {
+            if env.seq <= self.cursor {
+                continue;
+            }
+            let plain = env.kind == ENVELOPE_MESSAGE || env.kind == ENVELOPE_RECEIPT;
+            if env.seq != self.cursor + 1 || !plain || self.unacked >= max {
+                self.more = true;
+                return Ok(());
+            }
+            self.push_one(socket, env, &refs, now).await?;
         }
         Ok(())
     }
@@ -264,7 +302,7 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
             biased;
             _ = shutdown.changed() => Err(Exit::Close(close_code::GOING_AWAY, "server shutting down")),
             _ = signal.notify.notified() => match signal.close_reason() {
-                CloseReason::Open => { conn.more = true; Ok(()) }
+                CloseReason::Open => conn.push_handoff(&mut socket, signal.take()).await,
                 CloseReason::Replaced => Err(Exit::Close(close_code::REPLACED, "replaced by a newer connection")),
                 CloseReason::Revoked => Err(Exit::Close(close_code::REVOKED, "device removed")),
             },

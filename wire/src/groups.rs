@@ -18,7 +18,8 @@
 //! so groups cannot be enumerated. Every membership change is queued for every device of every
 //! member (and of the member who left or was removed) as an envelope of kind
 //! [`EnvelopeKind::GroupEvent`](crate::EnvelopeKind::GroupEvent) whose `content` is a JSON
-//! [`GroupEvent`], so clients can rotate their sender keys. A group message arrives as an envelope
+//! [`GroupEvent`] (and whose `clientMessageId` is its `serverMessageId`), so clients can rotate
+//! their sender keys. Group messages get no delivery receipts. A group message arrives as an envelope
 //! of kind [`EnvelopeKind::GroupMessage`](crate::EnvelopeKind::GroupMessage) with `groupId` set:
 //! the relay stores its ciphertext once and queues a reference per member device.
 

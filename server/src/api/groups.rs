@@ -37,7 +37,9 @@ fn unknown_group() -> AppError {
     AppError::not_found("unknown_group", "no such group, or you are not a member")
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether a client-supplied id can name a row: 1-64 bytes, no control characters (PostgreSQL
+/// text cannot hold NUL).
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
 }
 
@@ -81,7 +83,15 @@ fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
         GroupWrite::NotAdmin => Err(AppError::client(
             StatusCode::FORBIDDEN,
             "not_admin",
-            "only an admin of the group can do this (and the last admin cannot step down)",
+            "only an admin of the group can do this",
+        )),
+        GroupWrite::LastAdmin => Err(AppError::conflict(
+            "last_admin",
+            "the group's last admin cannot step down (name another admin first, or leave)",
+        )),
+        GroupWrite::UnknownInvite => Err(AppError::not_found(
+            "unknown_invite",
+            "no such invite in this group",
         )),
         GroupWrite::UnknownUsers(users) => Err(AppError::not_found(
             "unknown_user",
@@ -89,7 +99,7 @@ fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
         )),
         GroupWrite::UnknownMember => Err(AppError::not_found(
             "unknown_member",
-            "no such member or invite in this group",
+            "no such member in this group",
         )),
         GroupWrite::GroupFull => Err(AppError::conflict(
             "group_full",
@@ -149,8 +159,11 @@ pub fn to_wire(e: StoredEnvelope, refs: &References) -> Envelope {
         }
     } else if kind == ENVELOPE_GROUP_EVENT {
         wire.kind = EnvelopeKind::GroupEvent;
-        // Events carry their group id in the client message id column.
-        wire.group_id = Some(wire.client_message_id.clone());
+        wire.group_id = wire
+            .content
+            .as_ref()
+            .and_then(|c| serde_json::from_slice::<sotto_wire::GroupEvent>(c.as_bytes()).ok())
+            .map(|e| e.group_id);
     }
     wire
 }
@@ -331,6 +344,9 @@ pub async fn remove(
     Path((group_id, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     check_group_id(&group_id)?;
+    if !valid_id(&user_id) {
+        return Err(refused(&state, GroupWrite::UnknownMember));
+    }
     let op = if user_id == device.user_id {
         MemberOp::Leave
     } else {
@@ -348,6 +364,9 @@ pub async fn set_role(
     Json(req): Json<SetRoleRequest>,
 ) -> Result<StatusCode, AppError> {
     check_group_id(&group_id)?;
+    if !valid_id(&user_id) {
+        return Err(refused(&state, GroupWrite::UnknownMember));
+    }
     let role = match req.role {
         GroupRole::Admin => ROLE_ADMIN,
         GroupRole::Member => ROLE_MEMBER,
@@ -398,6 +417,9 @@ pub async fn revoke_invite(
     Path((group_id, invite_id)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     check_group_id(&group_id)?;
+    if !valid_id(&invite_id) {
+        return Err(refused(&state, GroupWrite::UnknownInvite));
+    }
     let write = state
         .store()
         .revoke_invite(&group_id, &device.user_id, &invite_id)

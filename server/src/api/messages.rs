@@ -140,10 +140,9 @@ pub async fn send(
             server_message_id,
             server_timestamp,
             notify,
+            envelopes,
         } => {
-            for pk in notify {
-                state.hub().notify(pk);
-            }
+            wake(&state, &notify, envelopes);
             state
                 .metrics()
                 .envelopes_accepted
@@ -233,6 +232,19 @@ pub async fn fetch(
     }))
 }
 
+/// Hands committed envelopes to their devices' connections; mailboxes in `notify` that none of
+/// them covers are only woken.
+fn wake(state: &AppState, notify: &[i64], envelopes: Vec<(i64, StoredEnvelope)>) {
+    for pk in notify {
+        if !envelopes.iter().any(|(p, _)| p == pk) {
+            state.hub().notify(*pk);
+        }
+    }
+    for (pk, envelope) in envelopes {
+        state.hub().deliver(pk, envelope);
+    }
+}
+
 /// Deletes acked envelopes, queues receipts and wakes the senders' connections. Returns how many
 /// of `seqs` were queued for this device.
 pub async fn apply_ack(
@@ -252,9 +264,7 @@ pub async fn apply_ack(
         .store()
         .ack(device, seqs, now, state.expires_at(now))
         .await?;
-    for pk in &outcome.notify {
-        state.hub().notify(*pk);
-    }
+    wake(state, &outcome.notify, outcome.envelopes);
     state
         .metrics()
         .envelopes_delivered

@@ -16,6 +16,7 @@ use sotto_wire::{
     ServerFrame, SetPresenceRequest, UserStatus,
 };
 
+use crate::api::groups::valid_id;
 use crate::auth::Auth;
 use crate::error::{Json, Path};
 use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
@@ -71,12 +72,21 @@ fn announce(state: &AppState, user_id: &str, transition: Transition) {
         let state = state.clone();
         let user_id = user_id.to_owned();
         tokio::spawn(async move {
+            // While shutting down every connection closes at once: keep lastSeen, skip the pushes
+            // (the audience is closing too) and the noise of writes racing the store's close.
+            let closing = *state.shutdown_signal().borrow();
             if transition.after == PresenceStatus::Offline {
                 if let Err(e) = state.store().set_last_seen(&user_id, now_ms()).await {
-                    tracing::warn!(error = %e, "last-seen update failed");
+                    if closing {
+                        tracing::debug!(error = %e, "last-seen update failed during shutdown");
+                    } else {
+                        tracing::warn!(error = %e, "last-seen update failed");
+                    }
                 }
             }
-            broadcast(&state, &user_id).await;
+            if !closing {
+                broadcast(&state, &user_id).await;
+            }
         });
     }
 }
@@ -100,7 +110,7 @@ pub async fn status(
     Auth(_): Auth,
     Path(user_id): Path<String>,
 ) -> Result<Json<UserStatus>, AppError> {
-    if user_id.len() > 64 || !state.store().user_exists(&user_id).await? {
+    if !valid_id(&user_id) || !state.store().user_exists(&user_id).await? {
         return Err(AppError::not_found("unknown_user", "no such user"));
     }
     Ok(Json(user_status(&state, &user_id).await?))
@@ -153,8 +163,7 @@ pub async fn subscribe(
     let mut seen = HashSet::new();
     let mut users = Vec::new();
     for user in req.user_ids {
-        if user.len() <= 64 && seen.insert(user.clone()) && state.store().user_exists(&user).await?
-        {
+        if valid_id(&user) && seen.insert(user.clone()) && state.store().user_exists(&user).await? {
             users.push(user);
         }
     }
@@ -219,7 +228,7 @@ pub async fn ephemeral(
                     ));
                 }
             }
-            if recipient.len() > 64 || !state.store().user_exists(recipient).await? {
+            if !valid_id(recipient) || !state.store().user_exists(recipient).await? {
                 return Err(AppError::not_found("unknown_user", "no such recipient"));
             }
             if stale {
@@ -243,7 +252,7 @@ pub async fn ephemeral(
                 ));
             };
             check_len(content.as_bytes().len())?;
-            if group_id.len() > 64 {
+            if !valid_id(group_id) {
                 return Err(AppError::not_found(
                     "unknown_group",
                     "no such group, or you are not a member",

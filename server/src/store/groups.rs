@@ -9,10 +9,10 @@
 //! A group send writes one `group_messages` row and, with two set-based statements whatever the
 //! member count, bumps every member device's mailbox sequence and inserts one reference envelope
 //! per device; mailbox reads join the ciphertext back in. Membership changes queue a relay-written
-//! [`GroupEvent`] envelope for every member device in the same transaction. A group message row
+//! [`GroupEvent`](sotto_wire::GroupEvent) envelope for every member device in the same transaction. A group message row
 //! lives until no mailbox references it (or it expires).
 //!
-//! Both backends run the same statements (SQLite accepts `$n` placeholders); [`group_queries!`]
+//! Both backends run the same statements (SQLite accepts `$n` placeholders); `group_queries!`
 //! expands them for a connection type. PostgreSQL additionally locks the group row for membership
 //! changes and the device rows, in `pk` order like every other writer, before bumping sequences.
 //! Each operation checks everything before it writes, so a refusal leaves nothing behind.
@@ -98,6 +98,10 @@ pub enum GroupWrite {
     UnknownUsers(Vec<String>),
     /// The target user is not a member.
     UnknownMember,
+    /// No such invite in this group.
+    UnknownInvite,
+    /// The last admin cannot step down.
+    LastAdmin,
     /// The change would exceed the size limit.
     GroupFull,
     /// The invite token is unknown, expired, revoked or for another group.
@@ -230,7 +234,7 @@ pub trait GroupStore: Send + Sync {
         now: i64,
         expires_at: i64,
     ) -> Result<GroupWrite, StoreError>;
-    /// Revokes an invite (admins only); `UnknownMember` when there is no such invite.
+    /// Revokes an invite (admins only).
     async fn revoke_invite(
         &self,
         group_id: &str,
@@ -405,7 +409,7 @@ macro_rules! group_queries {
                  RETURNING pk, last_seq) \
                  INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
                  client_message_id, server_ts, expires_at, content) \
-                 SELECT pk, last_seq, $3, $4, $5, $6, $1, $7, $8, $9 FROM bumped RETURNING device_pk"
+                 SELECT pk, last_seq, $3, $4, $5, $6, $6, $7, $8, $9 FROM bumped RETURNING device_pk"
             } else {
                 sqlx::query(
                     "UPDATE devices SET last_seq = last_seq + 1 WHERE user_id IN \
@@ -417,7 +421,7 @@ macro_rules! group_queries {
                 .await?;
                 "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
                  client_message_id, server_ts, expires_at, content) \
-                 SELECT pk, last_seq, $3, $4, $5, $6, $1, $7, $8, $9 FROM devices WHERE user_id IN \
+                 SELECT pk, last_seq, $3, $4, $5, $6, $6, $7, $8, $9 FROM devices WHERE user_id IN \
                  (SELECT user_id FROM group_members WHERE group_id = $1) OR user_id = $2 \
                  RETURNING device_pk"
             };
@@ -650,8 +654,8 @@ macro_rules! group_queries {
                         .fetch_one(&mut *conn)
                         .await?;
                         if admins <= 1 {
-                            // The last admin cannot step down: the group would be unmanageable.
-                            return Ok(GroupWrite::NotAdmin);
+                            // The group would be unmanageable.
+                            return Ok(GroupWrite::LastAdmin);
                         }
                     }
                     sqlx::query("UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2")
@@ -789,7 +793,7 @@ macro_rules! group_queries {
                 .execute(&mut *conn)
                 .await?;
             if done.rows_affected() == 0 {
-                return Ok(GroupWrite::UnknownMember);
+                return Ok(GroupWrite::UnknownInvite);
             }
             let revision = lock_group(conn, &group_id).await?.unwrap_or(0);
             Ok(GroupWrite::Done { revision, notify: Vec::new() })

@@ -212,6 +212,8 @@ pub enum SendOutcome {
         server_timestamp: i64,
         /// Mailboxes that received an envelope.
         notify: Vec<i64>,
+        /// The committed envelopes by mailbox, for connections at the head of theirs.
+        envelopes: Vec<(i64, StoredEnvelope)>,
     },
     /// Already stored earlier under the same client message id.
     Duplicate {
@@ -254,6 +256,8 @@ pub struct AckOutcome {
     pub deleted: Vec<i64>,
     /// Mailboxes that received a delivery receipt.
     pub notify: Vec<i64>,
+    /// The committed receipts by mailbox, for connections at the head of theirs.
+    pub envelopes: Vec<(i64, StoredEnvelope)>,
 }
 
 /// The relay's persistent state.

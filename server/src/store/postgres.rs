@@ -628,6 +628,7 @@ impl Store for PgStore {
         }
         ordered.sort_by_key(|(pk, _)| *pk);
         let mut notify = Vec::with_capacity(ordered.len());
+        let mut envelopes = Vec::with_capacity(ordered.len());
         for (pk, target) in ordered {
             let seq = next_seq(&mut tx, pk).await?;
             let env = StoredEnvelope {
@@ -642,6 +643,7 @@ impl Store for PgStore {
             };
             insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
             notify.push(pk);
+            envelopes.push((pk, env));
         }
         tx.commit().await?;
         self.notifier.push('m', &notify);
@@ -649,6 +651,7 @@ impl Store for PgStore {
             server_message_id: batch.server_message_id,
             server_timestamp: batch.now,
             notify,
+            envelopes,
         })
     }
 
@@ -748,6 +751,7 @@ impl Store for PgStore {
                 content: None,
             };
             insert_envelope(&mut tx, pk, &env, expires_at).await?;
+            outcome.envelopes.push((pk, env));
             if !outcome.notify.contains(&pk) {
                 outcome.notify.push(pk);
             }

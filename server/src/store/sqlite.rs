@@ -43,6 +43,20 @@ mod groups;
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<Work>,
+    tokens: std::sync::Mutex<TokenCache>,
+}
+
+/// Most tokens the cache holds; past this it starts over.
+const MAX_CACHED_TOKENS: usize = 200_000;
+
+/// Token hash → device, so authenticating a request reads no database. This process is the only
+/// writer of the file, and the only statement that removes tokens is the device delete in
+/// [`Store::remove_device`], which drops the device's entries once it has committed. A lookup
+/// that read the database before that commit finds the generation changed and does not fill.
+#[derive(Default)]
+struct TokenCache {
+    map: std::collections::HashMap<[u8; 32], DeviceAuth>,
+    generation: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -75,7 +89,15 @@ impl SqliteStore {
         Ok(Self {
             readers,
             writer: tx,
+            tokens: std::sync::Mutex::default(),
         })
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        match self.tokens.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Runs `f` on the writer connection inside the next group commit; answers after the commit.
@@ -86,11 +108,23 @@ impl SqliteStore {
             + Send
             + 'static,
     {
+        self.write_if(|_| true, f).await
+    }
+
+    /// Like [`Self::write`], but an `Ok` value for which `keep` is false is answered with its
+    /// changes rolled back.
+    async fn write_if<T, F>(&self, keep: fn(&T) -> bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let work: Work = Box::new(move |conn| {
             Box::pin(async move {
                 let result = f(conn).await;
-                let ok = result.is_ok();
+                let ok = result.as_ref().is_ok_and(keep);
                 let finish: Finish = Box::new(move |commit| {
                     let out = match commit {
                         Ok(()) => result,
@@ -179,16 +213,6 @@ fn envelope_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredEnvelope, St
         server_ts: row.try_get("server_ts")?,
         content: row.try_get("content")?,
     })
-}
-
-async fn next_seq(conn: &mut SqliteConnection, device_pk: i64) -> Result<i64, StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = ? RETURNING last_seq",
-    )
-    .bind(device_pk)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(seq)
 }
 
 async fn replace_keys(
@@ -353,21 +377,35 @@ async fn claim_tx(
 }
 
 async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOutcome, StoreError> {
-    let prior = sqlx::query(
-        "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
+    // Claims the idempotency key first; any outcome but `Accepted` is rolled back (see `send`).
+    let claimed = sqlx::query(
+        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) \
+         VALUES (?, ?, ?, ?) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
     )
     .bind(batch.sender.pk)
     .bind(&batch.client_message_id)
-    .fetch_optional(&mut *conn)
+    .bind(&batch.server_message_id)
+    .bind(batch.now)
+    .execute(&mut *conn)
     .await?;
-    if let Some(prior) = prior {
+    if claimed.rows_affected() == 0 {
+        let prior = sqlx::query(
+            "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
+        )
+        .bind(batch.sender.pk)
+        .bind(&batch.client_message_id)
+        .fetch_one(&mut *conn)
+        .await?;
         return Ok(SendOutcome::Duplicate {
             server_message_id: prior.try_get("server_message_id")?,
             server_timestamp: prior.try_get("server_ts")?,
         });
     }
+    // Reads the current devices and reserves the next sequence of each in one statement; when
+    // the device set matches, every one of them gets exactly one envelope.
     let rows = sqlx::query(
-        "SELECT pk, user_id, device_id, registration_id FROM devices WHERE (user_id = ?1 OR user_id = ?2) AND pk <> ?3",
+        "UPDATE devices SET last_seq = last_seq + 1 WHERE (user_id = ?1 OR user_id = ?2) AND pk <> ?3 \
+         RETURNING pk, user_id, device_id, registration_id, last_seq",
     )
     .bind(&batch.recipient)
     .bind(&batch.sender.user_id)
@@ -393,7 +431,13 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
             row.try_get::<String, _>("user_id")?,
             to_u32(row.try_get("device_id")?, "device_id")?,
         );
-        pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
+        pks.insert(
+            key.clone(),
+            (
+                row.try_get::<i64, _>("pk")?,
+                row.try_get::<i64, _>("last_seq")?,
+            ),
+        );
         current.insert(
             key,
             to_u32(row.try_get("registration_id")?, "registration_id")?,
@@ -403,11 +447,11 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
         return Ok(SendOutcome::Mismatch(mismatch));
     }
     let mut notify = Vec::with_capacity(batch.targets.len());
+    let mut envelopes = Vec::with_capacity(batch.targets.len());
     for target in &batch.targets {
-        let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
+        let Some(&(pk, seq)) = pks.get(&(target.user_id.clone(), target.device_id)) else {
             return Err(StoreError::Corrupt("device vanished during send"));
         };
-        let seq = next_seq(conn, pk).await?;
         sqlx::query(
             "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
              client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -425,20 +469,25 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
         .execute(&mut *conn)
         .await?;
         notify.push(pk);
+        envelopes.push((
+            pk,
+            StoredEnvelope {
+                seq,
+                kind: ENVELOPE_MESSAGE,
+                source_user: batch.sender.user_id.clone(),
+                source_device: batch.sender.device_id,
+                server_message_id: batch.server_message_id.clone(),
+                client_message_id: batch.client_message_id.clone(),
+                server_ts: batch.now,
+                content: Some(target.content.clone()),
+            },
+        ));
     }
-    sqlx::query(
-        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) VALUES (?, ?, ?, ?)",
-    )
-    .bind(batch.sender.pk)
-    .bind(&batch.client_message_id)
-    .bind(&batch.server_message_id)
-    .bind(batch.now)
-    .execute(&mut *conn)
-    .await?;
     Ok(SendOutcome::Accepted {
         server_message_id: batch.server_message_id,
         server_timestamp: batch.now,
         notify,
+        envelopes,
     })
 }
 
@@ -450,50 +499,77 @@ async fn ack_tx(
     expires_at: i64,
 ) -> Result<AckOutcome, StoreError> {
     let mut outcome = AckOutcome::default();
-    let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for seq in seqs {
-        let row = sqlx::query(
-            "DELETE FROM envelopes WHERE device_pk = ? AND seq = ? \
-             RETURNING kind, source_user, server_message_id, client_message_id",
-        )
-        .bind(device.pk)
-        .bind(seq)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { continue };
-        outcome.deleted.push(seq);
+    // One statement deletes the whole batch.
+    let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    let mut rows = sqlx::query(
+        "DELETE FROM envelopes WHERE device_pk = ? AND seq IN (SELECT value FROM json_each(?)) \
+         RETURNING seq, kind, source_user, server_message_id, client_message_id",
+    )
+    .bind(device.pk)
+    .bind(format!("[{}]", list.join(",")))
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| Ok((row.try_get::<i64, _>("seq")?, row)))
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    rows.sort_unstable_by_key(|(seq, _)| *seq);
+    // Receipts per sender account, in mailbox order.
+    let mut receipts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (seq, row) in &rows {
+        outcome.deleted.push(*seq);
         let kind: i64 = row.try_get("kind")?;
         let source_user: String = row.try_get("source_user")?;
         if kind != ENVELOPE_MESSAGE || source_user == device.user_id {
             continue;
         }
-        if !sender_devices.contains_key(&source_user) {
-            let pks: Vec<i64> =
-                sqlx::query_scalar("SELECT pk FROM devices WHERE user_id = ? ORDER BY pk")
-                    .bind(&source_user)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            sender_devices.insert(source_user.clone(), pks);
-        }
-        let server_message_id: String = row.try_get("server_message_id")?;
-        let client_message_id: String = row.try_get("client_message_id")?;
-        for &pk in sender_devices.get(&source_user).into_iter().flatten() {
-            let seq = next_seq(conn, pk).await?;
-            sqlx::query(
-                "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
-                 client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-            )
-            .bind(pk)
-            .bind(seq)
-            .bind(ENVELOPE_RECEIPT)
-            .bind(&device.user_id)
-            .bind(i64::from(device.device_id))
-            .bind(&server_message_id)
-            .bind(&client_message_id)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut *conn)
-            .await?;
+        receipts.entry(source_user).or_default().push((
+            row.try_get("server_message_id")?,
+            row.try_get("client_message_id")?,
+        ));
+    }
+    for (source_user, list) in receipts {
+        let count = i64::try_from(list.len()).map_err(|_| StoreError::Corrupt("ack size"))?;
+        // Reserves `count` sequences in every device of the sender at once.
+        let mut devices: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE devices SET last_seq = last_seq + ? WHERE user_id = ? RETURNING pk, last_seq",
+        )
+        .bind(count)
+        .bind(&source_user)
+        .fetch_all(&mut *conn)
+        .await?;
+        devices.sort_unstable();
+        for (pk, last) in devices {
+            for (i, (server_message_id, client_message_id)) in (0..count).zip(&list) {
+                let seq = last - count + 1 + i;
+                sqlx::query(
+                    "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                     client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                )
+                .bind(pk)
+                .bind(seq)
+                .bind(ENVELOPE_RECEIPT)
+                .bind(&device.user_id)
+                .bind(i64::from(device.device_id))
+                .bind(server_message_id)
+                .bind(client_message_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *conn)
+                .await?;
+                outcome.envelopes.push((
+                    pk,
+                    StoredEnvelope {
+                        seq,
+                        kind: ENVELOPE_RECEIPT,
+                        source_user: device.user_id.clone(),
+                        source_device: device.device_id,
+                        server_message_id: server_message_id.clone(),
+                        client_message_id: client_message_id.clone(),
+                        server_ts: now,
+                        content: None,
+                    },
+                ));
+            }
             if !outcome.notify.contains(&pk) {
                 outcome.notify.push(pk);
             }
@@ -598,6 +674,13 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<DeviceAuth>, StoreError> {
+        let generation = {
+            let cache = self.tokens();
+            if let Some(device) = cache.map.get(token_hash) {
+                return Ok(Some(device.clone()));
+            }
+            cache.generation
+        };
         let row = sqlx::query(
             "SELECT d.pk, d.user_id, d.device_id FROM tokens t JOIN devices d ON d.pk = t.device_pk \
              WHERE t.token_hash = ?",
@@ -605,27 +688,45 @@ impl Store for SqliteStore {
         .bind(token_hash.as_slice())
         .fetch_optional(&self.readers)
         .await?;
-        row.map(|row| {
-            Ok(DeviceAuth {
-                pk: row.try_get("pk")?,
-                user_id: row.try_get("user_id")?,
-                device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+        let device = row
+            .map(|row| {
+                Ok::<_, StoreError>(DeviceAuth {
+                    pk: row.try_get("pk")?,
+                    user_id: row.try_get("user_id")?,
+                    device_id: to_u32(row.try_get("device_id")?, "device_id")?,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        if let Some(device) = &device {
+            let mut cache = self.tokens();
+            if cache.generation == generation {
+                if cache.map.len() >= MAX_CACHED_TOKENS {
+                    cache.map.clear();
+                }
+                cache.map.insert(*token_hash, device.clone());
+            }
+        }
+        Ok(device)
     }
 
     async fn remove_device(&self, device_pk: i64) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            Box::pin(async move {
-                sqlx::query("DELETE FROM devices WHERE pk = ?")
-                    .bind(device_pk)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+        let removed = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM devices WHERE pk = ?")
+                        .bind(device_pk)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
             })
-        })
-        .await
+            .await;
+        // The delete took the device's tokens with it (or failed): forget them either way.
+        let mut cache = self.tokens();
+        cache.generation += 1;
+        cache.map.retain(|_, device| device.pk != device_pk);
+        drop(cache);
+        removed
     }
 
     async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRow>, StoreError> {
@@ -691,7 +792,13 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
-        self.write(move |conn| Box::pin(send_tx(conn, batch))).await
+        // Only an accepted send keeps its changes (the idempotency record and the sequences it
+        // reserved).
+        self.write_if(
+            |outcome| matches!(outcome, SendOutcome::Accepted { .. }),
+            move |conn| Box::pin(send_tx(conn, batch)),
+        )
+        .await
     }
 
     async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {

@@ -259,6 +259,27 @@ async fn non_members_can_neither_send_nor_read(b: Backend) {
         (s, v["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("unknown_group"))
     );
+    // Ids PostgreSQL text cannot hold are refused, never a 500.
+    for path in [
+        format!("/api/groups/{gid}/members/%00"),
+        format!("/api/groups/{gid}/invites/%00"),
+        "/api/groups/%00/leave".to_owned(),
+    ] {
+        let (s, v) = t
+            .call(Method::DELETE, &path, Some(&alice.token), None)
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+    }
+    let (s, _) = t.get("/api/users/%00/status", &alice.token).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t
+        .post(
+            "/api/messages/ephemeral",
+            Some(&alice.token),
+            json!({"recipientId": "\u{0}", "timestamp": 1, "messages": [{"deviceId": 1, "content": b64(b"x")}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     // Without a token: 401.
     let (s, _) = t.call(Method::GET, "/api/groups", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -472,6 +493,18 @@ async fn invites_roles_and_limits(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/groups/{gid}/invites/{invite_id}"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_invite"))
+    );
     let (s, _) = t
         .post(
             &format!("/api/groups/{gid}/join"),
@@ -520,7 +553,7 @@ async fn invites_roles_and_limits(b: Backend) {
             Some(json!({"role": "member"})),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::CONFLICT);
     let (s, _) = t
         .call(
             Method::DELETE,
