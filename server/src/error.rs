@@ -86,6 +86,17 @@ impl AppError {
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
+        // Text the database cannot represent (PostgreSQL rejects NUL in `text`) came from the
+        // client: whatever field carried it, it names nothing stored. SQLSTATE class 22 "data
+        // exception": 22021 character_not_in_repertoire, 22P05 untranslatable_character.
+        if let StoreError::Database(sqlx::Error::Database(db)) = &e {
+            if matches!(db.code().as_deref(), Some("22021" | "22P05")) {
+                return Self::bad_request(
+                    "invalid_text",
+                    "text contains a character that is not allowed",
+                );
+            }
+        }
         Self::Internal(e.to_string())
     }
 }

@@ -1,5 +1,6 @@
 //! Groups: membership for routing, one stored ciphertext per group message.
 
+use super::valid_id;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
@@ -35,12 +36,6 @@ const MAX_ADD: usize = 1000;
 
 fn unknown_group() -> AppError {
     AppError::not_found("unknown_group", "no such group, or you are not a member")
-}
-
-/// Whether a client-supplied id can name a row: 1-64 bytes, no control characters (PostgreSQL
-/// text cannot hold NUL).
-pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
 }
 
 fn check_group_id(id: &str) -> Result<(), AppError> {

@@ -174,6 +174,9 @@ async fn claim(
         .limiter()
         .check(Limit::BundleFetch, RateKey::Account(&caller.user_id), 1)
         .await?;
+    if !crate::api::valid_id(&user_id) {
+        return Err(AppError::not_found("unknown_user", "no such user"));
+    }
     let claimed = state.store().claim_bundles(&user_id, device_id).await?;
     match claimed {
         Some((identity, bundles)) if !bundles.is_empty() => Ok(Json(PreKeyBundles {

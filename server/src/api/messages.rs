@@ -104,7 +104,7 @@ pub async fn send(
             "clientMessageId must be 1-64 bytes without control characters",
         ));
     }
-    if req.recipient_id.is_empty() || req.recipient_id.len() > 64 {
+    if !crate::api::valid_id(&req.recipient_id) {
         return Err(AppError::not_found("unknown_user", "no such recipient"));
     }
     let to_self = req.recipient_id == sender.user_id;

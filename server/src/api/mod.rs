@@ -45,3 +45,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics().render(queued),
     )
 }
+
+/// Whether a client-supplied id can name a row: 1-64 bytes, no control characters (PostgreSQL
+/// text cannot hold NUL).
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+}

@@ -16,7 +16,7 @@ use sotto_wire::{
     ServerFrame, SetPresenceRequest, UserStatus,
 };
 
-use crate::api::groups::valid_id;
+use crate::api::valid_id;
 use crate::auth::Auth;
 use crate::error::{Json, Path};
 use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};

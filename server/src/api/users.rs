@@ -112,7 +112,10 @@ pub async fn login(
             "registrationId must be non-zero",
         ));
     }
-    if req.password.len() > MAX_PASSWORD || req.username.len() > 20 {
+    if req.password.len() > MAX_PASSWORD
+        || req.username.len() > 20
+        || req.username.chars().any(char::is_control)
+    {
         return Err(AppError::client(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -168,7 +171,7 @@ pub async fn devices(
     Auth(_): Auth,
     Path(user_id): Path<String>,
 ) -> Result<Json<DeviceList>, AppError> {
-    if !state.store().user_exists(&user_id).await? {
+    if !crate::api::valid_id(&user_id) || !state.store().user_exists(&user_id).await? {
         return Err(AppError::not_found("unknown_user", "no such user"));
     }
     let devices = state.store().devices(&user_id).await?;

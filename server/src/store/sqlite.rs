@@ -527,54 +527,69 @@ async fn ack_tx(
             row.try_get("client_message_id")?,
         ));
     }
-    for (source_user, list) in receipts {
+    if receipts.is_empty() {
+        return Ok(outcome);
+    }
+    // Reserves as many sequences as receipts in every device of each sender, in one statement.
+    let counts: Vec<(&str, usize)> = receipts
+        .iter()
+        .map(|(user, list)| (user.as_str(), list.len()))
+        .collect();
+    let counts = serde_json::to_string(&counts).map_err(|_| StoreError::Corrupt("ack batch"))?;
+    let mut devices: Vec<(i64, String, i64)> = sqlx::query_as(
+        "UPDATE devices SET last_seq = last_seq + c.n \
+         FROM (SELECT json_extract(value, '$[0]') AS u, json_extract(value, '$[1]') AS n FROM json_each(?)) AS c \
+         WHERE devices.user_id = c.u RETURNING pk, user_id, last_seq",
+    )
+    .bind(counts)
+    .fetch_all(&mut *conn)
+    .await?;
+    devices.sort_unstable_by_key(|(pk, _, _)| *pk);
+    let mut rows: Vec<(i64, i64, &str, &str)> = Vec::new();
+    for (pk, user, last) in &devices {
+        let Some(list) = receipts.get(user) else {
+            return Err(StoreError::Corrupt("receipt for an unknown sender"));
+        };
         let count = i64::try_from(list.len()).map_err(|_| StoreError::Corrupt("ack size"))?;
-        // Reserves `count` sequences in every device of the sender at once.
-        let mut devices: Vec<(i64, i64)> = sqlx::query_as(
-            "UPDATE devices SET last_seq = last_seq + ? WHERE user_id = ? RETURNING pk, last_seq",
-        )
-        .bind(count)
-        .bind(&source_user)
-        .fetch_all(&mut *conn)
-        .await?;
-        devices.sort_unstable();
-        for (pk, last) in devices {
-            for (i, (server_message_id, client_message_id)) in (0..count).zip(&list) {
-                let seq = last - count + 1 + i;
-                sqlx::query(
-                    "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
-                     client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                )
-                .bind(pk)
-                .bind(seq)
-                .bind(ENVELOPE_RECEIPT)
-                .bind(&device.user_id)
-                .bind(i64::from(device.device_id))
-                .bind(server_message_id)
-                .bind(client_message_id)
-                .bind(now)
-                .bind(expires_at)
-                .execute(&mut *conn)
-                .await?;
-                outcome.envelopes.push((
-                    pk,
-                    StoredEnvelope {
-                        seq,
-                        kind: ENVELOPE_RECEIPT,
-                        source_user: device.user_id.clone(),
-                        source_device: device.device_id,
-                        server_message_id: server_message_id.clone(),
-                        client_message_id: client_message_id.clone(),
-                        server_ts: now,
-                        content: None,
-                    },
-                ));
-            }
-            if !outcome.notify.contains(&pk) {
-                outcome.notify.push(pk);
-            }
+        for (i, (server_message_id, client_message_id)) in (0..count).zip(list) {
+            let seq = last - count + 1 + i;
+            rows.push((*pk, seq, server_message_id, client_message_id));
+            outcome.envelopes.push((
+                *pk,
+                StoredEnvelope {
+                    seq,
+                    kind: ENVELOPE_RECEIPT,
+                    source_user: device.user_id.clone(),
+                    source_device: device.device_id,
+                    server_message_id: server_message_id.clone(),
+                    client_message_id: client_message_id.clone(),
+                    server_ts: now,
+                    content: None,
+                },
+            ));
+        }
+        if !outcome.notify.contains(pk) {
+            outcome.notify.push(*pk);
         }
     }
+    if rows.is_empty() {
+        return Ok(outcome);
+    }
+    let rows = serde_json::to_string(&rows).map_err(|_| StoreError::Corrupt("ack batch"))?;
+    sqlx::query(
+        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+         client_message_id, server_ts, expires_at, content) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ?, ?, \
+         json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, ?, NULL FROM json_each(?)",
+    )
+    .bind(ENVELOPE_RECEIPT)
+    .bind(&device.user_id)
+    .bind(i64::from(device.device_id))
+    .bind(now)
+    .bind(expires_at)
+    .bind(rows)
+    .execute(&mut *conn)
+    .await?;
     Ok(outcome)
 }
 
