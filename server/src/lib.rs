@@ -226,8 +226,14 @@ pub fn app(state: AppState) -> Router {
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &axum::http::Request<_>| {
-                    // The path only: query strings may carry a token (`/ws?token=`).
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                    // The route template only (`/api/provisioning/{address}`): query strings may
+                    // carry a token (`/ws?token=`) and paths carry capabilities (provisioning
+                    // addresses, attachment ids) that logs must not hold.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("(no route)", axum::extract::MatchedPath::as_str);
+                    tracing::info_span!("request", method = %req.method(), route)
                 },
             ),
         )

@@ -62,10 +62,26 @@ async fn no_secrets_in_logs(b: Backend) {
         .call(Method::GET, &format!("/ws?token={}", bob.token), None, None)
         .await;
     assert_eq!(s, StatusCode::UPGRADE_REQUIRED);
+    // A provisioning address is a capability: whoever knows it can take the message.
+    let (s, v) = t.post("/api/provisioning", None, json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let address = v["address"].as_str().unwrap().to_owned();
+    let (s, _) = t
+        .call(
+            Method::GET,
+            &format!("/api/provisioning/{address}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     t.finish().await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    assert!(logs.contains(&alice.user_id), "the capture works");
+    assert!(
+        logs.contains("/api/provisioning/{address}"),
+        "the capture works"
+    );
     for needle in [
         alice.token.as_str(),
         bob.token.as_str(),
@@ -73,6 +89,7 @@ async fn no_secrets_in_logs(b: Backend) {
         "wrong-password-xyz",
         "TOP-SECRET",
         b64(secret).as_str(),
+        address.as_str(),
     ] {
         assert!(!logs.contains(needle), "logs contain {needle}");
     }
