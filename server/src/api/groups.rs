@@ -435,15 +435,7 @@ pub async fn send(
         .limiter()
         .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
         .await?;
-    if req.client_message_id.is_empty()
-        || req.client_message_id.len() > 64
-        || req.client_message_id.chars().any(char::is_control)
-    {
-        return Err(AppError::bad_request(
-            "invalid_client_message_id",
-            "clientMessageId must be 1-64 bytes without control characters",
-        ));
-    }
+    crate::api::check_client_message_id(&req.client_message_id)?;
     let max = state.config().max_envelope_bytes;
     let len = req.content.as_bytes().len();
     if len == 0 {

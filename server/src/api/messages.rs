@@ -95,15 +95,7 @@ pub async fn send(
         .limiter()
         .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
         .await?;
-    if req.client_message_id.is_empty()
-        || req.client_message_id.len() > 64
-        || req.client_message_id.chars().any(char::is_control)
-    {
-        return Err(AppError::bad_request(
-            "invalid_client_message_id",
-            "clientMessageId must be 1-64 bytes without control characters",
-        ));
-    }
+    crate::api::check_client_message_id(&req.client_message_id)?;
     if !crate::api::valid_id(&req.recipient_id) {
         return Err(AppError::not_found("unknown_user", "no such recipient"));
     }

@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use sotto_wire::Health;
 
-use crate::error::Json;
+use crate::error::{AppError, Json};
 use crate::AppState;
 
 pub mod attachments;
@@ -50,4 +50,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// text cannot hold NUL).
 pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
+}
+
+/// A send's idempotency key obeys the same rules as ids.
+pub(crate) fn check_client_message_id(id: &str) -> Result<(), AppError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(AppError::bad_request(
+            "invalid_client_message_id",
+            "clientMessageId must be 1-64 bytes without control characters",
+        ))
+    }
 }
