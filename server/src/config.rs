@@ -139,10 +139,22 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_MAX_DEVICES")]
     pub max_devices: Option<u32>,
 
-    /// Rate limits: only in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
+    /// Rate limits in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
     /// `bundle-fetch = "1000/hour"`, `login = "off"`, …). Defaults: see `docs/operator.md`.
     #[arg(skip)]
     pub rate_limits: Option<RateLimitConfig>,
+
+    /// One rate limit, over the file's `[rate-limits]` table: `messages=100/minute`,
+    /// `login=off`, `bundle-fetch=1000/hour burst 50`. Repeatable; comma-separated in the
+    /// environment. Limits: messages, login, registration, bundle-fetch, provisioning.
+    #[arg(
+        long = "rate-limit",
+        env = "SOTTO_RATE_LIMITS",
+        value_name = "LIMIT=QUOTA",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub rate_limit: Vec<String>,
 }
 
 /// SQLite `synchronous` setting.
@@ -267,7 +279,7 @@ impl Config {
         Self::resolve(cli, file)
     }
 
-    fn resolve(cli: Cli, file: Cli) -> Result<Self, ConfigError> {
+    fn resolve(mut cli: Cli, file: Cli) -> Result<Self, ConfigError> {
         let tls = match (
             cli.tls_cert.clone().or(file.tls_cert.clone()),
             cli.tls_key.clone().or(file.tls_key.clone()),
@@ -280,7 +292,14 @@ impl Config {
                 ))
             }
         };
-        let config = Self::build(cli, file, tls);
+        let overrides = std::mem::take(&mut cli.rate_limit);
+        let mut config = Self::build(cli, file, tls);
+        for setting in &overrides {
+            config
+                .rate_limits
+                .set_from_flag(setting)
+                .map_err(ConfigError::Invalid)?;
+        }
         if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_insecure_http
         {
             return Err(ConfigError::Invalid(format!(
@@ -374,5 +393,38 @@ mod tests {
         assert_eq!(c.rate_limits.bundle_fetch.map(|q| q.count()), Some(5));
         let c = Config::resolve(Cli::default(), Cli::default()).unwrap();
         assert!(c.rate_limits.messages.is_some());
+    }
+
+    #[test]
+    fn rate_limit_flags_override_the_file() {
+        let file: Cli =
+            toml::from_str("[rate-limits]\nbundle-fetch = \"5/minute\"\nmessages = \"off\"\n")
+                .unwrap();
+        let cli = Cli::try_parse_from([
+            "sotto-server",
+            "--rate-limit",
+            "messages=7/second",
+            "--rate-limit=login=off",
+        ])
+        .unwrap();
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.rate_limits.messages.map(|q| q.count()), Some(7));
+        assert!(c.rate_limits.login.is_none());
+        assert_eq!(c.rate_limits.bundle_fetch.map(|q| q.count()), Some(5));
+        for bad in [
+            "messages",
+            "nope=1/minute",
+            "messages=lots",
+            "login=0/minute",
+        ] {
+            let cli = Cli::try_parse_from(["sotto-server", "--rate-limit", bad]).unwrap();
+            assert!(
+                matches!(
+                    Config::resolve(cli, Cli::default()),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

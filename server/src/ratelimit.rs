@@ -393,6 +393,29 @@ impl RateLimitConfig {
         }
     }
 
+    /// Applies one `limit=quota` setting (`messages=100/minute`, `login=off`), as the
+    /// `--rate-limit` flag gives it.
+    pub fn set_from_flag(&mut self, setting: &str) -> Result<(), String> {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("rate limit {setting:?}: expected LIMIT=QUOTA"))?;
+        let slot = match name.trim() {
+            "messages" => &mut self.messages,
+            "login" => &mut self.login,
+            "registration" => &mut self.registration,
+            "bundle-fetch" => &mut self.bundle_fetch,
+            "provisioning" => &mut self.provisioning,
+            other => {
+                return Err(format!(
+                    "unknown rate limit {other:?} (messages, login, registration, bundle-fetch, provisioning)"
+                ))
+            }
+        };
+        *slot =
+            Quota::parse_setting(value.trim()).map_err(|e| format!("rate limit {name}: {e}"))?;
+        Ok(())
+    }
+
     /// The quota of one limit.
     pub fn quota(&self, limit: Limit) -> Option<Quota> {
         match limit {
