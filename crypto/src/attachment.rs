@@ -24,6 +24,11 @@
 //! be the sender's when [`Decryptor::finish`] returns `Ok`: write the output somewhere provisional and
 //! discard it on any error.
 //!
+//! AES-256-GCM comes from `ring` on native targets and from RustCrypto's `aes-gcm` on `wasm32` (one
+//! private module chooses; both produce the same bytes). The attachment key and this module's copies
+//! of the derived chunk key are wiped; neither implementation wipes its expanded key schedule (which
+//! begins with the chunk key itself) on drop. See `docs/protocol/attachments.md`.
+//!
 //! ```
 //! use rand_chacha::rand_core::SeedableRng;
 //! use sotto_crypto::attachment::{AttachmentKey, Decryptor, Encryptor};
@@ -45,13 +50,15 @@
 
 use std::io::{Read, Write};
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use backend::{ChunkAead, PlatformAead};
+
+mod backend;
 
 /// Format version of the attachment blob.
 pub const VERSION: u8 = 1;
@@ -69,6 +76,9 @@ pub const HEADER_LEN: usize = 2 + SALT_LEN;
 const CHUNK_KEYS_INFO: &[u8] = b"Sotto v1 Attachment chunk keys";
 const NONCE_PREFIX_LEN: usize = 7;
 const SEALED_CHUNK: usize = CHUNK_SIZE + TAG_LEN;
+/// The largest drained output buffer that trades places with a chunk buffer (see `Sealer::seal`):
+/// a larger one was sized by the caller for the whole output, and stays with the caller.
+const MAX_TRADED_CAPACITY: usize = 4 * SEALED_CHUNK;
 
 /// The blob length for a plaintext of `plaintext_len` bytes (for the upload's Content-Length).
 pub fn ciphertext_len(plaintext_len: u64) -> u64 {
@@ -106,17 +116,16 @@ impl AttachmentKey {
     }
 
     /// The AES-256-GCM cipher and nonce prefix for the blob with this header salt.
-    fn chunk_cipher(&self, salt: &[u8; SALT_LEN]) -> (Aes256Gcm, [u8; NONCE_PREFIX_LEN]) {
+    fn chunk_cipher<A: ChunkAead>(&self, salt: &[u8; SALT_LEN]) -> (A, [u8; NONCE_PREFIX_LEN]) {
         let mut okm = Zeroizing::new([0u8; 32 + NONCE_PREFIX_LEN]);
         // HKDF-Expand refuses only outputs above 255 blocks; this is two.
         #[allow(clippy::expect_used)]
         Hkdf::<Sha256>::new(Some(salt), self.0.as_slice())
             .expand(CHUNK_KEYS_INFO, okm.as_mut())
             .expect("39 bytes is a valid HKDF-SHA256 output length");
-        let (key, prefix) = okm.split_at(32);
-        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        nonce_prefix.copy_from_slice(prefix);
-        (Aes256Gcm::new(key.into()), nonce_prefix)
+        // Splits the 39 bytes into the 32-byte key and the 7-byte prefix, checked at compile time.
+        let [key @ .., p0, p1, p2, p3, p4, p5, p6] = &*okm;
+        (A::new(key), [*p0, *p1, *p2, *p3, *p4, *p5, *p6])
     }
 }
 
@@ -181,8 +190,43 @@ pub enum AttachmentDecryptError {
 }
 
 /// Encrypts one attachment incrementally. Memory: one chunk.
-pub struct Encryptor {
-    cipher: Aes256Gcm,
+pub struct Encryptor(Sealer<PlatformAead>);
+
+impl core::fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Encryptor")
+            .field("chunks_sealed", &self.0.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encryptor {
+    /// Starts a blob under `key` with a fresh random salt.
+    pub fn new(key: &AttachmentKey, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        Self(Sealer::new(key, rng))
+    }
+
+    /// Encrypts more of the file, appending whatever ciphertext is ready to `out` (the caller drains
+    /// `out` as it likes; this keeps at most one chunk of plaintext back). When `out` is empty, a
+    /// ready chunk is encrypted where it was collected and `out` takes over that buffer: the same
+    /// bytes, one copy fewer.
+    pub fn push(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), AttachmentEncryptError> {
+        self.0.push(plaintext, out)
+    }
+
+    /// Seals the last chunk onto `out` and returns the blob's digest for the message.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<AttachmentDigest, AttachmentEncryptError> {
+        self.0.finish(out)
+    }
+}
+
+/// The encryptor over one AES-GCM implementation.
+struct Sealer<A> {
+    cipher: A,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
     header: Option<[u8; HEADER_LEN]>,
     index: u32,
@@ -191,17 +235,8 @@ pub struct Encryptor {
     hasher: Sha256,
 }
 
-impl core::fmt::Debug for Encryptor {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Encryptor")
-            .field("chunks_sealed", &self.index)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Encryptor {
-    /// Starts a blob under `key` with a fresh random salt.
-    pub fn new(key: &AttachmentKey, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+impl<A: ChunkAead> Sealer<A> {
+    fn new(key: &AttachmentKey, rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut salt = [0u8; SALT_LEN];
         rng.fill_bytes(&mut salt);
         let (cipher, nonce_prefix) = key.chunk_cipher(&salt);
@@ -214,7 +249,8 @@ impl Encryptor {
             nonce_prefix,
             header: Some(header),
             index: 0,
-            pending: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE)),
+            // Room for the tag too: this buffer becomes the caller's output when it is sealed.
+            pending: Zeroizing::new(Vec::with_capacity(SEALED_CHUNK)),
             hasher: Sha256::new(),
         }
     }
@@ -229,15 +265,27 @@ impl Encryptor {
     /// Seals `pending` as chunk `self.index` onto `out`.
     fn seal(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), AttachmentEncryptError> {
         let start = out.len();
-        out.extend_from_slice(&self.pending);
-        self.pending.clear();
+        if start == 0 && out.capacity() <= MAX_TRADED_CAPACITY {
+            // The caller drained `out`: encrypt the pending buffer where it is and hand it over,
+            // keeping the caller's empty one for the next chunk, instead of copying 64 KiB. The
+            // reservation happens while it is empty, so no plaintext is ever left behind by a
+            // reallocation.
+            core::mem::swap(&mut *self.pending, out);
+            self.pending.reserve(SEALED_CHUNK);
+        } else {
+            out.extend_from_slice(&self.pending);
+            self.pending.clear();
+        }
         let nonce = nonce(&self.nonce_prefix, self.index, last);
-        let body = out.get_mut(start..).unwrap_or_default();
-        #[allow(clippy::expect_used)]
-        let tag = self
+        // AES-GCM refuses only inputs above 64 GiB; chunks are 64 KiB.
+        let sealed = self
             .cipher
-            .encrypt_in_place_detached(&nonce.into(), b"", body)
-            .expect("AES-GCM refuses only inputs above 64 GiB; chunks are 64 KiB");
+            .seal(nonce, out.get_mut(start..).unwrap_or_default());
+        let Ok(tag) = sealed else {
+            out.get_mut(start..).unwrap_or_default().zeroize();
+            out.truncate(start);
+            return Err(AttachmentEncryptError::TooLong);
+        };
         out.extend_from_slice(&tag);
         self.hasher.update(out.get(start..).unwrap_or_default());
         if !last {
@@ -249,9 +297,7 @@ impl Encryptor {
         Ok(())
     }
 
-    /// Encrypts more of the file, appending whatever ciphertext is ready to `out` (the caller drains
-    /// `out` as it likes; this keeps at most one chunk of plaintext back).
-    pub fn push(
+    fn push(
         &mut self,
         mut plaintext: &[u8],
         out: &mut Vec<u8>,
@@ -269,8 +315,7 @@ impl Encryptor {
         Ok(())
     }
 
-    /// Seals the last chunk onto `out` and returns the blob's digest for the message.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<AttachmentDigest, AttachmentEncryptError> {
+    fn finish(mut self, out: &mut Vec<u8>) -> Result<AttachmentDigest, AttachmentEncryptError> {
         self.emit_header(out);
         self.seal(true, out)?;
         Ok(AttachmentDigest(self.hasher.finalize().into()))
@@ -278,23 +323,13 @@ impl Encryptor {
 }
 
 /// Decrypts one attachment incrementally, checking every chunk and, at the end, the digest.
-pub struct Decryptor {
-    key: AttachmentKey,
-    expected: AttachmentDigest,
-    /// Set once the header has been read.
-    cipher: Option<(Aes256Gcm, [u8; NONCE_PREFIX_LEN])>,
-    index: u32,
-    /// Header bytes, then ciphertext of the chunk being filled (at most one sealed chunk).
-    pending: Vec<u8>,
-    hasher: Sha256,
-    failed: bool,
-}
+pub struct Decryptor(Opener<PlatformAead>);
 
 impl core::fmt::Debug for Decryptor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Decryptor")
-            .field("chunks_opened", &self.index)
-            .field("failed", &self.failed)
+            .field("chunks_opened", &self.0.index)
+            .field("failed", &self.0.failed)
             .finish_non_exhaustive()
     }
 }
@@ -302,12 +337,50 @@ impl core::fmt::Debug for Decryptor {
 impl Decryptor {
     /// Prepares to decrypt the blob a message named by `key` and `digest`.
     pub fn new(key: &AttachmentKey, digest: &AttachmentDigest) -> Self {
+        Self(Opener::new(key, digest))
+    }
+
+    /// Feeds more of the blob, appending verified plaintext to `out`. Holds back at most one chunk.
+    /// When `out` is empty, a ready chunk is decrypted where it was collected and `out` takes over
+    /// that buffer: the same bytes, one copy fewer.
+    pub fn push(
+        &mut self,
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), AttachmentDecryptError> {
+        self.0.push(ciphertext, out)
+    }
+
+    /// Checks the digest and opens the last chunk onto `out`. Only after `Ok` here is the whole
+    /// output the sender's file.
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<(), AttachmentDecryptError> {
+        self.0.finish(out)
+    }
+}
+
+/// The decryptor over one AES-GCM implementation.
+struct Opener<A> {
+    key: AttachmentKey,
+    expected: AttachmentDigest,
+    /// Set once the header has been read.
+    cipher: Option<(A, [u8; NONCE_PREFIX_LEN])>,
+    index: u32,
+    /// Header bytes, then ciphertext of the chunk being filled (at most one sealed chunk). Wiped
+    /// when dropped: it trades places with the caller's drained output buffer, which may hold
+    /// earlier plaintext in its spare capacity.
+    pending: Zeroizing<Vec<u8>>,
+    hasher: Sha256,
+    failed: bool,
+}
+
+impl<A: ChunkAead> Opener<A> {
+    fn new(key: &AttachmentKey, digest: &AttachmentDigest) -> Self {
         Self {
             key: key.clone(),
             expected: *digest,
             cipher: None,
             index: 0,
-            pending: Vec::with_capacity(SEALED_CHUNK),
+            pending: Zeroizing::new(Vec::with_capacity(SEALED_CHUNK)),
             hasher: Sha256::new(),
             failed: false,
         }
@@ -325,17 +398,23 @@ impl Decryptor {
             .pending
             .split_last_chunk::<TAG_LEN>()
             .ok_or(AttachmentDecryptError::Truncated)?;
+        let tag = *tag;
+        let body_len = body.len();
         let start = out.len();
-        out.extend_from_slice(body);
-        let nonce = nonce(prefix, index, last);
-        let opened = cipher.decrypt_in_place_detached(
-            &nonce.into(),
-            b"",
-            out.get_mut(start..).unwrap_or_default(),
-            tag.into(),
-        );
+        if start == 0 && out.capacity() <= MAX_TRADED_CAPACITY {
+            // The caller drained `out`: decrypt the pending buffer where it is and hand it over,
+            // keeping the caller's empty one for the next chunk, instead of copying 64 KiB.
+            core::mem::swap(&mut *self.pending, out);
+            out.truncate(body_len);
+            self.pending.reserve(SEALED_CHUNK);
+        } else {
+            out.extend_from_slice(body);
+        }
         self.pending.clear();
+        let nonce = nonce(prefix, index, last);
+        let opened = cipher.open(nonce, out.get_mut(start..).unwrap_or_default(), &tag);
         if opened.is_err() {
+            out.get_mut(start..).unwrap_or_default().zeroize();
             out.truncate(start);
             return Err(rejected);
         }
@@ -345,12 +424,7 @@ impl Decryptor {
         Ok(())
     }
 
-    /// Feeds more of the blob, appending verified plaintext to `out`. Holds back at most one chunk.
-    pub fn push(
-        &mut self,
-        ciphertext: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), AttachmentDecryptError> {
+    fn push(&mut self, ciphertext: &[u8], out: &mut Vec<u8>) -> Result<(), AttachmentDecryptError> {
         if self.failed {
             return Err(AttachmentDecryptError::Failed);
         }
@@ -403,9 +477,7 @@ impl Decryptor {
         Ok(())
     }
 
-    /// Checks the digest and opens the last chunk onto `out`. Only after `Ok` here is the whole
-    /// output the sender's file.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), AttachmentDecryptError> {
+    fn finish(mut self, out: &mut Vec<u8>) -> Result<(), AttachmentDecryptError> {
         if self.failed {
             return Err(AttachmentDecryptError::Failed);
         }
@@ -508,5 +580,208 @@ mod tests {
         assert_eq!(ciphertext_len(1), 34 + 1 + 16);
         assert_eq!(ciphertext_len(CHUNK_SIZE as u64), 34 + 65536 + 16);
         assert_eq!(ciphertext_len(CHUNK_SIZE as u64 + 1), 34 + 65537 + 32);
+    }
+
+    /// A drained `out` trades places with the chunk buffer only if it is small: a buffer the caller
+    /// sized for the whole blob stays the caller's, and the bytes are the same either way.
+    #[test]
+    fn only_small_drained_buffers_trade_places() {
+        use rand_chacha::rand_core::SeedableRng;
+        let key = AttachmentKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(30));
+        let plaintext: Vec<u8> = (0..3 * CHUNK_SIZE + 5).map(|i| i as u8).collect();
+        let mut blobs = Vec::new();
+        for capacity in [0, MAX_TRADED_CAPACITY, MAX_TRADED_CAPACITY + 1] {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(31);
+            let mut e = Encryptor::new(&key, &mut rng);
+            let (mut blob, mut out) = (Vec::new(), Vec::with_capacity(capacity));
+            e.push(&[], &mut out).unwrap();
+            blob.extend_from_slice(&out);
+            out.clear();
+            let (buffer, mut traded) = (out.as_ptr(), false);
+            for piece in plaintext.chunks(CHUNK_SIZE) {
+                e.push(piece, &mut out).unwrap();
+                traded |= out.as_ptr() != buffer;
+                blob.extend_from_slice(&out);
+                out.clear();
+            }
+            assert_eq!(
+                traded,
+                capacity <= MAX_TRADED_CAPACITY,
+                "capacity {capacity}"
+            );
+            let digest = e.finish(&mut out).unwrap();
+            blob.extend_from_slice(&out);
+
+            let mut d = Decryptor::new(&key, &digest);
+            let (mut opened, mut out) = (Vec::new(), Vec::with_capacity(capacity));
+            let (buffer, mut traded) = (out.as_ptr(), false);
+            for piece in blob.chunks(CHUNK_SIZE) {
+                d.push(piece, &mut out).unwrap();
+                traded |= out.as_ptr() != buffer;
+                opened.extend_from_slice(&out);
+                out.clear();
+            }
+            assert_eq!(
+                traded,
+                capacity <= MAX_TRADED_CAPACITY,
+                "capacity {capacity}"
+            );
+            d.finish(&mut out).unwrap();
+            opened.extend_from_slice(&out);
+            assert_eq!(opened, plaintext);
+            blobs.push(blob);
+        }
+        assert!(blobs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// The native build's AES-GCM (`ring`) against the portable one (RustCrypto, used on wasm32):
+    /// whole blobs sealed by either open with the other, and STREAM's checks hold in both.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod across_backends {
+        use super::*;
+        use backend::{RingAead, RustCryptoAead};
+        use rand_chacha::rand_core::SeedableRng;
+        use rand_chacha::ChaCha20Rng;
+
+        const SEALED: usize = SEALED_CHUNK;
+
+        fn pattern(len: usize) -> Vec<u8> {
+            (0..len).map(|i| (i % 251) as u8).collect()
+        }
+
+        /// Seals `plaintext` pushed `step` bytes at a time, either draining the output after every
+        /// call (as an upload does) or letting it accumulate.
+        fn seal<A: ChunkAead>(
+            key: &AttachmentKey,
+            seed: u64,
+            plaintext: &[u8],
+            step: usize,
+            drain: bool,
+        ) -> (Vec<u8>, AttachmentDigest) {
+            let mut sealer = Sealer::<A>::new(key, &mut ChaCha20Rng::seed_from_u64(seed));
+            let (mut blob, mut out) = (Vec::new(), Vec::new());
+            // Emits the header, so that even an empty file's only chunk meets a drained `out`.
+            sealer.push(&[], &mut out).unwrap();
+            if drain {
+                blob.append(&mut out);
+            }
+            for piece in plaintext.chunks(step) {
+                sealer.push(piece, &mut out).unwrap();
+                if drain {
+                    blob.append(&mut out);
+                }
+            }
+            let digest = sealer.finish(&mut out).unwrap();
+            blob.append(&mut out);
+            (blob, digest)
+        }
+
+        fn open<A: ChunkAead>(
+            key: &AttachmentKey,
+            digest: &AttachmentDigest,
+            blob: &[u8],
+            step: usize,
+            drain: bool,
+        ) -> Result<Vec<u8>, AttachmentDecryptError> {
+            let mut opener = Opener::<A>::new(key, digest);
+            let (mut plaintext, mut out) = (Vec::new(), Vec::new());
+            for piece in blob.chunks(step) {
+                opener.push(piece, &mut out)?;
+                if drain {
+                    plaintext.append(&mut out);
+                }
+            }
+            opener.finish(&mut out)?;
+            plaintext.append(&mut out);
+            Ok(plaintext)
+        }
+
+        /// Opens with both implementations, as someone who also replaced the digest would.
+        fn open_with_both(
+            key: &AttachmentKey,
+            blob: &[u8],
+        ) -> [Result<Vec<u8>, AttachmentDecryptError>; 2] {
+            let digest = AttachmentDigest::of(blob);
+            [
+                open::<RingAead>(key, &digest, blob, 5000, true),
+                open::<RustCryptoAead>(key, &digest, blob, 5000, true),
+            ]
+        }
+
+        #[test]
+        fn blobs_are_identical_and_open_with_the_other() {
+            let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(20));
+            for len in [
+                0,
+                1,
+                15,
+                16,
+                17,
+                CHUNK_SIZE - 1,
+                CHUNK_SIZE,
+                CHUNK_SIZE + 1,
+                2 * CHUNK_SIZE,
+                3 * CHUNK_SIZE + 17,
+            ] {
+                let plaintext = pattern(len);
+                for (step, drain) in [(CHUNK_SIZE, true), (1000, true), (len.max(1), false)] {
+                    let (fast, digest) = seal::<RingAead>(&key, 21, &plaintext, step, drain);
+                    let (portable, other) =
+                        seal::<RustCryptoAead>(&key, 21, &plaintext, step, !drain);
+                    assert_eq!(fast, portable, "len {len}");
+                    assert_eq!(digest, other);
+                    assert_eq!(digest, AttachmentDigest::of(&fast));
+                    assert_eq!(fast.len() as u64, ciphertext_len(len as u64));
+                    for dstep in [SEALED, 4099] {
+                        for drain in [true, false] {
+                            let opened = open::<RustCryptoAead>(&key, &digest, &fast, dstep, drain);
+                            assert_eq!(opened.as_deref(), Ok(&plaintext[..]), "len {len}");
+                            let opened = open::<RingAead>(&key, &digest, &portable, dstep, drain);
+                            assert_eq!(opened.as_deref(), Ok(&plaintext[..]), "len {len}");
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn both_reject_truncated_extended_and_reordered_streams() {
+            let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(22));
+            let (blob, _) = seal::<RingAead>(&key, 23, &pattern(2 * CHUNK_SIZE + 100), 7000, true);
+            let (portable, _) =
+                seal::<RustCryptoAead>(&key, 23, &pattern(2 * CHUNK_SIZE + 100), 7000, false);
+            assert_eq!(blob, portable);
+            let chunk = |i: usize| &blob[HEADER_LEN + i * SEALED..HEADER_LEN + (i + 1) * SEALED];
+            let rejected = |index| Err(AttachmentDecryptError::ChunkRejected { index });
+
+            // Cut after chunk 0 or 1: the new final chunk was sealed as "not last".
+            for chunks in [1, 2] {
+                let cut = &blob[..HEADER_LEN + chunks * SEALED];
+                assert_eq!(
+                    open_with_both(&key, cut),
+                    [rejected(chunks as u32 - 1), rejected(chunks as u32 - 1)]
+                );
+            }
+            // A cut inside the final chunk fails its tag.
+            let cut = &blob[..blob.len() - 1];
+            assert_eq!(open_with_both(&key, cut), [rejected(2), rejected(2)]);
+
+            // A chunk appended after the real final chunk makes that one be opened as "not last".
+            let mut extended = blob.clone();
+            extended.extend_from_slice(chunk(0));
+            assert_eq!(open_with_both(&key, &extended), [rejected(2), rejected(2)]);
+
+            // Chunks 0 and 1 swapped.
+            let mut reordered = blob[..HEADER_LEN].to_vec();
+            reordered.extend_from_slice(chunk(1));
+            reordered.extend_from_slice(chunk(0));
+            reordered.extend_from_slice(&blob[HEADER_LEN + 2 * SEALED..]);
+            assert_eq!(open_with_both(&key, &reordered), [rejected(0), rejected(0)]);
+
+            // Untouched, both open it.
+            let [a, b] = open_with_both(&key, &blob);
+            assert_eq!(a.unwrap(), pattern(2 * CHUNK_SIZE + 100));
+            assert_eq!(b.unwrap(), pattern(2 * CHUNK_SIZE + 100));
+        }
     }
 }

@@ -186,15 +186,29 @@ pub(crate) fn decode_kem_public(bytes: &[u8]) -> Result<KemEncapsulationKey, Dec
     r.finish()?;
     let encoded = ml_kem::Encoded::<KemEncapsulationKey>::try_from(raw)
         .map_err(|_| DecodeError::InvalidValue("ML-KEM-768 key length"))?;
-    let key = KemEncapsulationKey::from_bytes(&encoded);
-    // Decoding reduces coefficients mod q; a key that does not re-encode to the same bytes had a
-    // coefficient >= q (FIPS 203 section 7.2 input check).
-    if key.as_bytes().as_slice() != raw {
+    if !kem_coefficients_in_range(raw) {
         return Err(DecodeError::InvalidValue(
             "ML-KEM-768 key coefficient out of range",
         ));
     }
-    Ok(key)
+    Ok(KemEncapsulationKey::from_bytes(&encoded))
+}
+
+/// FIPS 203 section 7.2's modulus check on an encoded encapsulation key `t̂ || ρ`: every 12-bit
+/// coefficient of `t̂` (two per three bytes, little-endian) is below q = 3329. This is the
+/// standard's "`ByteEncode12(ByteDecode12(t̂)) = t̂`" without the round trip: decoding reduces
+/// each coefficient mod q, so the bytes come back unchanged exactly when none is >= q.
+fn kem_coefficients_in_range(raw: &[u8]) -> bool {
+    const Q: u16 = 3329;
+    let t_hat = raw.get(..raw.len().saturating_sub(32)).unwrap_or_default();
+    t_hat.chunks_exact(3).all(|c| match c {
+        [b0, b1, b2] => {
+            let low = u16::from(*b0) | (u16::from(*b1 & 0x0f) << 8);
+            let high = u16::from(*b1 >> 4) | (u16::from(*b2) << 4);
+            low < Q && high < Q
+        }
+        _ => false,
+    })
 }
 
 pub(crate) fn encode_kem_public(key: &KemEncapsulationKey) -> Vec<u8> {
@@ -750,6 +764,11 @@ impl KemPreKey {
         &self.secret
     }
 
+    /// The 1185-byte typed public key (what [`KemPreKey::public`] copies out).
+    pub(crate) fn public_key_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+
     /// Secret storage encoding: `0x01 0x84 id:u32 last_resort:u8 decapsulation_key[2400]
     /// signature[64]`.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
@@ -1090,6 +1109,57 @@ mod tests {
         bad[1] = 0xff;
         bad[2] |= 0x0f;
         assert!(decode_kem_public(&bad).is_err());
+    }
+
+    /// The direct coefficient check accepts exactly the keys that survive ml-kem's decode and
+    /// re-encode, on valid keys and on keys with coefficients pushed to and beyond q.
+    #[test]
+    fn coefficient_check_matches_the_round_trip() {
+        use rand_chacha::rand_core::RngCore;
+        let mut rng = rng();
+        let round_trip = |raw: &[u8]| {
+            let encoded = ml_kem::Encoded::<KemEncapsulationKey>::try_from(raw).unwrap();
+            KemEncapsulationKey::from_bytes(&encoded)
+                .as_bytes()
+                .as_slice()
+                == raw
+        };
+        let (mut accepted, mut rejected) = (0, 0);
+        for _ in 0..200 {
+            let (_, ek) = MlKem::generate(&mut rng);
+            let mut raw = ek.as_bytes().to_vec();
+            let at = (rng.next_u32() % 384) as usize * 3;
+            // One coefficient pair set to values around q = 3329 = 0xd01 (low 12 bits in bytes
+            // at, at+1; high 12 bits in at+1, at+2), or random bytes anywhere in t-hat.
+            match rng.next_u32() % 4 {
+                0 => {
+                    raw[at] = rng.next_u32() as u8 & 0x03;
+                    raw[at + 1] = (raw[at + 1] & 0xf0) | 0x0d;
+                }
+                1 => {
+                    raw[at + 1] = (raw[at + 1] & 0x0f) | ((rng.next_u32() as u8 & 0x03) << 4);
+                    raw[at + 2] = 0xd0;
+                }
+                2 => raw[at] = rng.next_u32() as u8,
+                _ => {
+                    raw[at + 1] = rng.next_u32() as u8;
+                    raw[at + 2] = rng.next_u32() as u8;
+                }
+            }
+            let expected = round_trip(&raw);
+            assert_eq!(kem_coefficients_in_range(&raw), expected);
+            if expected {
+                accepted += 1;
+            } else {
+                rejected += 1;
+            }
+        }
+        assert!(accepted > 20 && rejected > 20, "{accepted} {rejected}");
+        // rho (the last 32 bytes) is not checked.
+        let (_, ek) = MlKem::generate(&mut rng);
+        let mut raw = ek.as_bytes().to_vec();
+        raw[1184 - 32..].fill(0xff);
+        assert!(kem_coefficients_in_range(&raw) && round_trip(&raw));
     }
 
     #[test]

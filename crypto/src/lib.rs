@@ -116,6 +116,9 @@
 
 pub mod address;
 pub mod attachment;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
 pub(crate) mod codec;
 pub mod fingerprint;
 pub(crate) mod kdf;

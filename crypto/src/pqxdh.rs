@@ -29,7 +29,7 @@
 use ml_kem::kem::{Decapsulate, Encapsulate};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
-use x25519_dalek::PublicKey as X25519PublicKey;
+use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::address::DeviceAddress;
@@ -154,21 +154,20 @@ impl PreKeyMessage {
     }
 }
 
-/// The public values both sides feed into the transcript hash.
-struct Transcript<'a> {
-    initiator_identity: &'a IdentityKey,
-    responder_identity: &'a IdentityKey,
-    initiator: &'a DeviceAddress,
-    responder: &'a DeviceAddress,
-    base_key: &'a X25519PublicKey,
-    signed_prekey: (u32, &'a X25519PublicKey),
-    one_time_prekey: Option<(u32, &'a X25519PublicKey)>,
-    kem_prekey: (u32, &'a [u8]),
-    kem_ciphertext: &'a [u8],
+/// The public values both sides feed into the transcript hash, up to the KEM part.
+pub(crate) struct Transcript<'a> {
+    pub(crate) initiator_identity: &'a IdentityKey,
+    pub(crate) responder_identity: &'a IdentityKey,
+    pub(crate) initiator: &'a DeviceAddress,
+    pub(crate) responder: &'a DeviceAddress,
+    pub(crate) base_key: &'a X25519PublicKey,
+    pub(crate) signed_prekey: (u32, &'a X25519PublicKey),
+    pub(crate) one_time_prekey: Option<(u32, &'a X25519PublicKey)>,
 }
 
 impl Transcript<'_> {
-    fn hash(&self) -> [u8; 32] {
+    /// SHA-256 fed with everything before `kem_id`.
+    pub(crate) fn hasher(&self) -> Sha256 {
         let mut h = Sha256::new();
         h.update(self.initiator_identity.to_bytes());
         h.update(self.responder_identity.to_bytes());
@@ -185,23 +184,107 @@ impl Transcript<'_> {
             }
             None => h.update([0]),
         }
-        h.update(self.kem_prekey.0.to_be_bytes());
-        h.update(self.kem_prekey.1);
-        h.update(self.kem_ciphertext);
+        h
+    }
+
+    /// `TH`: the whole transcript, `kem_id || PQPK_B || CT` last.
+    fn hash(&self, kem_prekey: (u32, &[u8]), kem_ciphertext: &[u8]) -> [u8; 32] {
+        let mut h = self.hasher();
+        h.update(kem_prekey.0.to_be_bytes());
+        h.update(kem_prekey.1);
+        h.update(kem_ciphertext);
         h.finalize().into()
     }
 }
 
-fn derive(dhs: &[&[u8; 32]], kem_secret: &[u8], transcript: &Transcript<'_>) -> (Key32, Key32) {
-    let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
-    ikm.extend_from_slice(&[0xff; 32]);
-    for d in dhs {
-        ikm.extend_from_slice(&d[..]);
+/// One side's X25519 agreements: `DH1`, `DH2`, `DH3` and, with a one-time prekey, `DH4`.
+pub(crate) struct Agreements {
+    dh123: [Zeroizing<[u8; 32]>; 3],
+    dh4: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl Agreements {
+    /// `RK || CK` from `IKM = 0xFF^32 || DH1 || DH2 || DH3 || [DH4] || kem_secret` and the
+    /// transcript hash `th`.
+    pub(crate) fn derive(&self, kem_secret: &[u8], th: &[u8; 32]) -> (Key32, Key32) {
+        let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 6));
+        ikm.extend_from_slice(&[0xff; 32]);
+        for d in self.dh123.iter().chain(&self.dh4) {
+            ikm.extend_from_slice(&d[..]);
+        }
+        ikm.extend_from_slice(kem_secret);
+        let okm = hkdf::<64>(&[0u8; 32], &ikm, &[PQXDH_INFO, th]);
+        split64(&okm)
     }
-    ikm.extend_from_slice(kem_secret);
-    let th = transcript.hash();
-    let okm = hkdf::<64>(&[0u8; 32], &ikm, &[PQXDH_INFO, &th]);
-    split64(&okm)
+}
+
+/// The initiator's agreements (PQXDH step 2), with its base key secret `base`.
+pub(crate) fn initiator_agreements(
+    identity: &IdentityKeyPair,
+    base: &StaticSecret,
+    responder_identity: &IdentityKey,
+    signed_prekey: &X25519PublicKey,
+    one_time_prekey: Option<&X25519PublicKey>,
+) -> Result<Agreements, SessionSetupError> {
+    let spk = Prepared::new(signed_prekey);
+    let fail = || SessionSetupError::NonContributory;
+    let dh1 = agree(identity.agreement(), &spk).ok_or_else(fail)?;
+    let dh2 = agree(base, &Prepared::new(responder_identity.agreement())).ok_or_else(fail)?;
+    let dh3 = agree(base, &spk).ok_or_else(fail)?;
+    let dh4 = match one_time_prekey {
+        Some(opk) => Some(agree(base, &Prepared::new(opk)).ok_or_else(fail)?),
+        None => None,
+    };
+    Ok(Agreements {
+        dh123: [dh1, dh2, dh3],
+        dh4,
+    })
+}
+
+/// The responder's agreements from its own prekeys and the initiator's identity and (prepared)
+/// base key; `None` when one is all zeros.
+pub(crate) fn responder_agreements(
+    identity: &IdentityKeyPair,
+    signed_prekey: &SignedPreKey,
+    one_time_prekey: Option<&OneTimePreKey>,
+    initiator_identity: &IdentityKey,
+    base: &Prepared,
+) -> Option<Agreements> {
+    let dh1 = agree(
+        signed_prekey.secret(),
+        &Prepared::new(initiator_identity.agreement()),
+    )?;
+    let dh2 = agree(identity.agreement(), base)?;
+    let dh3 = agree(signed_prekey.secret(), base)?;
+    let dh4 = match one_time_prekey {
+        Some(opk) => Some(agree(opk.secret(), base)?),
+        None => None,
+    };
+    Some(Agreements {
+        dh123: [dh1, dh2, dh3],
+        dh4,
+    })
+}
+
+/// The responder's X25519 prekeys a message names, or which one it lacks.
+pub(crate) fn find_x25519_prekeys<'a>(
+    keys: &ResponderKeys<'a>,
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+) -> Result<(&'a SignedPreKey, Option<&'a OneTimePreKey>), DecryptError> {
+    let spk = keys
+        .signed_prekey
+        .filter(|k| k.id() == signed_prekey_id)
+        .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Signed))?;
+    let opk = match one_time_prekey_id {
+        Some(id) => Some(
+            keys.one_time_prekey
+                .filter(|k| k.id() == id)
+                .ok_or(DecryptError::UnknownPreKey(PreKeyKind::OneTime))?,
+        ),
+        None => None,
+    };
+    Ok((spk, opk))
 }
 
 /// What the initiator keeps from the setup.
@@ -222,18 +305,16 @@ pub(crate) fn initiate(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<InitiatorSetup, SessionSetupError> {
     let base_pair = RatchetKeyPair::generate(rng);
-    let base = base_pair.secret();
     let base_key = *base_pair.public();
     let spk_key = &bundle.signed_prekey.1;
-    let spk = Prepared::new(spk_key);
-    let fail = || SessionSetupError::NonContributory;
-    let dh1 = agree(identity.agreement(), &spk).ok_or_else(fail)?;
-    let dh2 = agree(base, &Prepared::new(bundle.identity_key.agreement())).ok_or_else(fail)?;
-    let dh3 = agree(base, &spk).ok_or_else(fail)?;
-    let dh4 = match &bundle.one_time_prekey {
-        Some((_, opk)) => Some(agree(base, &Prepared::new(opk)).ok_or_else(fail)?),
-        None => None,
-    };
+    let opk = bundle.one_time_prekey.as_ref().map(|(id, k)| (*id, k));
+    let agreements = initiator_agreements(
+        identity,
+        base_pair.secret(),
+        &bundle.identity_key,
+        spk_key,
+        opk.map(|(_, k)| k),
+    )?;
     let (ct, ss) = bundle
         .kem_prekey
         .1
@@ -248,14 +329,13 @@ pub(crate) fn initiate(
         responder: remote,
         base_key: &base_key,
         signed_prekey: (bundle.signed_prekey.0, spk_key),
-        one_time_prekey: bundle.one_time_prekey.as_ref().map(|(id, k)| (*id, k)),
-        kem_prekey: (bundle.kem_prekey.0, &bundle.kem_prekey_bytes),
-        kem_ciphertext: ct.as_slice(),
+        one_time_prekey: opk,
     };
-    let (root_key, chain_key) = match &dh4 {
-        Some(dh4) => derive(&[&dh1, &dh2, &dh3, dh4], &ss[..], &transcript),
-        None => derive(&[&dh1, &dh2, &dh3], &ss[..], &transcript),
-    };
+    let th = transcript.hash(
+        (bundle.kem_prekey.0, &bundle.kem_prekey_bytes),
+        ct.as_slice(),
+    );
+    let (root_key, chain_key) = agreements.derive(&ss[..], &th);
     Ok(InitiatorSetup {
         root_key,
         chain_key,
@@ -286,18 +366,8 @@ pub(crate) fn respond(
     remote: &DeviceAddress,
     message: &PreKeyMessage,
 ) -> Result<(Key32, Key32, Prepared), DecryptError> {
-    let spk = keys
-        .signed_prekey
-        .filter(|k| k.id() == message.signed_prekey_id)
-        .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Signed))?;
-    let opk = match message.one_time_prekey_id {
-        Some(id) => Some(
-            keys.one_time_prekey
-                .filter(|k| k.id() == id)
-                .ok_or(DecryptError::UnknownPreKey(PreKeyKind::OneTime))?,
-        ),
-        None => None,
-    };
+    let (spk, opk) =
+        find_x25519_prekeys(keys, message.signed_prekey_id, message.one_time_prekey_id)?;
     let kem = keys
         .kem_prekey
         .filter(|k| k.id() == message.kem_prekey_id)
@@ -305,17 +375,8 @@ pub(crate) fn respond(
 
     let fail = || DecryptError::AuthenticationFailed;
     let base = Prepared::new(&message.base_key);
-    let dh1 = agree(
-        spk.secret(),
-        &Prepared::new(message.identity_key.agreement()),
-    )
-    .ok_or_else(fail)?;
-    let dh2 = agree(keys.identity.agreement(), &base).ok_or_else(fail)?;
-    let dh3 = agree(spk.secret(), &base).ok_or_else(fail)?;
-    let dh4 = match opk {
-        Some(opk) => Some(agree(opk.secret(), &base).ok_or_else(fail)?),
-        None => None,
-    };
+    let agreements = responder_agreements(keys.identity, spk, opk, &message.identity_key, &base)
+        .ok_or_else(fail)?;
     let ct = ml_kem::Ciphertext::<crate::keys::MlKem>::try_from(message.kem_ciphertext.as_slice())
         .map_err(|_| DecryptError::Malformed(DecodeError::InvalidValue("KEM ciphertext")))?;
     // ML-KEM decapsulation never reports a bad ciphertext (implicit rejection): a forged one
@@ -323,8 +384,6 @@ pub(crate) fn respond(
     let ss = kem.secret().decapsulate(&ct).map_err(|()| fail())?;
     let ss = Zeroizing::new(<[u8; 32]>::from(ss));
     let local_identity = keys.identity.public();
-    let opk_public = opk.map(|k| (k.id(), *k.public_key()));
-    let kem_public = kem.public();
     let transcript = Transcript {
         initiator_identity: &message.identity_key,
         responder_identity: &local_identity,
@@ -332,13 +391,9 @@ pub(crate) fn respond(
         responder: local,
         base_key: &message.base_key,
         signed_prekey: (spk.id(), spk.public_key()),
-        one_time_prekey: opk_public.as_ref().map(|(id, k)| (*id, k)),
-        kem_prekey: (kem.id(), kem_public.public_key()),
-        kem_ciphertext: &message.kem_ciphertext,
+        one_time_prekey: opk.map(|k| (k.id(), k.public_key())),
     };
-    let (root_key, chain_key) = match &dh4 {
-        Some(dh4) => derive(&[&dh1, &dh2, &dh3, dh4], &ss[..], &transcript),
-        None => derive(&[&dh1, &dh2, &dh3], &ss[..], &transcript),
-    };
+    let th = transcript.hash((kem.id(), kem.public_key_bytes()), &message.kem_ciphertext);
+    let (root_key, chain_key) = agreements.derive(&ss[..], &th);
     Ok((root_key, chain_key, base))
 }

@@ -170,7 +170,7 @@ impl core::fmt::Debug for Session {
 
 /// Associated data for messages from `sender` to `receiver`:
 /// `IK_sender[65] || IK_receiver[65] || addr(sender) || addr(receiver)`, then the header.
-fn associated_data(
+pub(crate) fn associated_data(
     sender_identity: &IdentityKey,
     receiver_identity: &IdentityKey,
     sender: &DeviceAddress,
