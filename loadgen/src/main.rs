@@ -4,6 +4,8 @@
 //!   setup     POST /api/users/register, /login, PUT /api/keys   (one account, one device each)
 //!   send      K HTTP/1.1 connections ── POST /api/messages/send ──▶ relay ──▶ N WebSockets
 //!             content = [index u64][send time u64][padding]        ◀── ack {ids} (and receipts)
+//!   group     S senders ── POST /api/groups/{id}/messages (one shared ciphertext) ──▶ relay
+//!             ──▶ every member's WebSocket (M members)            ◀── ack {ids}
 //!   idle      M authenticated WebSockets from 127.0.0.2.. , relay RSS before/after
 //! ```
 //!
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod group;
 mod idle;
 mod relay;
 mod send;
@@ -31,6 +34,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 ///   sotto-loadgen send --accounts 200 --in-flight 64 --duration 10
 ///   sotto-loadgen send --rate 5000 --duration 20
 ///   sotto-loadgen --database-url postgres://postgres@127.0.0.1:5432/load1 send
+///   sotto-loadgen group --members 10,100,1000 --senders 10 --messages 1000
 ///   sotto-loadgen idle --connections 10000 --hold 40
 ///   sotto-loadgen --url http://127.0.0.1:7700 --relay-pid 1234 send
 #[derive(Debug, Parser)]
@@ -47,6 +51,8 @@ struct Cli {
 enum Mode {
     /// 1:1 messages between N connected devices: accepted msgs/s, send→receive latency, losses.
     Send(send::SendArgs),
+    /// Group messages to M connected members: deliveries/s, fan-out completion, send cost by size.
+    Group(group::GroupArgs),
     /// M idle authenticated WebSockets: relay memory per connection.
     Idle(idle::IdleArgs),
 }
@@ -67,6 +73,7 @@ fn main() -> std::process::ExitCode {
         // Raise the descriptor limit first: a spawned relay inherits it.
         let wanted = match &cli.mode {
             Mode::Send(args) => args.fd_budget(),
+            Mode::Group(args) => args.fd_budget(),
             Mode::Idle(args) => args.fd_budget(),
         };
         relay::raise_fd_limit(wanted)?;
@@ -74,6 +81,7 @@ fn main() -> std::process::ExitCode {
         let run = async {
             match cli.mode {
                 Mode::Send(args) => send::run(&relay, args).await,
+                Mode::Group(args) => group::run(&relay, args).await,
                 Mode::Idle(args) => idle::run(&relay, args).await,
             }
         };

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::api::groups::GroupFrame;
 use crate::store::StoredEnvelope;
+use crate::ws::AckBatcher;
 
 /// Most envelopes handed over to one connection between two of its wake-ups; past this the
 /// connection re-reads its mailbox instead.
@@ -25,10 +27,37 @@ const MAX_HANDOFF_BYTES: usize = 128 * 1024;
 #[derive(Debug, Default)]
 pub struct Handoff {
     /// Committed envelopes, in no particular order.
-    pub envelopes: Vec<StoredEnvelope>,
+    pub envelopes: Vec<Handed>,
     /// The mailbox changed beyond `envelopes`: read it from the store.
     pub stale: bool,
     bytes: usize,
+}
+
+/// One envelope handed over after its commit.
+#[derive(Debug)]
+pub enum Handed {
+    /// A mailbox row as stored.
+    Stored(StoredEnvelope),
+    /// A group message reference: its sequence in this mailbox, and the frame every member device
+    /// shares (serialised once per send).
+    Group(i64, Arc<GroupFrame>),
+}
+
+impl Handed {
+    /// Mailbox sequence.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Handed::Stored(e) => e.seq,
+            Handed::Group(seq, _) => *seq,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Handed::Stored(e) => e.content.as_ref().map_or(0, Vec::len),
+            Handed::Group(_, frame) => frame.bytes(),
+        }
+    }
 }
 
 /// Why a connection must close.
@@ -93,9 +122,9 @@ impl ConnSignal {
         self.notify.notify_one();
     }
 
-    fn hand_over(&self, envelope: StoredEnvelope) {
+    fn hand_over(&self, envelope: Handed) {
         let mut h = self.handoff();
-        let bytes = envelope.content.as_ref().map_or(0, Vec::len);
+        let bytes = envelope.bytes();
         if h.stale
             || h.envelopes.len() >= MAX_HANDOFF
             || h.bytes.saturating_add(bytes) > MAX_HANDOFF_BYTES
@@ -117,9 +146,39 @@ impl ConnSignal {
 pub struct Hub {
     next_id: AtomicU64,
     conns: Mutex<HashMap<i64, Arc<ConnSignal>>>,
+    acks: AckBatcher,
+    group_sends: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
+/// Past this many groups, [`Hub::group_send_gate`] forgets the gates nobody holds.
+const GATES_BEFORE_PRUNING: usize = 1024;
+
 impl Hub {
+    /// The gate that sends to one group pass one at a time in this process. Sends to a group
+    /// bump the same mailbox sequences, so the store serialises them anyway (PostgreSQL by row
+    /// locks); waiting here instead keeps them from holding database connections while they wait,
+    /// which the members' acks and reads need.
+    pub fn group_send_gate(&self, group_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = match self.group_sends.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(gate) = gates.get(group_id).and_then(std::sync::Weak::upgrade) {
+            return gate;
+        }
+        if gates.len() >= GATES_BEFORE_PRUNING {
+            gates.retain(|_, gate| gate.strong_count() > 0);
+        }
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(group_id.to_owned(), Arc::downgrade(&gate));
+        gate
+    }
+
+    /// The connections' shared ack batch.
+    pub fn acks(&self) -> &AckBatcher {
+        &self.acks
+    }
+
     /// Registers a connection for a device, replacing (and closing) any older one.
     pub fn register(&self, device_pk: i64) -> Arc<ConnSignal> {
         let signal = Arc::new(ConnSignal {
@@ -167,7 +226,25 @@ impl Hub {
     /// at the head of its mailbox reads the store instead.
     pub fn deliver(&self, device_pk: i64, envelope: StoredEnvelope) {
         if let Some(signal) = self.get(device_pk) {
-            signal.hand_over(envelope);
+            signal.hand_over(Handed::Stored(envelope));
+        }
+    }
+
+    /// Hands a committed group message to the connections of its recipients, given as `(device
+    /// row, sequence)` of each reference; one look-up of the registry for all of them.
+    pub fn deliver_group(&self, references: &[(i64, i64)], frame: &Arc<GroupFrame>) {
+        let signals: Vec<(i64, Arc<ConnSignal>)> = {
+            let map = match self.conns.lock() {
+                Ok(map) => map,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            references
+                .iter()
+                .filter_map(|(pk, seq)| map.get(pk).map(|s| (*seq, Arc::clone(s))))
+                .collect()
+        };
+        for (seq, signal) in signals {
+            signal.hand_over(Handed::Group(seq, Arc::clone(frame)));
         }
     }
 
@@ -220,5 +297,19 @@ mod tests {
         assert_eq!(b.close_reason(), CloseReason::Revoked);
         hub.unregister(7, &b);
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn one_gate_per_group_while_held() {
+        let hub = Hub::default();
+        let a = hub.group_send_gate("g");
+        assert!(Arc::ptr_eq(&a, &hub.group_send_gate("g")));
+        assert!(!Arc::ptr_eq(&a, &hub.group_send_gate("h")));
+        drop(a);
+        for i in 0..2 * GATES_BEFORE_PRUNING {
+            drop(hub.group_send_gate(&i.to_string()));
+        }
+        let gates = hub.group_sends.lock().unwrap().len();
+        assert!(gates <= GATES_BEFORE_PRUNING + 1, "{gates}");
     }
 }

@@ -6,7 +6,13 @@
 //! envelopes follow without a separate path. Pushing pauses while `ws-max-unacked` envelopes are
 //! unacked; a connection that stays stalled (window full, or socket not writable) for
 //! `ws-slow-consumer-secs` is closed and its envelopes stay queued for the next connection.
+//!
+//! Group fan-out avoids per-member database work where it can: a connection at the head of its
+//! mailbox is handed the group message's frame, serialised once per send, instead of reading it,
+//! and acks of envelopes that only need deleting (group messages, group events, receipts) are
+//! gathered across connections into one write ([`AckBatcher`]).
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -17,12 +23,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sotto_wire::{close_code, ClientFrame, ErrorBody, ServerFrame};
 use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
 
 use crate::api::groups::References;
 use crate::api::messages::{apply_ack, MAX_PAGE};
 use crate::auth;
 use crate::error::Query;
-use crate::hub::{CloseReason, Handoff};
+use crate::hub::{CloseReason, Handed, Handoff};
 use crate::store::{DeviceAuth, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT};
 use crate::{now_ms, AppError, AppState};
 
@@ -99,6 +106,103 @@ struct Conn {
     backlog_done: bool,
     last_heard: Instant,
     stalled_since: Option<Instant>,
+    /// Pushed, unacked envelopes whose ack only deletes them (every kind but a 1:1 message):
+    /// their acks join the process-wide [`AckBatcher`].
+    deletable: BTreeSet<i64>,
+}
+
+/// Most ids deleted by one batched ack, which bounds how long an ack waits behind others.
+const MAX_ACK_BATCH: usize = 20_000;
+
+/// Answer to one connection's part of an ack batch: the sequences deleted.
+type AckAnswer = oneshot::Sender<Result<Vec<i64>, ()>>;
+
+/// Acks that need nothing but a deletion (group messages, group events, receipts), gathered from
+/// every connection of the process and deleted in one store operation: while one batch is
+/// written, the next one gathers. A group message to m connected members is then acked in a few
+/// writes instead of one per member.
+#[derive(Debug, Default)]
+pub struct AckBatcher {
+    pending: std::sync::Mutex<Vec<(i64, Vec<i64>, AckAnswer)>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl AckBatcher {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(i64, Vec<i64>, AckAnswer)>> {
+        match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Deletes `seqs` of the device's mailbox, if they are not 1:1 messages, with whatever other
+    /// connections queued meanwhile; the sequences deleted.
+    async fn delete(
+        &self,
+        state: &AppState,
+        device_pk: i64,
+        seqs: Vec<i64>,
+    ) -> Result<Vec<i64>, ()> {
+        let (tx, mut rx) = oneshot::channel();
+        self.pending().push((device_pk, seqs, tx));
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut rx => return answer.unwrap_or(Err(())),
+                guard = self.writing.lock() => {
+                    let batch = self.take_batch();
+                    if !batch.is_empty() {
+                        Self::write(state, batch).await;
+                    }
+                    drop(guard);
+                }
+            }
+        }
+    }
+
+    /// The oldest pending acks, up to [`MAX_ACK_BATCH`] ids (at least one connection's).
+    fn take_batch(&self) -> Vec<(i64, Vec<i64>, AckAnswer)> {
+        let mut pending = self.pending();
+        let mut ids = 0;
+        let take = pending
+            .iter()
+            .take_while(|(_, seqs, _)| {
+                let first = ids == 0;
+                ids += seqs.len();
+                first || ids <= MAX_ACK_BATCH
+            })
+            .count();
+        pending.drain(..take).collect()
+    }
+
+    async fn write(state: &AppState, batch: Vec<(i64, Vec<i64>, AckAnswer)>) {
+        let pairs: Vec<(i64, i64)> = batch
+            .iter()
+            .flat_map(|(pk, seqs, _)| seqs.iter().map(move |seq| (*pk, *seq)))
+            .collect();
+        match state.store().delete_acked(pairs).await {
+            Ok(deleted) => {
+                state
+                    .metrics()
+                    .envelopes_delivered
+                    .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+                let deleted: HashSet<(i64, i64)> = deleted.into_iter().collect();
+                for (pk, seqs, answer) in batch {
+                    let mine = seqs
+                        .into_iter()
+                        .filter(|seq| deleted.contains(&(pk, *seq)))
+                        .collect();
+                    let _ = answer.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batched ack failed");
+                for (_, _, answer) in batch {
+                    let _ = answer.send(Err(()));
+                }
+            }
+        }
+    }
 }
 
 impl Conn {
@@ -160,16 +264,24 @@ impl Conn {
         refs: &References,
         now: i64,
     ) -> Result<(), Exit> {
-        self.cursor = env.seq;
+        self.pushed(env.seq, env.server_ts, now);
+        if env.kind != ENVELOPE_MESSAGE {
+            self.deletable.insert(env.seq);
+        }
+        let env = crate::api::groups::to_wire(env, refs);
+        self.send(socket, text(&ServerFrame::Envelope(env))).await
+    }
+
+    /// Accounts for the envelope `seq`, accepted at `server_ts`, being pushed now.
+    fn pushed(&mut self, seq: i64, server_ts: i64, now: i64) {
+        self.cursor = seq;
         self.unacked += 1;
-        let waited = u64::try_from(now.saturating_sub(env.server_ts)).unwrap_or(0);
+        let waited = u64::try_from(now.saturating_sub(server_ts)).unwrap_or(0);
         let metrics = self.state.metrics();
         metrics
             .delivery_latency
             .observe(std::time::Duration::from_millis(waited));
         metrics.envelopes_pushed.fetch_add(1, Ordering::Relaxed);
-        let env = crate::api::groups::to_wire(env, refs);
-        self.send(socket, text(&ServerFrame::Envelope(env))).await
     }
 
     /// Pushes envelopes handed over after their commit when they continue the mailbox exactly
@@ -181,20 +293,34 @@ impl Conn {
             return Ok(());
         }
         let mut envelopes = handoff.envelopes;
-        envelopes.sort_unstable_by_key(|e| e.seq);
+        envelopes.sort_unstable_by_key(Handed::seq);
         let max = self.state.config().ws_max_unacked;
         let refs = References::default();
         let now = now_ms();
-        for env in envelopes {
-            if env.seq <= self.cursor {
+        for handed in envelopes {
+            let seq = handed.seq();
+            if seq <= self.cursor {
                 continue;
             }
-            let plain = env.kind == ENVELOPE_MESSAGE || env.kind == ENVELOPE_RECEIPT;
-            if env.seq != self.cursor + 1 || !plain || self.unacked >= max {
+            if seq != self.cursor + 1 || self.unacked >= max {
                 self.more = true;
                 return Ok(());
             }
-            self.push_one(socket, env, &refs, now).await?;
+            match handed {
+                Handed::Stored(env) => {
+                    if env.kind != ENVELOPE_MESSAGE && env.kind != ENVELOPE_RECEIPT {
+                        self.more = true;
+                        return Ok(());
+                    }
+                    self.push_one(socket, env, &refs, now).await?;
+                }
+                Handed::Group(seq, frame) => {
+                    self.pushed(seq, frame.server_ts, now);
+                    self.deletable.insert(seq);
+                    self.send(socket, Message::Text(frame.text(seq).into()))
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
@@ -234,38 +360,76 @@ impl Conn {
         }
         let asked = ids.len();
         let was_full = self.unacked >= self.state.config().ws_max_unacked;
-        match apply_ack(&self.state, &self.device, ids).await {
-            Ok(deleted) => {
-                self.unacked = self
-                    .unacked
-                    .saturating_sub(u32::try_from(deleted).unwrap_or(u32::MAX));
-                if was_full {
-                    // The window has room again: resume pushing.
-                    self.more = true;
+        // Envelopes that only need deleting go into the process-wide batch; 1:1 messages (their
+        // ack queues receipts) and ids this connection did not push go the per-device way.
+        let (quick, rest): (Vec<u64>, Vec<u64>) = ids
+            .into_iter()
+            .partition(|id| i64::try_from(*id).is_ok_and(|seq| self.deletable.contains(&seq)));
+        let mut quick: Vec<i64> = quick
+            .into_iter()
+            .filter_map(|id| i64::try_from(id).ok())
+            .collect();
+        quick.sort_unstable();
+        quick.dedup();
+        let mut deleted = 0;
+        let mut failed = false;
+        if !quick.is_empty() {
+            let acks = self.state.hub().acks();
+            match acks
+                .delete(&self.state, self.device.pk, quick.clone())
+                .await
+            {
+                Ok(done) => {
+                    deleted += done.len();
+                    for seq in &quick {
+                        self.deletable.remove(seq);
+                    }
                 }
-                if deleted < asked {
-                    self.send(
-                        socket,
-                        error_frame(
-                            "unknown_envelope",
-                            format!(
-                                "{} of {asked} ids were not queued for this device",
-                                asked - deleted
-                            ),
-                        ),
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if let AppError::Internal(cause) = &e {
-                    tracing::warn!(%cause, "ack failed");
-                }
-                self.send(socket, error_frame("ack_failed", "ack not applied; retry"))
-                    .await
+                Err(()) => failed = true,
             }
         }
+        if !rest.is_empty() {
+            match apply_ack(&self.state, &self.device, rest).await {
+                Ok(done) => deleted += done,
+                Err(e) => {
+                    if let AppError::Internal(cause) = &e {
+                        tracing::warn!(%cause, "ack failed");
+                    }
+                    failed = true;
+                }
+            }
+        }
+        self.unacked = self
+            .unacked
+            .saturating_sub(u32::try_from(deleted).unwrap_or(u32::MAX));
+        if deleted > 0 {
+            // A device that acks is not a slow consumer, however long the relay took to apply
+            // the ack; the stall clock starts again if the window is still full.
+            self.stalled_since = None;
+        }
+        if was_full {
+            // The window has room again: resume pushing.
+            self.more = true;
+        }
+        if failed {
+            return self
+                .send(socket, error_frame("ack_failed", "ack not applied; retry"))
+                .await;
+        }
+        if deleted < asked {
+            self.send(
+                socket,
+                error_frame(
+                    "unknown_envelope",
+                    format!(
+                        "{} of {asked} ids were not queued for this device",
+                        asked - deleted
+                    ),
+                ),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -289,6 +453,7 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
         backlog_done: false,
         last_heard: Instant::now(),
         stalled_since: None,
+        deletable: BTreeSet::new(),
     };
     let exit = loop {
         if *shutdown.borrow() {

@@ -2,7 +2,9 @@
 
 use super::valid_id;
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +14,7 @@ use rand::RngCore as _;
 use sotto_wire::{
     CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvite, GroupList,
     GroupMember, GroupMembers, GroupRole, GroupSendRequest, GroupSummary, JoinGroupRequest,
-    SendMessageResponse, SetRoleRequest,
+    SendMessageResponse, ServerFrame, SetRoleRequest,
 };
 
 use crate::auth::{hash_token, Auth};
@@ -161,6 +163,51 @@ pub fn to_wire(e: StoredEnvelope, refs: &References) -> Envelope {
             .map(|e| e.group_id);
     }
     wire
+}
+
+/// How every envelope frame begins; the mailbox sequence follows.
+const FRAME_HEAD: &str = r#"{"type":"envelope","data":{"seq":"#;
+
+/// The WebSocket frame of a group message, serialised once per send: member devices differ only
+/// in the mailbox sequence, which is spliced in per device.
+#[derive(Debug)]
+pub struct GroupFrame {
+    /// Acceptance time (ms).
+    pub server_ts: i64,
+    /// The frame after the sequence.
+    tail: String,
+}
+
+impl GroupFrame {
+    /// Serialises `envelope` (its `seq` is ignored); `None` if the frame does not start with
+    /// [`FRAME_HEAD`], in which case devices read the message from their mailbox instead.
+    pub fn new(mut envelope: Envelope) -> Option<Self> {
+        envelope.seq = 0;
+        let server_ts = i64::try_from(envelope.server_timestamp).ok()?;
+        let text = serde_json::to_string(&ServerFrame::Envelope(envelope)).ok()?;
+        let tail = text.strip_prefix(FRAME_HEAD)?.strip_prefix('0')?;
+        if !tail.starts_with([',', '}']) {
+            return None;
+        }
+        Some(GroupFrame {
+            server_ts,
+            tail: tail.to_owned(),
+        })
+    }
+
+    /// The frame for the device whose reference has sequence `seq`.
+    pub fn text(&self, seq: i64) -> String {
+        let mut text = String::with_capacity(self.bytes());
+        text.push_str(FRAME_HEAD);
+        let _ = write!(text, "{}", u64::try_from(seq).unwrap_or(0));
+        text.push_str(&self.tail);
+        text
+    }
+
+    /// Size of a frame, at most.
+    pub fn bytes(&self) -> usize {
+        FRAME_HEAD.len() + 20 + self.tail.len()
+    }
 }
 
 /// `POST /api/groups`.
@@ -474,6 +521,21 @@ pub async fn send(
     }
     let count = targets.len() as u64 + 1;
     let now = now_ms();
+    let content = req.content.into_bytes();
+    // What the members' frame needs once the batch is moved into the store.
+    let shared = Envelope {
+        seq: 0,
+        kind: EnvelopeKind::GroupMessage,
+        source_user_id: sender.user_id.clone(),
+        source_device_id: sender.device_id,
+        server_message_id: String::new(),
+        client_message_id: req.client_message_id.clone(),
+        server_timestamp: u64::try_from(now).unwrap_or(0),
+        content: Some(content.clone().into()),
+        group_id: Some(group_id.clone()),
+    };
+    let gate = state.hub().group_send_gate(&group_id);
+    let turn = gate.lock().await;
     let outcome = state
         .store()
         .group_send(GroupSendBatch {
@@ -483,10 +545,11 @@ pub async fn send(
             server_message_id: uuid::Uuid::new_v4().to_string(),
             now,
             expires_at: state.expires_at(now),
-            content: req.content.into_bytes(),
+            content,
             targets,
         })
         .await?;
+    drop(turn);
     let refs = |list: Vec<(String, u32)>| -> Vec<DeviceRef> {
         list.into_iter()
             .map(|(user_id, device_id)| DeviceRef { user_id, device_id })
@@ -497,9 +560,25 @@ pub async fn send(
             server_message_id,
             server_timestamp,
             notify,
+            references,
         } => {
+            // Devices that got a pairwise envelope read their mailbox; the others are handed the
+            // shared frame (a device not at the head of its mailbox reads it instead).
             for pk in notify {
                 state.hub().notify(pk);
+            }
+            let frame = GroupFrame::new(Envelope {
+                server_message_id: server_message_id.clone(),
+                server_timestamp: u64::try_from(server_timestamp).unwrap_or(0),
+                ..shared
+            });
+            match frame {
+                Some(frame) => state.hub().deliver_group(&references, &Arc::new(frame)),
+                None => {
+                    for (pk, _) in references {
+                        state.hub().notify(pk);
+                    }
+                }
             }
             state
                 .metrics()
@@ -529,6 +608,42 @@ pub async fn send(
                     extra: refs(m.extra),
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_frame_splices_the_sequence() {
+        let envelope = Envelope {
+            seq: 0,
+            kind: EnvelopeKind::GroupMessage,
+            source_user_id: "u\"1".into(),
+            source_device_id: 2,
+            server_message_id: "s".into(),
+            client_message_id: "c".into(),
+            server_timestamp: 1_763_884_800_000,
+            content: Some(vec![0, 1, 2, 255].into()),
+            group_id: Some("g".into()),
+        };
+        let frame = GroupFrame::new(envelope.clone()).expect("envelope frames start with seq");
+        assert_eq!(frame.server_ts, 1_763_884_800_000);
+        for seq in [1, 42, i64::MAX] {
+            let text = frame.text(seq);
+            assert!(text.len() <= frame.bytes());
+            let parsed: ServerFrame = serde_json::from_str(&text).unwrap();
+            let expected = Envelope {
+                seq: u64::try_from(seq).unwrap(),
+                ..envelope.clone()
+            };
+            assert_eq!(parsed, ServerFrame::Envelope(expected.clone()));
+            assert_eq!(
+                text,
+                serde_json::to_string(&ServerFrame::Envelope(expected)).unwrap()
+            );
         }
     }
 }

@@ -177,8 +177,11 @@ pub enum GroupSendOutcome {
         server_message_id: String,
         /// Acceptance time.
         server_timestamp: i64,
-        /// Mailboxes to wake.
+        /// Mailboxes that received a pairwise envelope: wake them to read it.
         notify: Vec<i64>,
+        /// `(device row, sequence)` of every reference queued, for handing the shared message to
+        /// connected devices without a read.
+        references: Vec<(i64, i64)>,
     },
     /// Stored earlier under the same client message id.
     Duplicate {
@@ -257,6 +260,10 @@ pub trait GroupStore: Send + Sync {
         first: i64,
         last: i64,
     ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError>;
+    /// Deletes acked envelopes that need nothing but their deletion (every kind but
+    /// [`ENVELOPE_MESSAGE`](super::ENVELOPE_MESSAGE), whose ack queues receipts), for many devices
+    /// in one operation, given as `(device row, sequence)`; returns the pairs deleted.
+    async fn delete_acked(&self, acks: Vec<(i64, i64)>) -> Result<Vec<(i64, i64)>, StoreError>;
     /// Users sharing at least one group with `user_id`.
     async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
     /// Deletes unreferenced or expired group messages, expired invites and linking codes;
@@ -939,7 +946,7 @@ macro_rules! group_queries {
                  WHERE m.group_id = $1 AND d.pk <> $2) RETURNING pk, last_seq) \
                  INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
                  client_message_id, server_ts, expires_at, content, group_message_id) \
-                 SELECT pk, last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM bumped RETURNING device_pk"
+                 SELECT pk, last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM bumped RETURNING device_pk, seq"
             } else {
                 sqlx::query(
                     "UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN (SELECT d.pk FROM devices d \
@@ -953,9 +960,9 @@ macro_rules! group_queries {
                  client_message_id, server_ts, expires_at, content, group_message_id) \
                  SELECT d.pk, d.last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM devices d \
                  JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2 \
-                 RETURNING device_pk"
+                 RETURNING device_pk, seq"
             };
-            let refs: Vec<i64> = sqlx::query_scalar(sql)
+            let references: Vec<(i64, i64)> = sqlx::query_as(sql)
             .bind(&b.group_id)
             .bind(b.sender.pk)
             .bind(ENVELOPE_GROUP_MESSAGE)
@@ -968,15 +975,11 @@ macro_rules! group_queries {
             .bind(message_id)
             .fetch_all(&mut *conn)
             .await?;
-            for pk in refs {
-                if !notify.contains(&pk) {
-                    notify.push(pk);
-                }
-            }
             Ok(GroupSendOutcome::Accepted {
                 server_message_id: b.server_message_id,
                 server_timestamp: b.now,
                 notify,
+                references,
             })
         }
 

@@ -109,6 +109,21 @@ impl GroupStore for PgStore {
         ))
     }
 
+    async fn delete_acked(&self, acks: Vec<(i64, i64)>) -> Result<Vec<(i64, i64)>, StoreError> {
+        let (pks, seqs): (Vec<i64>, Vec<i64>) = acks.into_iter().unzip();
+        // One statement, so one transaction, whatever the number of devices.
+        Ok(sqlx::query_as(
+            "DELETE FROM envelopes e USING unnest($1::bigint[], $2::bigint[]) AS a(pk, seq) \
+             WHERE e.device_pk = a.pk AND e.seq = a.seq AND e.kind <> $3 \
+             RETURNING e.device_pk, e.seq",
+        )
+        .bind(pks)
+        .bind(seqs)
+        .bind(crate::store::ENVELOPE_MESSAGE)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         on_conn!(self, |conn| co_members_tx(&mut conn, user_id))
     }

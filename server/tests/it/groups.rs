@@ -198,6 +198,111 @@ async fn one_ciphertext_fanned_out_by_reference(b: Backend) {
 }
 both!(one_ciphertext_fanned_out_by_reference);
 
+async fn ws_ack(ws: &mut crate::ws::Ws, ids: &[u64]) {
+    use futures_util::SinkExt as _;
+    let frame = json!({"type": "ack", "data": {"ids": ids}}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(frame.into()))
+        .await
+        .unwrap();
+}
+
+/// Live group messages reach connected members as they are sent (handed over, not read back),
+/// in mailbox order and complete; WebSocket acks of references (gathered across connections)
+/// and of 1:1 messages in one frame both delete, and only the 1:1 message gets a receipt.
+async fn live_group_messages_and_mixed_acks(b: Backend) {
+    let t = TestApp::new(b).await;
+    let server = t.serve().await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    let carol = t.client("carol").await;
+    let gid = group(&t, &alice, &[&bob, &carol]).await;
+    for c in [&alice, &bob, &carol] {
+        ack_all(&t, c).await;
+    }
+    let mut alice_ws = connect(server.addr, &alice).await;
+    let mut bob_ws = connect(server.addr, &bob).await;
+    let mut carol_ws = connect(server.addr, &carol).await;
+    for ws in [&mut alice_ws, &mut bob_ws, &mut carol_ws] {
+        frame_of(ws, "queueEmpty").await;
+    }
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let (s, v) = send(
+            &t,
+            &alice,
+            &gid,
+            &format!("live{i}"),
+            format!("m{i}").as_bytes(),
+            json!([]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        sent.push(v["serverMessageId"].as_str().unwrap().to_owned());
+    }
+    let (s, _) = t.send(&carol, &bob, "direct", b"1:1").await;
+    assert_eq!(s, StatusCode::OK);
+    // Carol first: bob's ack of the 1:1 message then queues carol's receipt.
+    for (ws, who) in [(&mut carol_ws, &carol), (&mut bob_ws, &bob)] {
+        let mut seqs = Vec::new();
+        let mut last = 0;
+        for (i, server_id) in sent.iter().enumerate() {
+            let f = frame_of(ws, "envelope").await;
+            let e = &f["data"];
+            assert_eq!(e["kind"], "groupMessage", "{f}");
+            assert_eq!(e["groupId"], gid.as_str());
+            assert_eq!(e["content"], b64(format!("m{i}").as_bytes()));
+            assert_eq!(e["clientMessageId"], format!("live{i}"));
+            assert_eq!(e["serverMessageId"], server_id.as_str());
+            assert_eq!(e["sourceUserId"], alice.user_id.as_str());
+            let seq = e["seq"].as_u64().unwrap();
+            assert!(seq > last, "mailbox order");
+            last = seq;
+            seqs.push(seq);
+        }
+        if who.user_id == bob.user_id {
+            let f = frame_of(ws, "envelope").await;
+            assert_eq!(f["data"]["kind"], "message", "{f}");
+            seqs.push(f["data"]["seq"].as_u64().unwrap());
+        }
+        // One frame: references, the 1:1 message, a repeated id and an unknown one.
+        let mut ids = seqs.clone();
+        ids.push(seqs[0]);
+        ids.push(last + 1000);
+        ws_ack(ws, &ids).await;
+        let f = frame_of(ws, "error").await;
+        assert_eq!(f["data"]["code"], "unknown_envelope", "{f}");
+        assert!(
+            f["data"]["message"].as_str().unwrap().starts_with("2 of "),
+            "{f}"
+        );
+    }
+    assert!(mailbox(&t, &bob).await.is_empty());
+    let left = mailbox(&t, &carol).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["kind"], "deliveryReceipt");
+    // Carol's 1:1 message was acked by bob: carol gets the receipt, alice none.
+    let f = frame_of(&mut carol_ws, "envelope").await;
+    assert_eq!(f["data"]["kind"], "deliveryReceipt", "{f}");
+    assert_eq!(f["data"]["clientMessageId"], "direct");
+    ws_ack(&mut carol_ws, &[f["data"]["seq"].as_u64().unwrap()]).await;
+    while let Some(f) = maybe_frame(&mut alice_ws, std::time::Duration::from_millis(300)).await {
+        assert_ne!(f["type"], "envelope", "{f}");
+    }
+    let mut drained = false;
+    for _ in 0..100 {
+        if mailbox(&t, &carol).await.is_empty() {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(drained, "the receipt's ack deletes it");
+    drop((alice_ws, bob_ws, carol_ws));
+    server.shutdown().await.unwrap();
+    t.finish().await;
+}
+both!(live_group_messages_and_mixed_acks);
+
 async fn non_members_can_neither_send_nor_read(b: Backend) {
     let t = TestApp::new(b).await;
     let alice = t.client("alice").await;
