@@ -180,7 +180,7 @@ pub struct GroupFrame {
 
 impl GroupFrame {
     /// Serialises `envelope` (its `seq` is ignored); `None` if the frame does not start with
-    /// [`FRAME_HEAD`], in which case devices read the message from their mailbox instead.
+    /// `FRAME_HEAD`, in which case devices read the message from their mailbox instead.
     pub fn new(mut envelope: Envelope) -> Option<Self> {
         envelope.seq = 0;
         let server_ts = i64::try_from(envelope.server_timestamp).ok()?;
