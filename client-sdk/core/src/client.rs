@@ -233,6 +233,8 @@ struct AccountRow {
     next_prekey_id: u32,
     rotated_at: u64,
     outbox_seq: u64,
+    #[serde(default)]
+    last_sent_at: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -277,6 +279,7 @@ pub struct Client {
     upload_retry: Option<(KeysUpload, u64)>,
     typing: BTreeMap<(ConversationId, String), u64>,
     counter: u64,
+    last_sent_at: u64,
     account_dirty: bool,
     next_request: u64,
     rng: ChaCha20Rng,
@@ -452,6 +455,7 @@ impl Client {
             upload_retry: None,
             typing: BTreeMap::new(),
             counter: 0,
+            last_sent_at: 0,
             account_dirty: false,
             next_request: 0,
             rng,
@@ -496,6 +500,7 @@ impl Client {
         );
         c.counter = row.counter;
         c.outbox_seq = row.outbox_seq;
+        c.last_sent_at = row.last_sent_at;
         c.prekeys.rotated_at = row.rotated_at;
         c.prekeys.next_id = row.next_prekey_id;
         for (table, value) in rest {
@@ -706,6 +711,11 @@ impl Client {
         DeviceAddress::new(to, 1).map_err(|_| SendError::InvalidRecipient)?;
         let id = self.new_id();
         let conversation = ConversationId::Direct(to.to_owned());
+        // Strictly increasing per device, so two messages in one millisecond keep their order
+        // on every receiver (history sorts by the sender's clock).
+        let now_ms = now_ms.max(self.last_sent_at + 1);
+        self.last_sent_at = now_ms;
+        self.account_dirty = true;
         let sort = self.next_sort(now_ms);
         let (text, attachment) = match &body {
             Body::Text { text } => (Some(text.clone()), None),
@@ -1109,6 +1119,7 @@ impl Client {
                 next_prekey_id: self.prekeys.next_id,
                 rotated_at: self.prekeys.rotated_at,
                 outbox_seq: self.outbox_seq,
+                last_sent_at: self.last_sent_at,
             };
             self.writes.push(StoreOp::Put {
                 table: tables::ACCOUNT,
