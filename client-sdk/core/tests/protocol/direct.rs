@@ -281,7 +281,7 @@ fn restart_from_the_store_keeps_sessions_and_dedup() {
         .send_text(net.now, "bob", "after")
         .unwrap();
     net.run();
-    net.advance(1);
+    net.advance(10);
     net.nodes[bob]
         .client
         .send_text(net.now, "alice", "reply")
