@@ -61,11 +61,13 @@ use sotto_crypto::keys::{
 };
 use sotto_crypto::pqxdh::ResponderKeys;
 use sotto_crypto::ratchet::RatchetMessage;
-use sotto_crypto::session::{IncomingMessage, SessionRecord};
+use sotto_crypto::session::{IdentityTrust, IncomingMessage, SessionRecord, Timestamp};
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
 use vodozemac::Curve25519PublicKey;
 
 const PLAINTEXT: [u8; 100] = [0x42; 100];
+/// Any fixed time: sessions in the benches never get near their expiry.
+const NOW: Timestamp = Timestamp(1_800_000_000);
 
 struct Device {
     identity: IdentityKeyPair,
@@ -180,10 +182,12 @@ fn sotto_setup(
         &alice.address,
         &bob.address,
         &bundle.verify().unwrap(),
+        IdentityTrust::FirstUse,
+        NOW,
         rng,
     )
     .unwrap();
-    let wire = a.encrypt(&PLAINTEXT, rng).unwrap();
+    let wire = a.encrypt(&PLAINTEXT, NOW, rng).unwrap();
     // Bob.
     let IncomingMessage::PreKey(m) = IncomingMessage::from_bytes(&wire).unwrap() else {
         panic!("expected a pre-key message")
@@ -196,7 +200,14 @@ fn sotto_setup(
     };
     let mut b = SessionRecord::new();
     let d = b
-        .decrypt_prekey(&m, &keys, &bob.address, &alice.address)
+        .decrypt_prekey(
+            &m,
+            &keys,
+            &bob.address,
+            &alice.address,
+            IdentityTrust::FirstUse,
+            NOW,
+        )
         .unwrap();
     assert_eq!(d.plaintext, PLAINTEXT);
     (a, b)
@@ -292,7 +303,7 @@ fn olm_setup(alice: &Account, bob: &mut OlmBob, fallback: bool) -> (Session, Ses
 }
 
 fn sotto_send(from: &mut SessionRecord, to: &mut SessionRecord, rng: &mut ChaCha20Rng) {
-    let wire = from.encrypt(black_box(&PLAINTEXT), rng).unwrap();
+    let wire = from.encrypt(black_box(&PLAINTEXT), NOW, rng).unwrap();
     let m = RatchetMessage::from_bytes(&wire).unwrap();
     black_box(to.decrypt(&m).unwrap());
 }

@@ -63,9 +63,10 @@
 //! use sotto_crypto::address::DeviceAddress;
 //! use sotto_crypto::keys::{IdentityKeyPair, KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 //! use sotto_crypto::pqxdh::ResponderKeys;
-//! use sotto_crypto::session::{IncomingMessage, SessionRecord};
+//! use sotto_crypto::session::{IdentityTrust, IncomingMessage, SessionRecord, Timestamp};
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2026);
+//! let now = Timestamp(1_800_000_000); // seconds since the Unix epoch, from the caller's clock
 //! let (alice, bob) = (DeviceAddress::new("alice", 1)?, DeviceAddress::new("bob", 7)?);
 //!
 //! // Bob's device generates its keys and uploads the public halves.
@@ -81,10 +82,12 @@
 //!     one_time_prekey: Some(one_time.public()),
 //!     kem_prekey: kem.public(),
 //! };
+//! // Nothing is pinned for Bob yet: trust on first use (the app then pins his identity key).
 //! let alice_identity = IdentityKeyPair::generate(&mut rng);
 //! let mut at_alice = SessionRecord::new();
-//! at_alice.initiate(&alice_identity, &alice, &bob, &fetched.verify()?, &mut rng)?;
-//! let first = at_alice.encrypt(b"hi Bob", &mut rng)?;
+//! let verified = fetched.verify()?;
+//! at_alice.initiate(&alice_identity, &alice, &bob, &verified, IdentityTrust::FirstUse, now, &mut rng)?;
+//! let first = at_alice.encrypt(b"hi Bob", now, &mut rng)?;
 //!
 //! // Bob receives a pre-key message, finds the prekeys it names and decrypts.
 //! let IncomingMessage::PreKey(setup) = IncomingMessage::from_bytes(&first)? else {
@@ -97,14 +100,14 @@
 //!     kem_prekey: Some(&kem),
 //! };
 //! let mut at_bob = SessionRecord::new();
-//! let received = at_bob.decrypt_prekey(&setup, &keys, &bob, &alice)?;
+//! let received = at_bob.decrypt_prekey(&setup, &keys, &bob, &alice, IdentityTrust::FirstUse, now)?;
 //! assert_eq!(received.plaintext, b"hi Bob");
 //! // Bob's store now deletes the consumed one-time keys, together with saving the record.
 //! assert_eq!(received.consumed_one_time_prekey, Some(10));
 //! assert_eq!(received.consumed_kem_prekey, Some(20));
 //!
 //! // Bob replies on the new session; Alice decrypts a plain ratchet message.
-//! let reply = at_bob.encrypt(b"hi Alice", &mut rng)?;
+//! let reply = at_bob.encrypt(b"hi Alice", now, &mut rng)?;
 //! let IncomingMessage::Ratchet(reply) = IncomingMessage::from_bytes(&reply)? else {
 //!     unreachable!("Bob's reply is a ratchet message")
 //! };

@@ -57,6 +57,15 @@ pub enum SessionSetupError {
     /// ML-KEM encapsulation failed.
     #[error("KEM encapsulation failed")]
     Kem,
+    /// The bundle's identity key is not one the caller's trust decision admits
+    /// ([`crate::session::IdentityTrust`]). Nothing changed; `offered` is the bundle's identity
+    /// key, for the app to show (safety number) and, if the user accepts it, to pass back as
+    /// `IdentityTrust::Pinned`.
+    #[error("untrusted identity key")]
+    UntrustedIdentity {
+        /// The identity key the bundle carries.
+        offered: Box<IdentityKey>,
+    },
 }
 
 /// A pre-key message: everything the responder needs to set up the session, then the first

@@ -15,5 +15,6 @@ mod session {
     mod ratchet;
     mod record;
     mod setup;
+    mod trust;
     mod vectors;
 }

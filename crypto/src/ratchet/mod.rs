@@ -54,6 +54,15 @@ pub enum DecryptError {
     /// The message does not authenticate under any session it could belong to.
     #[error("message failed to authenticate")]
     AuthenticationFailed,
+    /// A pre-key message came under an identity key the caller's trust decision does not admit
+    /// ([`crate::session::IdentityTrust`]). Nothing changed and no prekey was consumed; `offered`
+    /// is the message's identity key, for the app to show (safety number) and, if the user
+    /// accepts it, to pass back as `IdentityTrust::Pinned`.
+    #[error("untrusted identity key")]
+    UntrustedIdentity {
+        /// The identity key the message carries.
+        offered: Box<crate::keys::IdentityKey>,
+    },
 }
 
 /// Which prekey a pre-key message referred to.
@@ -91,6 +100,10 @@ pub enum EncryptError {
     /// The sending chain reached 2^32 messages; the peer must reply before more can be sent.
     #[error("sending chain exhausted")]
     ChainExhausted,
+    /// The current session is pending (the peer never answered) and was set up
+    /// [`crate::session::MAX_UNANSWERED_SESSION_AGE`] or more ago: set up a new one.
+    #[error("the unanswered session expired")]
+    SessionExpired,
 }
 
 /// A ratchet key pair. The secret wipes itself on drop.

@@ -12,9 +12,10 @@
 //! use sotto_crypto::address::DeviceAddress;
 //! use sotto_crypto::keys::{IdentityKeyPair, KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 //! use sotto_crypto::pqxdh::ResponderKeys;
-//! use sotto_crypto::session::{IncomingMessage, SessionRecord};
+//! use sotto_crypto::session::{IdentityTrust, IncomingMessage, SessionRecord, Timestamp};
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::from_seed([1; 32]);
+//! let now = Timestamp(1_800_000_000);
 //! let alice = DeviceAddress::new("alice", 1)?;
 //! let bob = DeviceAddress::new("bob", 1)?;
 //!
@@ -30,11 +31,14 @@
 //!     kem_prekey: kem.public(),
 //! };
 //!
-//! // Alice verifies the bundle, sets up a session and sends.
+//! // Alice verifies the bundle and, having pinned Bob's identity key before, sets up a session
+//! // trusting only that key, then sends.
 //! let alice_identity = IdentityKeyPair::generate(&mut rng);
+//! let pinned = bob_identity.public();
 //! let mut a = SessionRecord::new();
-//! a.initiate(&alice_identity, &alice, &bob, &bundle.verify()?, &mut rng)?;
-//! let wire = a.encrypt(b"hello Bob", &mut rng)?;
+//! let trust = IdentityTrust::Pinned(&pinned);
+//! a.initiate(&alice_identity, &alice, &bob, &bundle.verify()?, trust, now, &mut rng)?;
+//! let wire = a.encrypt(b"hello Bob", now, &mut rng)?;
 //!
 //! // Bob looks up the prekeys the message names, decrypts, then commits (stores the record and
 //! // deletes the consumed one-time prekey together).
@@ -45,13 +49,14 @@
 //!     one_time_prekey: Some(&one_time),
 //!     kem_prekey: Some(&kem),
 //! };
+//! // Bob has never talked to Alice: trust on first use.
 //! let mut b = SessionRecord::new();
-//! let first = b.decrypt_prekey(&setup, &keys, &bob, &alice)?;
+//! let first = b.decrypt_prekey(&setup, &keys, &bob, &alice, IdentityTrust::FirstUse, now)?;
 //! assert_eq!(first.plaintext, b"hello Bob");
 //! assert_eq!(first.consumed_one_time_prekey, Some(2));
 //!
 //! // Bob answers; from now on both sides exchange plain ratchet messages.
-//! let wire = b.encrypt(b"hello Alice", &mut rng)?;
+//! let wire = b.encrypt(b"hello Alice", now, &mut rng)?;
 //! let IncomingMessage::Ratchet(reply) = IncomingMessage::from_bytes(&wire)? else { unreachable!() };
 //! assert_eq!(a.decrypt(&reply)?, b"hello Alice");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -93,7 +98,13 @@ use crate::DecodeError;
 /// The most archived sessions a record keeps; the oldest is dropped first.
 pub const MAX_ARCHIVED_SESSIONS: usize = 40;
 
-const RECORD_VERSION: u8 = 0x01;
+/// How long a session we initiated stays usable while the peer has never answered on it: 30 days,
+/// in seconds (as libsignal). After that [`SessionRecord::encrypt`] refuses with
+/// [`EncryptError::SessionExpired`] and the caller sets up a new session from a fresh bundle.
+pub const MAX_UNANSWERED_SESSION_AGE: u64 = 30 * 24 * 60 * 60;
+
+// Version 0x02: pending sessions carry the time they were set up (`created`).
+const RECORD_VERSION: u8 = 0x02;
 const TAG_SESSION_RECORD: u8 = 0x90;
 const TAG_SESSION: u8 = 0x91;
 
@@ -123,6 +134,37 @@ impl IncomingMessage {
     }
 }
 
+/// Seconds since the Unix epoch, passed in by the caller (this crate reads no clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+/// The caller's trust decision for a peer's identity, given to every operation that can start or
+/// accept a session ([`SessionRecord::initiate`], [`SessionRecord::decrypt_prekey`],
+/// [`SessionRecord::decrypt_bytes`]). An identity the decision does not admit is refused with
+/// `UntrustedIdentity` carrying the offered key, and the record is left exactly as it was.
+#[derive(Clone, Copy, Debug)]
+pub enum IdentityTrust<'a> {
+    /// Nothing is pinned for this peer yet: accept the identity offered (trust on first use).
+    ///
+    /// Only while the record holds no session: once it does, its current session's peer identity
+    /// is the one in force, and any other is refused. A record therefore never switches to a new
+    /// identity without an explicit [`IdentityTrust::Pinned`] naming it.
+    FirstUse,
+    /// Only this identity key is trusted: the pinned one, or a new one the user just accepted.
+    Pinned(&'a IdentityKey),
+}
+
+impl IdentityTrust<'_> {
+    /// Whether `offered` is admitted, for a record whose current session's peer is `current`.
+    fn admits(&self, current: Option<&IdentityKey>, offered: &IdentityKey) -> bool {
+        match (self, current) {
+            (Self::Pinned(trusted), _) => *trusted == offered,
+            (Self::FirstUse, Some(current)) => current == offered,
+            (Self::FirstUse, None) => true,
+        }
+    }
+}
+
 /// The setup data an initiator repeats in every message until the responder first answers.
 #[derive(Clone)]
 struct PendingPreKey {
@@ -130,6 +172,8 @@ struct PendingPreKey {
     one_time_prekey_id: Option<u32>,
     kem_prekey_id: u32,
     kem_ciphertext: Vec<u8>,
+    /// When the session was set up; it expires [`MAX_UNANSWERED_SESSION_AGE`] later.
+    created: Timestamp,
 }
 
 /// One Double Ratchet session with one peer device.
@@ -240,6 +284,14 @@ impl Session {
         self.pending.is_some()
     }
 
+    /// Whether this is a pending session set up at least [`MAX_UNANSWERED_SESSION_AGE`] before
+    /// `now`. (A clock that went backwards never expires a session.)
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| now.0.saturating_sub(p.created.0) >= MAX_UNANSWERED_SESSION_AGE)
+    }
+
     /// Receiving chains currently kept (at most [`crate::ratchet::MAX_RECEIVER_CHAINS`]).
     pub fn receiver_chain_count(&self) -> usize {
         self.ratchet.receiver_chain_count()
@@ -253,8 +305,12 @@ impl Session {
     fn encrypt(
         &mut self,
         plaintext: &[u8],
+        now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<u8>, EncryptError> {
+        if self.is_expired(now) {
+            return Err(EncryptError::SessionExpired);
+        }
         let message = self.ratchet.encrypt(plaintext, &self.ad_send, rng)?;
         Ok(match &self.pending {
             None => message.to_bytes(),
@@ -296,7 +352,9 @@ impl Session {
                     Some(id) => w.bool(true).u32(id),
                     None => w.bool(false),
                 };
-                w.u32(p.kem_prekey_id).fixed(&p.kem_ciphertext);
+                w.u32(p.kem_prekey_id)
+                    .fixed(&p.kem_ciphertext)
+                    .u64(p.created.0);
             }
         }
         self.ratchet.write(w);
@@ -315,11 +373,13 @@ impl Session {
             let one_time_prekey_id = if r.bool()? { Some(r.u32()?) } else { None };
             let kem_prekey_id = r.u32()?;
             let kem_ciphertext = r.fixed(KEM_CIPHERTEXT_LEN)?.to_vec();
+            let created = Timestamp(r.u64()?);
             Some(PendingPreKey {
                 signed_prekey_id,
                 one_time_prekey_id,
                 kem_prekey_id,
                 kem_ciphertext,
+                created,
             })
         } else {
             None
@@ -341,7 +401,8 @@ impl Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionInitiated {
-    /// The record already had a session with this device under a different identity key.
+    /// The record's current session was with a different identity key, which the caller's
+    /// [`IdentityTrust::Pinned`] decision replaced (the old session is archived).
     pub identity_changed: bool,
 }
 
@@ -356,8 +417,8 @@ pub struct PreKeyDecrypted {
     pub consumed_one_time_prekey: Option<u32>,
     /// The one-time KEM prekey to delete (never the last-resort key).
     pub consumed_kem_prekey: Option<u32>,
-    /// The message came under a different identity key than the record's session with this
-    /// device: the caller must raise an identity-change event before trusting it.
+    /// The message came under a different identity key than the record's current session, which
+    /// the caller's [`IdentityTrust::Pinned`] decision admitted (the old session is archived).
     pub identity_changed: bool,
     /// Whether this message set up a new session (false when it belonged to an existing one).
     pub new_session: bool,
@@ -414,15 +475,27 @@ impl SessionRecord {
 
     /// Sets up a new session from a peer's verified bundle and makes it current (the previous one
     /// is archived). The following [`SessionRecord::encrypt`] calls produce pre-key messages until
-    /// the peer answers.
+    /// the peer answers, for at most [`MAX_UNANSWERED_SESSION_AGE`] after `now`.
+    ///
+    /// The bundle's identity must be admitted by `trust`; otherwise the result is
+    /// [`SessionSetupError::UntrustedIdentity`] with the bundle's identity key, and nothing changed
+    /// (no randomness drawn either).
+    #[allow(clippy::too_many_arguments)]
     pub fn initiate(
         &mut self,
         identity: &IdentityKeyPair,
         local: &DeviceAddress,
         remote: &DeviceAddress,
         bundle: &VerifiedBundle,
+        trust: IdentityTrust<'_>,
+        now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<SessionInitiated, SessionSetupError> {
+        if !trust.admits(self.remote_identity(), &bundle.identity_key) {
+            return Err(SessionSetupError::UntrustedIdentity {
+                offered: Box::new(bundle.identity_key.clone()),
+            });
+        }
         let setup = pqxdh::initiate(identity, local, remote, bundle, rng)?;
         let base_key = *setup.base.public();
         let session = Session::new(
@@ -436,6 +509,7 @@ impl SessionRecord {
                 one_time_prekey_id: bundle.one_time_prekey.as_ref().map(|k| k.0),
                 kem_prekey_id: bundle.kem_prekey.0,
                 kem_ciphertext: setup.kem_ciphertext,
+                created: now,
             }),
             DoubleRatchet::initiator(setup.root_key, setup.chain_key, setup.base),
         );
@@ -447,16 +521,25 @@ impl SessionRecord {
     }
 
     /// Encrypts with the current session: a pre-key message while it is pending, else a ratchet
-    /// message. Returns the wire bytes.
+    /// message. Returns the wire bytes. A pending session set up [`MAX_UNANSWERED_SESSION_AGE`] or
+    /// more before `now` is refused with [`EncryptError::SessionExpired`] (nothing changes): set up
+    /// a new one from a fresh bundle.
     pub fn encrypt(
         &mut self,
         plaintext: &[u8],
+        now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<u8>, EncryptError> {
         self.current
             .as_mut()
             .ok_or(EncryptError::NoSession)?
-            .encrypt(plaintext, rng)
+            .encrypt(plaintext, now, rng)
+    }
+
+    /// Whether [`SessionRecord::encrypt`] can send at `now`: there is a current session and it is
+    /// not a pending one past [`MAX_UNANSWERED_SESSION_AGE`]. When false, set up a new session.
+    pub fn has_usable_session(&self, now: Timestamp) -> bool {
+        self.current.as_ref().is_some_and(|s| !s.is_expired(now))
     }
 
     /// Decrypts a ratchet message with the current session, else with the archived ones. A failure
@@ -506,17 +589,19 @@ impl SessionRecord {
         }
     }
 
-    /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys` and
-    /// the addresses; see [`SessionRecord::decrypt_prekey`].
+    /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys`, the
+    /// addresses, `trust` and `now`; see [`SessionRecord::decrypt_prekey`].
     pub fn decrypt_bytes(
         &mut self,
         bytes: &[u8],
         keys: &ResponderKeys<'_>,
         local: &DeviceAddress,
         remote: &DeviceAddress,
+        trust: IdentityTrust<'_>,
+        now: Timestamp,
     ) -> Result<PreKeyDecrypted, DecryptError> {
         match IncomingMessage::from_bytes(bytes)? {
-            IncomingMessage::PreKey(m) => self.decrypt_prekey(&m, keys, local, remote),
+            IncomingMessage::PreKey(m) => self.decrypt_prekey(&m, keys, local, remote, trust, now),
             IncomingMessage::Ratchet(m) => Ok(PreKeyDecrypted {
                 plaintext: self.decrypt(&m)?,
                 consumed_one_time_prekey: None,
@@ -543,14 +628,29 @@ impl SessionRecord {
     ///
     /// All or nothing: on error the record is unchanged and no prekey is consumed. On success the
     /// caller stores the record and deletes the prekeys named in the result, in one transaction.
+    ///
+    /// The message's identity key must be admitted by `trust`, else the result is
+    /// [`DecryptError::UntrustedIdentity`] carrying it. A message that would set up a new session
+    /// is authenticated first, so only a holder of that identity's secret can make the caller ask
+    /// the user (anything else is `AuthenticationFailed`); a message for a session the record
+    /// already has is checked before it is decrypted.
     pub fn decrypt_prekey(
         &mut self,
         message: &PreKeyMessage,
         keys: &ResponderKeys<'_>,
         local: &DeviceAddress,
         remote: &DeviceAddress,
+        trust: IdentityTrust<'_>,
+        now: Timestamp,
     ) -> Result<PreKeyDecrypted, DecryptError> {
+        let untrusted = || DecryptError::UntrustedIdentity {
+            offered: Box::new(message.identity_key.clone()),
+        };
+        let admitted = trust.admits(self.remote_identity(), &message.identity_key);
         if let Some(location) = self.find_by_base_key(message) {
+            if !admitted {
+                return Err(untrusted());
+            }
             let plaintext = match location {
                 None => self.current.as_mut().map(|s| s.decrypt(&message.message)),
                 Some(index) => {
@@ -589,13 +689,19 @@ impl SessionRecord {
             DoubleRatchet::responder(root_key, chain_key, base),
         );
         let plaintext = session.decrypt(&message.message)?;
+        if !admitted {
+            return Err(untrusted());
+        }
 
-        // Authenticated: commit.
+        // Authenticated and trusted: commit.
         let identity_changed = self
             .remote_identity()
             .is_some_and(|k| *k != message.identity_key);
         let keep_current = self.current.as_ref().is_some_and(|c| {
-            c.is_pending() && c.remote_identity == session.remote_identity && c.id() < session.id()
+            c.is_pending()
+                && !c.is_expired(now)
+                && c.remote_identity == session.remote_identity
+                && c.id() < session.id()
         });
         if keep_current {
             self.archive(session);
@@ -614,7 +720,7 @@ impl SessionRecord {
         })
     }
 
-    /// Storage encoding: `0x01 0x90 has_current:u8 [session] n_archived:u32 session*`. Holds
+    /// Storage encoding: `0x02 0x90 has_current:u8 [session] n_archived:u32 session*`. Holds
     /// secrets: the buffer wipes itself on drop.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::new();

@@ -8,7 +8,11 @@ use sotto_crypto::keys::{
 };
 use sotto_crypto::pqxdh::{PreKeyMessage, ResponderKeys};
 use sotto_crypto::ratchet::DecryptError;
+pub use sotto_crypto::session::{IdentityTrust, Timestamp};
 use sotto_crypto::session::{IncomingMessage, PreKeyDecrypted, SessionRecord};
+
+/// The time every test runs at unless it says otherwise (2027-01-15).
+pub const NOW: Timestamp = Timestamp(1_800_000_000);
 
 pub fn rng(seed: u8) -> ChaCha20Rng {
     ChaCha20Rng::from_seed([seed; 32])
@@ -90,6 +94,8 @@ impl Device {
                 &self.address,
                 &peer.address,
                 &peer.verified_bundle(one_time, kem_one_time),
+                IdentityTrust::FirstUse,
+                NOW,
                 rng,
             )
             .unwrap();
@@ -135,7 +141,14 @@ impl Device {
     ) -> Result<Vec<u8>, DecryptError> {
         match IncomingMessage::from_bytes(bytes)? {
             IncomingMessage::PreKey(m) => {
-                let d = record.decrypt_prekey(&m, &self.keys_for(&m), &self.address, from)?;
+                let d = record.decrypt_prekey(
+                    &m,
+                    &self.keys_for(&m),
+                    &self.address,
+                    from,
+                    IdentityTrust::FirstUse,
+                    NOW,
+                )?;
                 self.consume(&d);
                 Ok(d.plaintext)
             }
@@ -179,11 +192,11 @@ impl Pair {
     }
 
     pub fn a_to_b(&mut self, pt: &[u8]) -> Vec<u8> {
-        self.a.encrypt(pt, &mut self.rng).unwrap()
+        self.a.encrypt(pt, NOW, &mut self.rng).unwrap()
     }
 
     pub fn b_to_a(&mut self, pt: &[u8]) -> Vec<u8> {
-        self.b.encrypt(pt, &mut self.rng).unwrap()
+        self.b.encrypt(pt, NOW, &mut self.rng).unwrap()
     }
 
     pub fn b_receive(&mut self, m: &[u8]) -> Result<Vec<u8>, DecryptError> {

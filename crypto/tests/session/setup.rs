@@ -23,11 +23,18 @@ fn setup_with_and_without_one_time_keys() {
         let mut a = SessionRecord::new();
         let mut b = SessionRecord::new();
         alice.initiate_with(&mut a, &bob, otk, kem_otk, &mut rng);
-        let bytes = a.encrypt(b"first", &mut rng).unwrap();
+        let bytes = a.encrypt(b"first", NOW, &mut rng).unwrap();
         let m = prekey_message(&bytes);
         assert_eq!(m.one_time_prekey_id().is_some(), otk);
         let d = b
-            .decrypt_prekey(&m, &bob.keys_for(&m), &bob.address, &alice.address)
+            .decrypt_prekey(
+                &m,
+                &bob.keys_for(&m),
+                &bob.address,
+                &alice.address,
+                IdentityTrust::FirstUse,
+                NOW,
+            )
             .unwrap();
         assert_eq!(d.plaintext, b"first");
         assert!(d.new_session);
@@ -38,17 +45,24 @@ fn setup_with_and_without_one_time_keys() {
 
         // Until Bob answers, Alice keeps sending pre-key messages on the same session; they
         // decrypt without any prekey (the one-time keys are gone now).
-        let bytes = a.encrypt(b"second", &mut rng).unwrap();
+        let bytes = a.encrypt(b"second", NOW, &mut rng).unwrap();
         let m2 = prekey_message(&bytes);
         assert_eq!(m2.base_key(), m.base_key());
         let d = b
-            .decrypt_prekey(&m2, &bob.keys_for(&m2), &bob.address, &alice.address)
+            .decrypt_prekey(
+                &m2,
+                &bob.keys_for(&m2),
+                &bob.address,
+                &alice.address,
+                IdentityTrust::FirstUse,
+                NOW,
+            )
             .unwrap();
         assert_eq!(d.plaintext, b"second");
         assert!(!d.new_session);
         assert_eq!(d.consumed_one_time_prekey, None);
 
-        let reply = b.encrypt(b"reply", &mut rng).unwrap();
+        let reply = b.encrypt(b"reply", NOW, &mut rng).unwrap();
         assert!(matches!(
             IncomingMessage::from_bytes(&reply).unwrap(),
             IncomingMessage::Ratchet(_)
@@ -59,7 +73,7 @@ fn setup_with_and_without_one_time_keys() {
             b"reply"
         );
         assert!(!a.current().unwrap().is_pending());
-        let next = a.encrypt(b"now a ratchet message", &mut rng).unwrap();
+        let next = a.encrypt(b"now a ratchet message", NOW, &mut rng).unwrap();
         assert!(matches!(
             IncomingMessage::from_bytes(&next).unwrap(),
             IncomingMessage::Ratchet(_)
@@ -149,7 +163,7 @@ fn unknown_prekeys_are_rejected_and_consume_nothing() {
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
     alice.initiate(&mut a, &bob, &mut rng);
-    let m = prekey_message(&a.encrypt(b"x", &mut rng).unwrap());
+    let m = prekey_message(&a.encrypt(b"x", NOW, &mut rng).unwrap());
     let mut b = SessionRecord::new();
     let full = bob.keys_for(&m);
     let cases = [
@@ -184,14 +198,28 @@ fn unknown_prekeys_are_rejected_and_consume_nothing() {
     ];
     for (keys, kind) in cases {
         assert_eq!(
-            b.decrypt_prekey(&m, &keys, &bob.address, &alice.address)
-                .unwrap_err(),
+            b.decrypt_prekey(
+                &m,
+                &keys,
+                &bob.address,
+                &alice.address,
+                IdentityTrust::FirstUse,
+                NOW
+            )
+            .unwrap_err(),
             DecryptError::UnknownPreKey(kind)
         );
         assert!(b.current().is_none());
     }
-    b.decrypt_prekey(&m, &full, &bob.address, &alice.address)
-        .unwrap();
+    b.decrypt_prekey(
+        &m,
+        &full,
+        &bob.address,
+        &alice.address,
+        IdentityTrust::FirstUse,
+        NOW,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -201,7 +229,7 @@ fn failed_setup_changes_nothing() {
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
     alice.initiate(&mut a, &bob, &mut rng);
-    let bytes = a.encrypt(b"secret", &mut rng).unwrap();
+    let bytes = a.encrypt(b"secret", NOW, &mut rng).unwrap();
     let mut b = Pair::established(6).b; // a record with an unrelated session in it
     let before = b.to_bytes();
 
@@ -212,7 +240,14 @@ fn failed_setup_changes_nothing() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x40;
         if let Ok(IncomingMessage::PreKey(m)) = IncomingMessage::from_bytes(&bad) {
-            let r = b.decrypt_prekey(&m, &bob.keys_for(&m), &bob.address, &alice.address);
+            let r = b.decrypt_prekey(
+                &m,
+                &bob.keys_for(&m),
+                &bob.address,
+                &alice.address,
+                IdentityTrust::FirstUse,
+                NOW,
+            );
             assert!(r.is_err(), "byte {i}");
         }
         assert_eq!(b.to_bytes(), before, "byte {i}");
@@ -221,20 +256,43 @@ fn failed_setup_changes_nothing() {
     let m = prekey_message(&bytes);
     let eve = DeviceAddress::new("eve", 1).unwrap();
     assert_eq!(
-        b.decrypt_prekey(&m, &bob.keys_for(&m), &bob.address, &eve)
-            .unwrap_err(),
+        b.decrypt_prekey(
+            &m,
+            &bob.keys_for(&m),
+            &bob.address,
+            &eve,
+            IdentityTrust::FirstUse,
+            NOW
+        )
+        .unwrap_err(),
         DecryptError::AuthenticationFailed
     );
     let bob3 = DeviceAddress::new("bob", 3).unwrap();
     assert_eq!(
-        b.decrypt_prekey(&m, &bob.keys_for(&m), &bob3, &alice.address)
-            .unwrap_err(),
+        b.decrypt_prekey(
+            &m,
+            &bob.keys_for(&m),
+            &bob3,
+            &alice.address,
+            IdentityTrust::FirstUse,
+            NOW
+        )
+        .unwrap_err(),
         DecryptError::AuthenticationFailed
     );
     assert_eq!(b.to_bytes(), before);
-    // The genuine message still works afterwards.
+    // The genuine message still works afterwards (the record held another identity for this
+    // address, so the caller must accept Alice's explicitly).
+    let alice_key = alice.identity.public();
     let d = b
-        .decrypt_prekey(&m, &bob.keys_for(&m), &bob.address, &alice.address)
+        .decrypt_prekey(
+            &m,
+            &bob.keys_for(&m),
+            &bob.address,
+            &alice.address,
+            IdentityTrust::Pinned(&alice_key),
+            NOW,
+        )
         .unwrap();
     assert_eq!(d.plaintext, b"secret");
 }
@@ -247,15 +305,22 @@ fn substituted_identity_or_kem_key_fails() {
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
     alice.initiate_with(&mut a, &bob, false, false, &mut rng);
-    let bytes = a.encrypt(b"x", &mut rng).unwrap();
+    let bytes = a.encrypt(b"x", NOW, &mut rng).unwrap();
     // Mallory swaps in her identity key: the transcript and DH1 no longer match.
     let mut bad = bytes.clone();
     bad[2..67].copy_from_slice(&mallory.identity.public().to_bytes());
     let m = prekey_message(&bad);
     let mut b = SessionRecord::new();
     assert_eq!(
-        b.decrypt_prekey(&m, &bob.keys_for(&m), &bob.address, &alice.address)
-            .unwrap_err(),
+        b.decrypt_prekey(
+            &m,
+            &bob.keys_for(&m),
+            &bob.address,
+            &alice.address,
+            IdentityTrust::FirstUse,
+            NOW
+        )
+        .unwrap_err(),
         DecryptError::AuthenticationFailed
     );
     // Bob decapsulating with a different KEM key (the relay lied about which key was used).
@@ -266,8 +331,15 @@ fn substituted_identity_or_kem_key_fails() {
         ..bob.keys_for(&m)
     };
     assert_eq!(
-        b.decrypt_prekey(&m, &keys, &bob.address, &alice.address)
-            .unwrap_err(),
+        b.decrypt_prekey(
+            &m,
+            &keys,
+            &bob.address,
+            &alice.address,
+            IdentityTrust::FirstUse,
+            NOW
+        )
+        .unwrap_err(),
         DecryptError::AuthenticationFailed
     );
     assert!(b.current().is_none());
@@ -280,7 +352,7 @@ fn low_order_base_key_is_rejected() {
     let bob = Device::new("bob", 2, &mut rng);
     let mut a = SessionRecord::new();
     alice.initiate(&mut a, &bob, &mut rng);
-    let bytes = a.encrypt(b"x", &mut rng).unwrap();
+    let bytes = a.encrypt(b"x", NOW, &mut rng).unwrap();
     // Base key sits after version, type, identity (65), spk id (4), flag + opk id (5), kem id (4).
     let at = 2 + 65 + 4 + 5 + 4;
     let mut bad = bytes.clone();
@@ -318,7 +390,14 @@ fn garbage_never_panics() {
             kem_prekey: Some(&bob.kem_last_resort),
         };
         assert!(b
-            .decrypt_bytes(&bytes, &keys, &bob.address, &alice)
+            .decrypt_bytes(
+                &bytes,
+                &keys,
+                &bob.address,
+                &alice,
+                IdentityTrust::FirstUse,
+                NOW
+            )
             .is_err());
         assert!(SessionRecord::from_bytes(&bytes).is_err());
     }

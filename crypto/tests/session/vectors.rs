@@ -108,10 +108,12 @@ fn case(name: &str, seed: u8, one_time: bool, kem_one_time: bool) -> Value {
         &alice.address,
         &bob.address,
         &bundle.verify().unwrap(),
+        IdentityTrust::FirstUse,
+        NOW,
         &mut r,
     )
     .unwrap();
-    steps.push(json!({"op": "alice_initiate", "rng_draws": r.take()}));
+    steps.push(json!({"op": "alice_initiate", "now": NOW.0, "rng_draws": r.take()}));
 
     let send = |from_alice: bool,
                 pt: &[u8],
@@ -120,9 +122,9 @@ fn case(name: &str, seed: u8, one_time: bool, kem_one_time: bool) -> Value {
                 r: &mut RecordingRng,
                 steps: &mut Vec<Value>| {
         let m = if from_alice {
-            a.encrypt(pt, r)
+            a.encrypt(pt, NOW, r)
         } else {
-            b.encrypt(pt, r)
+            b.encrypt(pt, NOW, r)
         }
         .unwrap();
         steps.push(json!({
@@ -305,6 +307,8 @@ fn vectors_replay_from_the_file_alone() {
                         &alice_addr,
                         &bob_addr,
                         &bundle.verify().unwrap(),
+                        IdentityTrust::FirstUse,
+                        Timestamp(step["now"].as_u64().unwrap()),
                         &mut ReplayRng::new(&step["rng_draws"]),
                     )
                     .unwrap();
@@ -318,6 +322,7 @@ fn vectors_replay_from_the_file_alone() {
                     let m = record
                         .encrypt(
                             &h(&step["plaintext"]),
+                            NOW,
                             &mut ReplayRng::new(&step["rng_draws"]),
                         )
                         .unwrap();
@@ -325,13 +330,27 @@ fn vectors_replay_from_the_file_alone() {
                 }
                 "bob_decrypt" => {
                     let d = b
-                        .decrypt_bytes(&h(&step["message"]), &keys, &bob_addr, &alice_addr)
+                        .decrypt_bytes(
+                            &h(&step["message"]),
+                            &keys,
+                            &bob_addr,
+                            &alice_addr,
+                            IdentityTrust::FirstUse,
+                            NOW,
+                        )
                         .unwrap();
                     assert_eq!(d.plaintext, h(&step["plaintext"]));
                 }
                 "alice_decrypt" => {
                     let d = a
-                        .decrypt_bytes(&h(&step["message"]), &keys, &alice_addr, &bob_addr)
+                        .decrypt_bytes(
+                            &h(&step["message"]),
+                            &keys,
+                            &alice_addr,
+                            &bob_addr,
+                            IdentityTrust::FirstUse,
+                            NOW,
+                        )
                         .unwrap();
                     assert_eq!(d.plaintext, h(&step["plaintext"]));
                 }
