@@ -1849,73 +1849,55 @@ impl Client {
         }
         let own = user == self.user_id;
         let mut pinned = self.contacts.get(user).and_then(|c| c.identity.clone());
-        if let (Some(offered), Some(p)) = (trust::prekey_identity(bytes), pinned.as_ref()) {
-            if offered != *p {
-                if own {
-                    return self.dropped(env, "identity differs from this account's");
-                }
-                // Only a message that authenticates under the offered identity is an identity
-                // change; anything else is garbage (a relay must not be able to raise the
-                // prompt). Tried on a scratch record: nothing is kept or consumed.
-                let ids = trust::prekey_ids(bytes);
-                let keys = self.prekeys.responder(&self.identity, ids);
-                let mut scratch = SessionRecord::new();
-                if trust::decrypt(
-                    &mut scratch,
-                    bytes,
-                    &keys,
-                    &self.local,
-                    &remote,
-                    Some(&offered),
-                    now_ms,
-                )
-                .is_err()
-                {
-                    return self.dropped(env, "pre-key message does not authenticate");
-                }
-                if !self.identity_changed(user, offered.clone()) {
-                    self.quarantine.insert(env.seq, env.clone());
-                    self.writes.push(StoreOp::Put {
-                        table: tables::QUARANTINE,
-                        partition: b"q".to_vec(),
-                        sort: env.seq,
-                        value: json(env),
-                    });
-                    return;
-                }
-                pinned = Some(offered);
-            }
-        }
         let ids = trust::prekey_ids(bytes);
-        let contact = self.contacts.entry(user.to_owned()).or_default();
-        let existed = contact.devices.contains_key(&env.source_device_id);
-        let mut device = contact
-            .devices
-            .remove(&env.source_device_id)
-            .unwrap_or_default();
-        let keys = self.prekeys.responder(&self.identity, ids);
-        let result = trust::decrypt(
-            &mut device.session,
-            bytes,
-            &keys,
-            &self.local,
-            &remote,
-            pinned.as_ref(),
-            now_ms,
-        );
-        let decrypted = match result {
-            Ok(d) => d,
-            Err(e) => {
-                if existed {
-                    if let Some(c) = self.contacts.get_mut(user) {
-                        c.devices.insert(env.source_device_id, device);
-                    }
+        let mut attempt = 0;
+        let (device, decrypted) = loop {
+            attempt += 1;
+            let contact = self.contacts.entry(user.to_owned()).or_default();
+            let existed = contact.devices.contains_key(&env.source_device_id);
+            let mut device = contact
+                .devices
+                .remove(&env.source_device_id)
+                .unwrap_or_default();
+            let keys = self.prekeys.responder(&self.identity, ids);
+            let result = trust::decrypt(
+                &mut device.session,
+                bytes,
+                &keys,
+                &self.local,
+                &remote,
+                pinned.as_ref(),
+                now_ms,
+            );
+            let failure = match result {
+                Ok(d) => break (device, d),
+                Err(e) => e,
+            };
+            if existed {
+                if let Some(c) = self.contacts.get_mut(user) {
+                    c.devices.insert(env.source_device_id, device);
                 }
-                return match e {
-                    DecryptFailure::Decrypt(DecryptError::DuplicateMessage(_)) => {}
-                    DecryptFailure::Decrypt(e) => self.dropped(env, &e.to_string()),
-                    DecryptFailure::Untrusted(_) => self.dropped(env, "untrusted identity"),
-                };
+            }
+            match failure {
+                DecryptFailure::Decrypt(DecryptError::DuplicateMessage(_)) => return,
+                DecryptFailure::Decrypt(e) => return self.dropped(env, &e.to_string()),
+                DecryptFailure::Untrusted(u) => {
+                    // Authenticated under another identity: the peer's identity changed.
+                    if own {
+                        return self.dropped(env, "identity differs from this account's");
+                    }
+                    if attempt > 1 || !self.identity_changed(user, (*u.offered).clone()) {
+                        self.quarantine.insert(env.seq, env.clone());
+                        self.writes.push(StoreOp::Put {
+                            table: tables::QUARANTINE,
+                            partition: b"q".to_vec(),
+                            sort: env.seq,
+                            value: json(env),
+                        });
+                        return;
+                    }
+                    pinned = Some(*u.offered);
+                }
             }
         };
         let offered = device.session.remote_identity().cloned();

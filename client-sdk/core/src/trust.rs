@@ -10,7 +10,21 @@ use sotto_crypto::address::DeviceAddress;
 use sotto_crypto::keys::{IdentityKey, IdentityKeyPair, VerifiedBundle};
 use sotto_crypto::pqxdh::{ResponderKeys, SessionSetupError};
 use sotto_crypto::ratchet::{DecryptError, EncryptError};
-use sotto_crypto::session::{IncomingMessage, PreKeyDecrypted, SessionRecord};
+use sotto_crypto::session::{
+    IdentityTrust, IncomingMessage, PreKeyDecrypted, SessionRecord, Timestamp,
+};
+
+fn trust(pinned: Option<&IdentityKey>) -> IdentityTrust<'_> {
+    match pinned {
+        Some(k) => IdentityTrust::Pinned(k),
+        None => IdentityTrust::FirstUse,
+    }
+}
+
+/// The crypto layer counts seconds.
+fn timestamp(now_ms: u64) -> Timestamp {
+    Timestamp(now_ms / 1000)
+}
 
 /// An identity other than the pinned one was offered; nothing changed.
 #[derive(Debug, Clone)]
@@ -50,18 +64,21 @@ pub fn initiate(
     now_ms: u64,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<(), InitiateFailure> {
-    let _ = now_ms;
-    if let Some(pinned) = pinned {
-        if pinned != bundle.identity_key() {
-            return Err(InitiateFailure::Untrusted(Untrusted {
-                offered: Box::new(bundle.identity_key().clone()),
-            }));
+    match record.initiate(
+        identity,
+        local,
+        remote,
+        bundle,
+        trust(pinned),
+        timestamp(now_ms),
+        rng,
+    ) {
+        Ok(_) => Ok(()),
+        Err(SessionSetupError::UntrustedIdentity { offered }) => {
+            Err(InitiateFailure::Untrusted(Untrusted { offered }))
         }
+        Err(e) => Err(InitiateFailure::Setup(e)),
     }
-    record
-        .initiate(identity, local, remote, bundle, rng)
-        .map(|_| ())
-        .map_err(InitiateFailure::Setup)
 }
 
 /// Encrypts on the current session.
@@ -71,14 +88,12 @@ pub fn encrypt(
     now_ms: u64,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Vec<u8>, EncryptError> {
-    let _ = now_ms;
-    record.encrypt(plaintext, rng)
+    record.encrypt(plaintext, timestamp(now_ms), rng)
 }
 
 /// Whether the record can encrypt now.
 pub fn has_usable_session(record: &SessionRecord, now_ms: u64) -> bool {
-    let _ = now_ms;
-    record.current().is_some()
+    record.has_usable_session(timestamp(now_ms))
 }
 
 /// The identity a pre-key message claims, if `bytes` is one.
@@ -101,8 +116,9 @@ pub fn prekey_ids(bytes: &[u8]) -> Option<(u32, Option<u32>, u32)> {
     }
 }
 
-/// Decrypts a pre-key or ratchet message, refusing a pre-key message from an identity other than
-/// the pinned one before anything changes.
+/// Decrypts a pre-key or ratchet message. A pre-key message that authenticates under an identity
+/// other than the pinned one is refused with [`DecryptFailure::Untrusted`] and changes nothing
+/// (forged ones fail to authenticate first, so a relay cannot fake an identity change).
 pub fn decrypt(
     record: &mut SessionRecord,
     bytes: &[u8],
@@ -112,24 +128,11 @@ pub fn decrypt(
     pinned: Option<&IdentityKey>,
     now_ms: u64,
 ) -> Result<PreKeyDecrypted, DecryptFailure> {
-    let _ = now_ms;
-    let message = IncomingMessage::from_bytes(bytes)
-        .map_err(|e| DecryptFailure::Decrypt(DecryptError::Malformed(e)))?;
-    match message {
-        IncomingMessage::PreKey(m) => {
-            if let Some(pinned) = pinned {
-                if pinned != m.identity_key() {
-                    return Err(DecryptFailure::Untrusted(Untrusted {
-                        offered: Box::new(m.identity_key().clone()),
-                    }));
-                }
-            }
-            record
-                .decrypt_prekey(&m, keys, local, remote)
-                .map_err(DecryptFailure::Decrypt)
+    match record.decrypt_bytes(bytes, keys, local, remote, trust(pinned), timestamp(now_ms)) {
+        Ok(d) => Ok(d),
+        Err(DecryptError::UntrustedIdentity { offered }) => {
+            Err(DecryptFailure::Untrusted(Untrusted { offered }))
         }
-        IncomingMessage::Ratchet(_) => record
-            .decrypt_bytes(bytes, keys, local, remote)
-            .map_err(DecryptFailure::Decrypt),
+        Err(e) => Err(DecryptFailure::Decrypt(e)),
     }
 }

@@ -542,3 +542,38 @@ fn invalid_sends_are_refused() {
         }
     )));
 }
+
+#[test]
+fn sessions_never_answered_expire_after_30_days() {
+    let mut net = Net::new(14);
+    let alice = net.user("alice");
+    let bob = net.user("bob");
+    net.set_online(bob, false);
+    net.nodes[alice]
+        .client
+        .send_text(net.now, "bob", "one")
+        .unwrap();
+    net.run();
+    let fetches = |net: &Net| {
+        net.nodes[alice]
+            .sent
+            .iter()
+            .filter(|c| matches!(c, RelayCall::FetchBundles { user_id, .. } if user_id == "bob"))
+            .count()
+    };
+    assert_eq!(fetches(&net), 1);
+    net.advance(31 * 24 * 3600 * 1000);
+    net.nodes[alice]
+        .client
+        .send_text(net.now, "bob", "two")
+        .unwrap();
+    net.run();
+    assert_eq!(
+        fetches(&net),
+        2,
+        "a fresh bundle for the expired pending session"
+    );
+    net.set_online(bob, true);
+    net.run();
+    assert_eq!(net.texts(bob), ["one", "two"]);
+}
