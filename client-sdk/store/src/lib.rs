@@ -47,6 +47,8 @@ pub mod backend;
 pub mod cipher;
 mod encrypted;
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use backend::{Backend, BackendError, MaybeSendSync, RangeQuery, WriteOp};
 pub use cipher::{PassphraseParams, StoreCipher, StoreCipherError};
