@@ -6,5 +6,6 @@
     clippy::indexing_slicing
 )]
 
+mod cli;
 mod common;
 mod direct;

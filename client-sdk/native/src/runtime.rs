@@ -666,6 +666,29 @@ impl SottoClient {
         Ok(presence_record(s))
     }
 
+    /// What the relay holds queued for this device right now (ciphertext only; nothing is
+    /// acked or deleted): `(seq, kind, content)`, oldest first, at most 100.
+    pub async fn relay_queue(&self) -> Result<Vec<(u64, String, Vec<u8>)>, QueryError> {
+        let page: sotto_wire::EnvelopePage = self
+            .inner
+            .http
+            .json(Method::GET, "/api/messages?after=0&limit=100", None::<&()>)
+            .await
+            .map_err(query_error)?;
+        Ok(page
+            .envelopes
+            .into_iter()
+            .map(|e| {
+                let kind = format!("{:?}", e.kind);
+                (
+                    e.seq,
+                    kind,
+                    e.content.map(|c| c.into_bytes()).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
     /// Stops the client: closes the connection, finishes the drain in progress.
     pub async fn close(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
