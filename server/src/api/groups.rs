@@ -534,6 +534,7 @@ pub async fn send(
         content: Some(content.clone().into()),
         group_id: Some(group_id.clone()),
     };
+    let digest = crate::api::send_digest("sotto-group-send-v1", &group_id, &content, &targets);
     let gate = state.hub().group_send_gate(&group_id);
     let turn = gate.lock().await;
     let outcome = state
@@ -547,6 +548,7 @@ pub async fn send(
             expires_at: state.expires_at(now),
             content,
             targets,
+            digest,
         })
         .await?;
     drop(turn);
@@ -599,6 +601,8 @@ pub async fn send(
             duplicate: true,
         })),
         GroupSendOutcome::NotMember => Err(unknown_group()),
+        GroupSendOutcome::Reused => Err(crate::api::client_message_id_reused()),
+        GroupSendOutcome::SenderRemoved => Err(AppError::unauthorized()),
         GroupSendOutcome::Mismatch(m) => {
             if m.extra.is_empty() {
                 Err(AppError::StaleDevices(refs(m.stale)))

@@ -117,6 +117,7 @@ pub async fn send(
     targets(&state, &sender.user_id, req.sync_messages, &mut all)?;
     let now = now_ms();
     let count = all.len() as u64;
+    let digest = crate::api::send_digest("sotto-send-v1", &req.recipient_id, &[], &all);
     let batch = SendBatch {
         sender: sender.clone(),
         recipient: req.recipient_id,
@@ -125,6 +126,7 @@ pub async fn send(
         now,
         expires_at: state.expires_at(now),
         targets: all,
+        digest,
     };
     let outcome = state.store().send(batch).await?;
     let response = match outcome {
@@ -156,6 +158,8 @@ pub async fn send(
         SendOutcome::UnknownRecipient => {
             return Err(AppError::not_found("unknown_user", "no such recipient"))
         }
+        SendOutcome::Reused => return Err(crate::api::client_message_id_reused()),
+        SendOutcome::SenderRemoved => return Err(AppError::unauthorized()),
         SendOutcome::Mismatch(m) => {
             if m.missing.is_empty() && m.extra.is_empty() {
                 return Err(AppError::StaleDevices(refs(m.stale)));

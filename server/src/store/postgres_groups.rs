@@ -87,7 +87,13 @@ impl GroupStore for PgStore {
     }
 
     async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
-        in_tx!(self, |tx| group_send_tx(&mut tx, batch))
+        super::retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let out = group_send_tx(&mut tx, &batch).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn group_devices(

@@ -76,7 +76,7 @@ impl GroupStore for SqliteStore {
     }
 
     async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
-        self.write(move |conn| Box::pin(group_send_tx(conn, batch)))
+        self.write(move |conn| Box::pin(async move { group_send_tx(conn, &batch).await }))
             .await
     }
 

@@ -111,6 +111,11 @@ async fn catalogue(b: Backend) {
         Case { name: "NUL in a login name", req: req(Method::POST, "/api/users/login", None, Some(r#"{"username":"a\u0000b","password":"pw-pw-pw-pw","registrationId":1}"#)), status: StatusCode::UNAUTHORIZED, code: "invalid_credentials" },
         Case { name: "unknown route", req: req(Method::GET, "/api/nope", a, None), status: StatusCode::NOT_FOUND, code: "not_found" },
         Case { name: "seed route not here", req: req(Method::GET, "/api/messages/history/x", a, None), status: StatusCode::NOT_FOUND, code: "not_found" },
+        Case { name: "username differing only by case", req: req(Method::POST, "/api/users/register", None, Some(r#"{"username":"ALICE","email":"a2@b.co","password":"password123"}"#)), status: StatusCode::CONFLICT, code: "username_taken" },
+        Case { name: "clientMessageId reused with other ciphertext", req: req(Method::POST, "/api/messages/send", a, Some(&json!({"recipientId": bob.user_id, "clientMessageId": "q",
+            "messages": [{"deviceId": 1, "registrationId": bob.registration_id, "content": b64(b"another message")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
+        Case { name: "clientMessageId reused for another recipient", req: req(Method::POST, "/api/messages/send", a, Some(&json!({"recipientId": carol.user_id, "clientMessageId": "q",
+            "messages": [{"deviceId": 1, "registrationId": carol.registration_id, "content": b64(b"secret")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
         Case { name: "wrong method", req: req(Method::GET, "/api/messages/send", a, None), status: StatusCode::METHOD_NOT_ALLOWED, code: "method_not_allowed" },
     ];
 

@@ -21,6 +21,7 @@ mod logs;
 mod messages;
 mod ops;
 mod presence;
+mod races;
 mod shutdown;
 mod support;
 mod ws;
