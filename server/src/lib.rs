@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod features;
 pub mod hub;
@@ -223,6 +224,13 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config().http_body_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &axum::http::Request<_>| {
@@ -238,6 +246,36 @@ pub fn app(state: AppState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// Answers 413 before reading a body whose declared `Content-Length` is over the route's limit,
+/// so a client that sent `Expect: 100-continue` is refused at once instead of told to go on.
+async fn refuse_declared_oversize(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
+        let attachments = req.uri().path() == "/api/attachments";
+        let max = if attachments {
+            state.config().max_attachment_bytes
+        } else {
+            state.config().max_request_bytes as u64
+        };
+        if len > max {
+            return AppError::too_large(format!(
+                "the declared body is {len} bytes; the limit is {max}"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Deletes expired envelopes every `expiry_interval` until shutdown.

@@ -21,6 +21,9 @@ fn blob_error(e: BlobError) -> AppError {
             AppError::too_large(format!("attachments are limited to {max_len} bytes"))
         }
         BlobError::NotFound => unknown(),
+        BlobError::Body(e) if crate::error::is_body_timeout(e.as_ref()) => {
+            crate::error::body_timeout()
+        }
         BlobError::Body(_) => AppError::bad_request("upload_failed", "the upload broke off"),
         other => AppError::Internal(other.to_string()),
     }

@@ -29,18 +29,13 @@ pub const LINK_CODE_TTL_MS: i64 = 10 * 60 * 1000;
 /// Longest long poll.
 pub const MAX_WAIT_SECS: u64 = 30;
 
-/// The peer address of a connection, plain or TLS (what [`ClientAddr`] reads).
+/// The client address of a connection (the TCP peer, or the address a trusted proxy forwarded):
+/// what [`ClientAddr`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::serve::TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::serve::TlsListener>) -> Self {
         Self(*stream.remote_addr())
     }
 }

@@ -24,4 +24,5 @@ mod presence;
 mod races;
 mod shutdown;
 mod support;
+mod transport;
 mod ws;
