@@ -145,6 +145,11 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_MAX_ATTACHMENT_BYTES")]
     pub max_attachment_bytes: Option<u64>,
 
+    /// Most attachment bytes one account may have stored at once (uploads within the envelope
+    /// time to live); 0 for no quota [default: 4294967296 = 4 GiB].
+    #[arg(long, env = "SOTTO_MAX_ATTACHMENT_STORAGE_BYTES")]
+    pub max_attachment_storage_bytes: Option<u64>,
+
     /// Directory for attachment blobs [default: `blobs` beside the SQLite file, else `./blobs`].
     #[arg(long, env = "SOTTO_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
@@ -288,6 +293,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Largest attachment.
     pub max_attachment_bytes: u64,
+    /// Per-account stored attachment bytes (0: no quota).
+    pub max_attachment_storage_bytes: u64,
     /// Where attachment blobs live.
     pub blobs: crate::blobs::BlobConfig,
     /// Most members per group.
@@ -389,6 +396,7 @@ impl Config {
             log_format: pick!(log_format, LogFormat::Text),
             rate_limits: pick!(rate_limits, RateLimitConfig::default()),
             max_attachment_bytes: pick!(max_attachment_bytes, crate::blobs::DEFAULT_MAX_BLOB_BYTES),
+            max_attachment_storage_bytes: pick!(max_attachment_storage_bytes, 4 << 30),
             blobs,
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),

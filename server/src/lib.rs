@@ -124,6 +124,23 @@ impl AppState {
     pub fn limiter(&self) -> &dyn ratelimit::RateLimiter {
         self.inner.limiter.as_ref()
     }
+    /// Refuses (429) when `limit` has no room for `cost` for `key`, spending nothing: the first
+    /// half of counting a request only once it succeeded ([`Self::charge`] is the second).
+    pub async fn peek(
+        &self,
+        limit: ratelimit::Limit,
+        key: ratelimit::RateKey<'_>,
+        cost: u32,
+    ) -> Result<(), AppError> {
+        Ok(self.limiter().peek(limit, key, cost).await?)
+    }
+    /// Charges a request that succeeded. Concurrent requests that all passed [`Self::peek`] may
+    /// overdraw the bucket by what they cost together; the next request then waits longer.
+    pub async fn charge(&self, limit: ratelimit::Limit, key: ratelimit::RateKey<'_>, cost: u32) {
+        if let Err(limited) = self.limiter().check(limit, key, cost).await {
+            tracing::debug!(%limited, "charged past the limit by concurrent requests");
+        }
+    }
     /// Metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics

@@ -19,6 +19,7 @@ use sotto_wire::{
 use crate::api::valid_id;
 use crate::auth::Auth;
 use crate::error::{Json, Path};
+use crate::ratelimit::{Limit, RateKey};
 use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
 use crate::store::DeviceAuth;
 use crate::{now_ms, AppError, AppState};
@@ -234,6 +235,10 @@ pub async fn ephemeral(
             if stale {
                 return Ok(StatusCode::NO_CONTENT);
             }
+            state
+                .limiter()
+                .check(Limit::Ephemeral, RateKey::Account(&sender.user_id), 1)
+                .await?;
             let devices = state.store().devices(recipient).await?;
             for m in req.messages.iter() {
                 let Some(device) = devices.iter().find(|d| d.device_id == m.device_id) else {
@@ -268,6 +273,10 @@ pub async fn ephemeral(
             if stale {
                 return Ok(StatusCode::NO_CONTENT);
             }
+            state
+                .limiter()
+                .check(Limit::Ephemeral, RateKey::Account(&sender.user_id), 1)
+                .await?;
             let text = envelope(Some(group_id.clone()), content.clone());
             for (_, pk) in devices {
                 if pk != sender.pk {

@@ -175,6 +175,10 @@ pub async fn create_code(
     State(state): State<AppState>,
     Auth(device): Auth,
 ) -> Result<(StatusCode, Json<LinkingCode>), AppError> {
+    state
+        .limiter()
+        .check(Limit::LinkingCodes, RateKey::Account(&device.user_id), 1)
+        .await?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let code = URL_SAFE_NO_PAD.encode(raw);

@@ -121,6 +121,8 @@ pub struct GroupSummaryRow {
     pub member_count: i64,
     /// Encrypted metadata.
     pub metadata: Vec<u8>,
+    /// Creation time (ms): with the id, the paging key.
+    pub created_at: i64,
 }
 
 /// One member.
@@ -224,7 +226,12 @@ pub trait GroupStore: Send + Sync {
     /// Creates a group (creator admin, others members) and queues the `created` event.
     async fn create_group(&self, group: NewGroup) -> Result<GroupWrite, StoreError>;
     /// The groups a user belongs to.
-    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError>;
+    async fn groups_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<GroupSummaryRow>, StoreError>;
     /// A group and its members, if `asker` is a member.
     async fn group_view(
         &self,
@@ -501,14 +508,21 @@ macro_rules! group_queries {
         async fn groups_of_tx(
             conn: &mut $conn,
             user_id: &str,
+            after: Option<(i64, String)>,
+            limit: u32,
         ) -> Result<Vec<GroupSummaryRow>, StoreError> {
+            let (after_ts, after_id) = after.unwrap_or((i64::MIN, String::new()));
             let rows = sqlx::query(
-                "SELECT g.id, g.metadata, g.revision, m.role, \
+                "SELECT g.id, g.metadata, g.revision, g.created_at, m.role, \
                  (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
                  FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
-                 WHERE m.user_id = $1 ORDER BY g.created_at, g.id",
+                 WHERE m.user_id = $1 AND (g.created_at > $2 OR (g.created_at = $2 AND g.id > $3)) \
+                 ORDER BY g.created_at, g.id LIMIT $4",
             )
             .bind(user_id)
+            .bind(after_ts)
+            .bind(after_id)
+            .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?;
             rows.iter()
@@ -519,6 +533,7 @@ macro_rules! group_queries {
                         revision: r.try_get("revision")?,
                         member_count: r.try_get("member_count")?,
                         metadata: r.try_get("metadata")?,
+                        created_at: r.try_get("created_at")?,
                     })
                 })
                 .collect()

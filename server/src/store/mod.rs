@@ -359,6 +359,18 @@ pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'stati
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError>;
     /// Queued envelopes in all mailboxes (for metrics).
     async fn queued_total(&self) -> Result<u64, StoreError>;
+    /// Records a stored attachment against its uploader's quota.
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Bytes of attachments `user_id` uploaded after `since` (still stored).
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError>;
+    /// Forgets attachment records from `before` or earlier (their blobs expire with them).
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError>;
     /// Waits for pending writes and closes connections.
     async fn close(&self);
     /// Mailbox changes made by other relay processes sharing this database, for stores that can

@@ -864,6 +864,45 @@ impl Store for PgStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
     }
 
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let size = i64::try_from(size).map_err(|_| StoreError::Corrupt("attachment size"))?;
+        sqlx::query(
+            "INSERT INTO attachment_uploads (attachment_id, user_id, size, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(attachment_id)
+        .bind(user_id)
+        .bind(size)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0)::BIGINT FROM attachment_uploads WHERE user_id = $1 AND created_at > $2",
+        )
+        .bind(user_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("attachment bytes"))
+    }
+
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM attachment_uploads WHERE created_at <= $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn close(&self) {
         let listener = match self.listener.lock() {
             Ok(mut l) => l.take(),

@@ -907,6 +907,56 @@ impl Store for SqliteStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
     }
 
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (id, user) = (attachment_id.to_owned(), user_id.to_owned());
+        let size = i64::try_from(size).map_err(|_| StoreError::Corrupt("attachment size"))?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO attachment_uploads (attachment_id, user_id, size, created_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(&user)
+                .bind(size)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0) FROM attachment_uploads WHERE user_id = ? AND created_at > ?",
+        )
+        .bind(user_id)
+        .bind(since)
+        .fetch_one(&self.readers)
+        .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("attachment bytes"))
+    }
+
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM attachment_uploads WHERE created_at <= ?")
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
     async fn close(&self) {
         // A no-op write returns once everything queued before it is committed.
         let _ = self.write(|_| Box::pin(async { Ok(()) })).await;

@@ -23,8 +23,13 @@ impl GroupStore for SqliteStore {
             .await
     }
 
-    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError> {
-        on_reader!(self, |conn| groups_of_tx(&mut conn, user_id))
+    async fn groups_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<GroupSummaryRow>, StoreError> {
+        on_reader!(self, |conn| groups_of_tx(&mut conn, user_id, after, limit))
     }
 
     async fn group_view(

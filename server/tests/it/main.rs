@@ -16,6 +16,7 @@ mod bad_input;
 mod crash;
 mod groups;
 mod keys;
+mod limits;
 mod linking;
 mod logs;
 mod messages;
