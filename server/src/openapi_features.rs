@@ -87,7 +87,7 @@ pub fn extend(mut doc: Value) -> Value {
         },
         "/api/devices/linking-codes": {"post": op("A one-time code for linking a new device", true, None, ok("201", Some("LinkingCode")), &["401", "429"])},
         "/api/devices/link": {"post": op("Register a linked device with its code (no authentication)", false, Some("LinkDeviceRequest"), ok("201", Some("LoginResponse")), &["400", "403", "409", "429"])},
-        "/api/devices/{deviceId}": {"delete": op("Remove one of the caller's devices", true, None, ok("204", None), &["401", "404"])}
+        "/api/devices/{deviceId}": {"delete": op("Remove one of the caller's devices (itself, or any as the primary device)", true, None, ok("204", None), &["401", "403", "404"])}
     });
     let schemas = json!({
         "AttachmentUploaded": obj(&["attachmentId", "size", "expiresAt"]),

@@ -258,6 +258,10 @@ pub async fn link(
 }
 
 /// `DELETE /api/devices/{deviceId}`: removes one of the caller's devices (token, keys, mailbox).
+///
+/// Policy (Signal's): any device may remove itself; only the primary device removes others. The
+/// primary is the account's lowest-numbered device: device 1, or, once it is gone, the oldest
+/// device left, so an account never holds devices nobody may remove.
 pub async fn remove_device(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -268,6 +272,14 @@ pub async fn remove_device(
         .iter()
         .find(|d| d.device_id == device_id)
         .ok_or_else(|| AppError::not_found("unknown_device", "no such device on this account"))?;
+    let primary = devices.iter().map(|d| d.device_id).min();
+    if device_id != caller.device_id && primary != Some(caller.device_id) {
+        return Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "not_primary_device",
+            "only the primary device removes other devices; a device may remove itself",
+        ));
+    }
     state.store().remove_device(target.pk).await?;
     state.hub().revoke(target.pk);
     tracing::info!(user_id = %caller.user_id, device_id, "device removed");

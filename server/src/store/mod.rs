@@ -359,6 +359,9 @@ pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'stati
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError>;
     /// Queued envelopes in all mailboxes (for metrics).
     async fn queued_total(&self) -> Result<u64, StoreError>;
+    /// Whether `viewer` may see `subject`'s presence: `subject` sent `viewer` a 1:1 message, or
+    /// both are members of one group (or they are the same account).
+    async fn presence_visible(&self, subject: &str, viewer: &str) -> Result<bool, StoreError>;
     /// Records a stored attachment against its uploader's quota.
     async fn record_attachment(
         &self,

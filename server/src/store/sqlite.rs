@@ -492,6 +492,15 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
             },
         ));
     }
+    if batch.recipient != batch.sender.user_id {
+        sqlx::query(
+            "INSERT INTO contacts (user_id, contact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&batch.sender.user_id)
+        .bind(&batch.recipient)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(SendOutcome::Accepted {
         server_message_id: batch.server_message_id,
         server_timestamp: batch.now,
@@ -905,6 +914,22 @@ impl Store for SqliteStore {
             .fetch_one(&self.readers)
             .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn presence_visible(&self, subject: &str, viewer: &str) -> Result<bool, StoreError> {
+        if subject == viewer {
+            return Ok(true);
+        }
+        let visible: bool = sqlx::query_scalar(
+            "SELECT (EXISTS (SELECT 1 FROM contacts WHERE user_id = ?1 AND contact_id = ?2) \
+             OR EXISTS (SELECT 1 FROM group_members x JOIN group_members y ON y.group_id = x.group_id \
+             WHERE x.user_id = ?1 AND y.user_id = ?2))",
+        )
+        .bind(subject)
+        .bind(viewer)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(visible)
     }
 
     async fn record_attachment(
