@@ -94,6 +94,37 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_WS_SLOW_CONSUMER_SECS")]
     pub ws_slow_consumer_secs: Option<u64>,
 
+    /// Seconds a client may take to send a request head, from the connection's accept or its first
+    /// byte [default: 10].
+    #[arg(long, env = "SOTTO_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+
+    /// Longest silence in seconds while a request body is being read; the request then answers
+    /// 408 and the connection closes [default: 30].
+    #[arg(long, env = "SOTTO_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+
+    /// Seconds a keep-alive connection may idle between requests [default: 60].
+    #[arg(long, env = "SOTTO_HTTP_IDLE_TIMEOUT_SECS")]
+    pub http_idle_timeout_secs: Option<u64>,
+
+    /// Most open connections (HTTP and WebSocket) per client address; 0 for no cap. Trusted
+    /// proxies are not capped [default: 256].
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<u32>,
+
+    /// Address of a reverse proxy whose `Forwarded` / `X-Forwarded-For` headers name the client
+    /// (per-address limits then count the client, not the proxy). Repeatable; comma-separated
+    /// in the environment. Headers from any other peer are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SOTTO_TRUSTED_PROXIES",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
+
     /// Argon2id memory cost in KiB [default: 19456].
     #[arg(long, env = "SOTTO_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<u32>,
@@ -113,6 +144,11 @@ pub struct Cli {
     /// Largest attachment upload in bytes [default: 52428800 = 50 MiB].
     #[arg(long, env = "SOTTO_MAX_ATTACHMENT_BYTES")]
     pub max_attachment_bytes: Option<u64>,
+
+    /// Most attachment bytes one account may have stored at once (uploads within the envelope
+    /// time to live); 0 for no quota [default: 4294967296 = 4 GiB].
+    #[arg(long, env = "SOTTO_MAX_ATTACHMENT_STORAGE_BYTES")]
+    pub max_attachment_storage_bytes: Option<u64>,
 
     /// Directory for attachment blobs [default: `blobs` beside the SQLite file, else `./blobs`].
     #[arg(long, env = "SOTTO_BLOB_DIR")]
@@ -235,6 +271,16 @@ pub struct Config {
     pub ws_max_unacked: u32,
     /// Stall allowance before a slow consumer is dropped.
     pub ws_slow_consumer: Duration,
+    /// Longest time to receive a request head.
+    pub http_header_timeout: Duration,
+    /// Longest silence while reading a request body.
+    pub http_body_timeout: Duration,
+    /// Longest keep-alive idle time.
+    pub http_idle_timeout: Duration,
+    /// Most open connections per client address (0: no cap).
+    pub max_connections_per_address: u32,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Argon2id memory cost (KiB).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -247,6 +293,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Largest attachment.
     pub max_attachment_bytes: u64,
+    /// Per-account stored attachment bytes (0: no quota).
+    pub max_attachment_storage_bytes: u64,
     /// Where attachment blobs live.
     pub blobs: crate::blobs::BlobConfig,
     /// Most members per group.
@@ -333,15 +381,35 @@ impl Config {
             ws_idle_timeout: Duration::from_secs(pick!(ws_idle_timeout_secs, 90).max(1)),
             ws_max_unacked: pick!(ws_max_unacked, 256).max(1),
             ws_slow_consumer: Duration::from_secs(pick!(ws_slow_consumer_secs, 20).max(1)),
+            http_header_timeout: Duration::from_secs(pick!(http_header_timeout_secs, 10).max(1)),
+            http_body_timeout: Duration::from_secs(pick!(http_body_timeout_secs, 30).max(1)),
+            http_idle_timeout: Duration::from_secs(pick!(http_idle_timeout_secs, 60).max(1)),
+            max_connections_per_address: pick!(max_connections_per_address, 256),
+            trusted_proxies: if cli.trusted_proxy.is_empty() {
+                file.trusted_proxy.clone()
+            } else {
+                cli.trusted_proxy.clone()
+            },
             argon2_memory_kib: pick!(argon2_memory_kib, 19 * 1024),
             argon2_iterations: pick!(argon2_iterations, 2).max(1),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs, 10)),
             log_format: pick!(log_format, LogFormat::Text),
             rate_limits: pick!(rate_limits, RateLimitConfig::default()),
             max_attachment_bytes: pick!(max_attachment_bytes, crate::blobs::DEFAULT_MAX_BLOB_BYTES),
+            max_attachment_storage_bytes: pick!(max_attachment_storage_bytes, 4 << 30),
             blobs,
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),
+        }
+    }
+
+    /// The connection layer's limits.
+    pub fn conn_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_per_address: self.max_connections_per_address,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 

@@ -154,7 +154,31 @@ impl IntoResponse for AppError {
     }
 }
 
+/// Whether a body error is the body-read timeout (somewhere in its source chain).
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// 408 for a body that stopped arriving.
+pub(crate) fn body_timeout() -> AppError {
+    AppError::client(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body stopped arriving",
+    )
+}
+
 fn from_json_rejection(rejection: JsonRejection) -> AppError {
+    if is_body_timeout(&rejection) {
+        return body_timeout();
+    }
     let status = rejection.status();
     let (status, code, message) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => (

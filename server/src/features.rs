@@ -160,6 +160,14 @@ pub async fn sweep(state: &AppState, now_ms: i64) {
             Err(e) => tracing::warn!(error = %e, "attachment expiry failed"),
         }
     }
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    if let Err(e) = state
+        .store()
+        .expire_attachments(now_ms.saturating_sub(ttl_ms))
+        .await
+    {
+        tracing::warn!(error = %e, "attachment record expiry failed");
+    }
     match state.store().sweep_groups(now_ms).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deleted = n, "unreferenced group messages deleted"),

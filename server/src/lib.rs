@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod features;
 pub mod hub;
@@ -122,6 +123,23 @@ impl AppState {
     /// Rate limits.
     pub fn limiter(&self) -> &dyn ratelimit::RateLimiter {
         self.inner.limiter.as_ref()
+    }
+    /// Refuses (429) when `limit` has no room for `cost` for `key`, spending nothing: the first
+    /// half of counting a request only once it succeeded ([`Self::charge`] is the second).
+    pub async fn peek(
+        &self,
+        limit: ratelimit::Limit,
+        key: ratelimit::RateKey<'_>,
+        cost: u32,
+    ) -> Result<(), AppError> {
+        Ok(self.limiter().peek(limit, key, cost).await?)
+    }
+    /// Charges a request that succeeded. Concurrent requests that all passed [`Self::peek`] may
+    /// overdraw the bucket by what they cost together; the next request then waits longer.
+    pub async fn charge(&self, limit: ratelimit::Limit, key: ratelimit::RateKey<'_>, cost: u32) {
+        if let Err(limited) = self.limiter().check(limit, key, cost).await {
+            tracing::debug!(%limited, "charged past the limit by concurrent requests");
+        }
     }
     /// Metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
@@ -223,6 +241,13 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config().http_body_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &axum::http::Request<_>| {
@@ -238,6 +263,36 @@ pub fn app(state: AppState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// Answers 413 before reading a body whose declared `Content-Length` is over the route's limit,
+/// so a client that sent `Expect: 100-continue` is refused at once instead of told to go on.
+async fn refuse_declared_oversize(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
+        let attachments = req.uri().path() == "/api/attachments";
+        let max = if attachments {
+            state.config().max_attachment_bytes
+        } else {
+            state.config().max_request_bytes as u64
+        };
+        if len > max {
+            return AppError::too_large(format!(
+                "the declared body is {len} bytes; the limit is {max}"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Deletes expired envelopes every `expiry_interval` until shutdown.

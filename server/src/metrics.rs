@@ -62,6 +62,8 @@ pub struct Metrics {
     pub envelopes_expired: AtomicU64,
     /// Slow consumers disconnected.
     pub slow_consumers: AtomicU64,
+    /// TCP connections refused by the per-address cap.
+    pub connections_refused: AtomicU64,
     /// Accepted → pushed to the device.
     pub delivery_latency: Histogram,
     /// Send request handling time.
@@ -118,6 +120,12 @@ impl Metrics {
             "sotto_slow_consumers_total",
             "WebSockets closed as slow consumers.",
             self.slow_consumers.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sotto_connections_refused_total",
+            "TCP connections refused because their address had too many open.",
+            self.connections_refused.load(Ordering::Relaxed),
         );
         self.delivery_latency.render(
             &mut out,

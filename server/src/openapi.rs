@@ -48,13 +48,13 @@ pub fn spec() -> Value {
     let mut register = op(
         "Create an account",
         false,
-        json!({"201": ok("RegisterResponse"), "400": e, "409": e, "422": e}),
+        json!({"201": ok("RegisterResponse"), "400": e, "409": e, "413": e, "415": e, "422": e, "429": e}),
     );
     register = with(register, "requestBody", body("RegisterRequest"));
     let mut login = op(
         "Create the account's first device and its bearer token",
         false,
-        json!({"200": ok("LoginResponse"), "401": e, "409": e}),
+        json!({"200": ok("LoginResponse"), "400": e, "401": e, "409": e, "422": e, "429": e}),
     );
     login = with(login, "requestBody", body("LoginRequest"));
     let logout = op(
@@ -110,7 +110,7 @@ pub fn spec() -> Value {
         "Queue one ciphertext per device",
         true,
         json!({
-        "200": ok("SendMessageResponse"), "400": e, "401": e, "404": e, "413": e,
+        "200": ok("SendMessageResponse"), "400": e, "401": e, "404": e, "413": e, "429": e,
         "409": ok("MismatchedDevices"), "410": ok("StaleDevices")}),
     );
     send = with(send, "requestBody", body("SendMessageRequest"));
@@ -221,7 +221,62 @@ pub fn spec() -> Value {
     })
 }
 
+/// Statuses every operation of a kind can answer, whatever its handler does: the extractors'
+/// and the connection layer's. Declared here once so no operation can forget them.
+fn declare_common(mut doc: Value) -> Value {
+    let e = error_ref();
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc;
+    };
+    for (path, ops) in paths.iter_mut() {
+        let templated = path.contains('{');
+        let Some(ops) = ops.as_object_mut() else {
+            continue;
+        };
+        for op in ops.values_mut() {
+            let json_body = op
+                .pointer("/requestBody/content/application~1json")
+                .is_some();
+            let raw_body = op.get("requestBody").is_some() && !json_body;
+            let authenticated = op.get("security").is_some();
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let mut add = |status: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| e.clone());
+            };
+            if json_body {
+                // invalid_json, body_timeout, payload_too_large, unsupported_media_type,
+                // invalid_fields.
+                for status in ["400", "408", "413", "415", "422"] {
+                    add(status);
+                }
+            }
+            if raw_body {
+                for status in ["408", "413"] {
+                    add(status);
+                }
+            }
+            if authenticated {
+                add("401");
+            }
+            if templated {
+                // invalid_path
+                add("400");
+            }
+        }
+    }
+    doc
+}
+
+/// The whole document: the core routes, the feature routes, and the statuses common to all.
+pub fn full_spec() -> Value {
+    declare_common(crate::openapi_features::extend(spec()))
+}
+
 /// `GET /openapi.json`.
 pub async fn document() -> impl IntoResponse {
-    axum::Json(crate::openapi_features::extend(spec()))
+    axum::Json(full_spec())
 }

@@ -60,40 +60,40 @@ fn obj(props: &[&str]) -> Value {
 /// Adds the paths and schemas to `doc` (an OpenAPI 3.1 document).
 pub fn extend(mut doc: Value) -> Value {
     let paths = json!({
-        "/api/attachments": {"post": with_raw_body(op("Upload an encrypted attachment (raw body, streamed)", true, None, ok("201", Some("AttachmentUploaded")), &["400", "401", "413"]))},
+        "/api/attachments": {"post": with_raw_body(op("Upload an encrypted attachment (raw body, streamed)", true, None, ok("201", Some("AttachmentUploaded")), &["400", "401", "408", "413", "429"]))},
         "/api/attachments/{attachmentId}": {"get": op("Download an attachment (application/octet-stream)", true, None, ("200".into(), json!({"description": "the blob", "content": {"application/octet-stream": {}}})), &["401", "404"])},
         "/api/groups": {
-            "post": op("Create a group (caller is admin)", true, Some("CreateGroupRequest"), ok("201", Some("GroupCreated")), &["400", "401", "404", "409", "413"]),
-            "get": op("The caller's groups", true, None, ok("200", Some("GroupList")), &["401"])
+            "post": op("Create a group (caller is admin)", true, Some("CreateGroupRequest"), ok("201", Some("GroupCreated")), &["400", "401", "404", "409", "413", "422", "429"]),
+            "get": op("The caller's groups, one page (?after=&limit=1-100)", true, None, ok("200", Some("GroupList")), &["400", "401"])
         },
         "/api/groups/{groupId}/members": {"get": op("Members (members only)", true, None, ok("200", Some("GroupMembers")), &["401", "404"])},
-        "/api/groups/{groupId}/join": {"post": op("Admin adds users, or the caller joins with an invite token", true, Some("JoinGroupRequest"), ok("200", Some("GroupMembers")), &["400", "401", "403", "404", "409"])},
+        "/api/groups/{groupId}/join": {"post": op("Admin adds users, or the caller joins with an invite token", true, Some("JoinGroupRequest"), ok("200", Some("GroupMembers")), &["400", "401", "403", "404", "409", "422", "429"])},
         "/api/groups/{groupId}/leave": {"delete": op("Leave", true, None, ok("204", None), &["401", "404"])},
         "/api/groups/{groupId}/members/{userId}": {
-            "delete": op("Admin removes a member", true, None, ok("204", None), &["401", "403", "404"]),
-            "put": op("Admin sets a member's role", true, Some("SetRoleRequest"), ok("204", None), &["401", "403", "404"])
+            "delete": op("Admin removes a member", true, None, ok("204", None), &["400", "401", "403", "404", "429"]),
+            "put": op("Admin sets a member's role", true, Some("SetRoleRequest"), ok("204", None), &["400", "401", "403", "404", "409", "422", "429"])
         },
-        "/api/groups/{groupId}/invites": {"post": op("Admin creates an invite token", true, None, ok("201", Some("GroupInvite")), &["401", "403", "404"])},
+        "/api/groups/{groupId}/invites": {"post": op("Admin creates an invite token", true, None, ok("201", Some("GroupInvite")), &["401", "403", "404", "429"])},
         "/api/groups/{groupId}/invites/{inviteId}": {"delete": op("Admin revokes an invite", true, None, ok("204", None), &["401", "403", "404"])},
-        "/api/groups/{groupId}/messages": {"post": op("Send one Sender-Key ciphertext to every member device (stored once)", true, Some("GroupSendRequest"), ok("200", Some("SendMessageResponse")), &["400", "401", "404", "409", "410", "413", "429"])},
+        "/api/groups/{groupId}/messages": {"post": op("Send one Sender-Key ciphertext to every member device (stored once)", true, Some("GroupSendRequest"), ok("200", Some("SendMessageResponse")), &["400", "401", "404", "409", "410", "413", "422", "429"])},
         "/api/users/{userId}/status": {"get": op("Presence: online, away or offline with lastSeen", true, None, ok("200", Some("UserStatus")), &["401", "404"])},
         "/api/presence": {"put": op("Set the calling (connected) device online or away", true, Some("SetPresenceRequest"), ok("204", None), &["400", "401", "409"])},
         "/api/presence/subscriptions": {"put": op("Replace the connected device's presence subscriptions", true, Some("PresenceSubscriptions"), ok("200", Some("PresenceSnapshot")), &["400", "401", "409"])},
-        "/api/messages/ephemeral": {"post": op("Relay an ephemeral envelope (typing) to connected devices only", true, Some("EphemeralRequest"), ok("204", None), &["400", "401", "404"])},
+        "/api/messages/ephemeral": {"post": op("Relay an ephemeral envelope (typing) to connected devices only", true, Some("EphemeralRequest"), ok("204", None), &["400", "401", "404", "422", "429"])},
         "/api/provisioning": {"post": op("Open a provisioning channel (no authentication)", false, None, ok("201", Some("ProvisioningChannel")), &["429", "503"])},
         "/api/provisioning/{address}": {
             "put": op("Deliver the encrypted provisioning message", true, Some("ProvisioningMessage"), ok("204", None), &["400", "401", "404", "409"]),
             "get": op("Long-poll for the provisioning message (?waitSecs=0-30)", false, None, ok("200", Some("ProvisioningMessage")), &["404"])
         },
-        "/api/devices/linking-codes": {"post": op("A one-time code for linking a new device", true, None, ok("201", Some("LinkingCode")), &["401"])},
+        "/api/devices/linking-codes": {"post": op("A one-time code for linking a new device", true, None, ok("201", Some("LinkingCode")), &["401", "429"])},
         "/api/devices/link": {"post": op("Register a linked device with its code (no authentication)", false, Some("LinkDeviceRequest"), ok("201", Some("LoginResponse")), &["400", "403", "409", "429"])},
-        "/api/devices/{deviceId}": {"delete": op("Remove one of the caller's devices", true, None, ok("204", None), &["401", "404"])}
+        "/api/devices/{deviceId}": {"delete": op("Remove one of the caller's devices (itself, or any as the primary device)", true, None, ok("204", None), &["401", "403", "404"])}
     });
     let schemas = json!({
         "AttachmentUploaded": obj(&["attachmentId", "size", "expiresAt"]),
         "CreateGroupRequest": obj(&["members", "metadata"]),
         "GroupCreated": obj(&["groupId", "revision"]),
-        "GroupList": obj(&["groups"]),
+        "GroupList": obj(&["groups", "nextCursor"]),
         "GroupMembers": obj(&["groupId", "revision", "metadata", "members"]),
         "JoinGroupRequest": obj(&["userIds", "inviteToken"]),
         "SetRoleRequest": obj(&["role"]),

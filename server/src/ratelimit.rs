@@ -68,16 +68,36 @@ pub enum Limit {
     BundleFetch,
     /// Device-provisioning attempts (channels opened, linking codes tried), keyed by client address.
     Provisioning,
+    /// Group creations and membership changes (adds, removals, role changes), keyed by the acting
+    /// account: each queues an event in every member's mailbox.
+    GroupChanges,
+    /// Ephemeral sends (typing indicators and the like), keyed by the sending account.
+    Ephemeral,
+    /// Linking codes created, keyed by account.
+    LinkingCodes,
+    /// Group invite links created, keyed by the creating account.
+    Invites,
+    /// Failed logins, keyed by the account tried (besides `Login` per address): once spent, even
+    /// the right password waits, so guessing does not scale with the guesser's addresses.
+    FailedLogins,
+    /// Attachment upload volume in KiB (rounded up), keyed by the uploading account.
+    AttachmentKib,
 }
 
 impl Limit {
     /// Every limit, in table order.
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 11] = [
         Limit::Messages,
         Limit::Login,
         Limit::Registration,
         Limit::BundleFetch,
         Limit::Provisioning,
+        Limit::GroupChanges,
+        Limit::Ephemeral,
+        Limit::LinkingCodes,
+        Limit::Invites,
+        Limit::FailedLogins,
+        Limit::AttachmentKib,
     ];
 
     /// A stable name for logs and metrics labels.
@@ -88,6 +108,12 @@ impl Limit {
             Limit::Registration => "registration",
             Limit::BundleFetch => "bundle_fetch",
             Limit::Provisioning => "provisioning",
+            Limit::GroupChanges => "group_changes",
+            Limit::Ephemeral => "ephemeral",
+            Limit::LinkingCodes => "linking_codes",
+            Limit::Invites => "invites",
+            Limit::FailedLogins => "failed_logins",
+            Limit::AttachmentKib => "attachment_kib",
         }
     }
 
@@ -98,6 +124,12 @@ impl Limit {
             Limit::Registration => 2,
             Limit::BundleFetch => 3,
             Limit::Provisioning => 4,
+            Limit::GroupChanges => 5,
+            Limit::Ephemeral => 6,
+            Limit::LinkingCodes => 7,
+            Limit::Invites => 8,
+            Limit::FailedLogins => 9,
+            Limit::AttachmentKib => 10,
         }
     }
 }
@@ -362,6 +394,24 @@ pub struct RateLimitConfig {
     /// Provisioning attempts per client address. Default `10/minute`.
     #[serde(with = "setting")]
     pub provisioning: Option<Quota>,
+    /// Group creations and membership changes per account. Default `60/hour`.
+    #[serde(with = "setting")]
+    pub group_changes: Option<Quota>,
+    /// Ephemeral sends per account. Default `300/minute` (typing indicators of busy chats).
+    #[serde(with = "setting")]
+    pub ephemeral: Option<Quota>,
+    /// Linking codes per account. Default `10/hour`.
+    #[serde(with = "setting")]
+    pub linking_codes: Option<Quota>,
+    /// Group invite links per account. Default `30/hour`.
+    #[serde(with = "setting")]
+    pub invites: Option<Quota>,
+    /// Failed logins per account. Default `10/hour`.
+    #[serde(with = "setting")]
+    pub failed_logins: Option<Quota>,
+    /// Attachment upload KiB per account. Default `2097152/day` (2 GiB a day).
+    #[serde(with = "setting")]
+    pub attachment_kib: Option<Quota>,
     /// Most buckets tracked per limit; beyond it the buckets closest to full are forgotten.
     /// Default 100,000 (a few MiB per limit at most).
     pub max_keys_per_limit: usize,
@@ -375,6 +425,15 @@ impl Default for RateLimitConfig {
             registration: Some(Quota::per_hour(20)),
             bundle_fetch: Some(Quota::per_hour(1000)),
             provisioning: Some(Quota::per_minute(10)),
+            group_changes: Some(Quota::per_hour(60)),
+            ephemeral: Some(Quota::per_minute(300)),
+            linking_codes: Some(Quota::per_hour(10)),
+            invites: Some(Quota::per_hour(30)),
+            failed_logins: Some(Quota::per_hour(10)),
+            attachment_kib: Some(Quota::new(
+                at_least_one(2 * 1024 * 1024),
+                Duration::from_secs(86_400),
+            )),
             max_keys_per_limit: 100_000,
         }
     }
@@ -389,6 +448,12 @@ impl RateLimitConfig {
             registration: None,
             bundle_fetch: None,
             provisioning: None,
+            group_changes: None,
+            ephemeral: None,
+            linking_codes: None,
+            invites: None,
+            failed_logins: None,
+            attachment_kib: None,
             ..RateLimitConfig::default()
         }
     }
@@ -405,9 +470,17 @@ impl RateLimitConfig {
             "registration" => &mut self.registration,
             "bundle-fetch" => &mut self.bundle_fetch,
             "provisioning" => &mut self.provisioning,
+            "group-changes" => &mut self.group_changes,
+            "ephemeral" => &mut self.ephemeral,
+            "linking-codes" => &mut self.linking_codes,
+            "invites" => &mut self.invites,
+            "failed-logins" => &mut self.failed_logins,
+            "attachment-kib" => &mut self.attachment_kib,
             other => {
                 return Err(format!(
-                    "unknown rate limit {other:?} (messages, login, registration, bundle-fetch, provisioning)"
+                    "unknown rate limit {other:?} (messages, login, registration, bundle-fetch, \
+                     provisioning, group-changes, ephemeral, linking-codes, invites, failed-logins, \
+                     attachment-kib)"
                 ))
             }
         };
@@ -424,6 +497,12 @@ impl RateLimitConfig {
             Limit::Registration => self.registration,
             Limit::BundleFetch => self.bundle_fetch,
             Limit::Provisioning => self.provisioning,
+            Limit::GroupChanges => self.group_changes,
+            Limit::Ephemeral => self.ephemeral,
+            Limit::LinkingCodes => self.linking_codes,
+            Limit::Invites => self.invites,
+            Limit::FailedLogins => self.failed_logins,
+            Limit::AttachmentKib => self.attachment_kib,
         }
     }
 }
@@ -500,6 +579,15 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// `cost` above the bucket size is charged as a full bucket.
     fn check<'a>(&'a self, limit: Limit, key: RateKey<'a>, cost: u32) -> CheckFuture<'a>;
 
+    /// Whether `cost` tokens could be spent now, spending nothing: for checks that must happen
+    /// before work whose cost is known only after it (an upload's size) or that is charged only on
+    /// one outcome (a failed login). The default allows, so an implementation that cannot peek
+    /// fails open and the charge made afterwards with [`check`](Self::check) still holds.
+    fn peek<'a>(&'a self, limit: Limit, key: RateKey<'a>, cost: u32) -> CheckFuture<'a> {
+        let _ = (limit, key, cost);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Housekeeping the relay may call now and then (from its expiry loop, say): forget state
     /// that no longer changes any answer. Memory stays bounded without it.
     fn sweep(&self) {}
@@ -561,7 +649,7 @@ const SHARDS: usize = 16;
 /// Per-process token buckets for every [`Limit`].
 #[derive(Debug)]
 pub struct LocalRateLimiter<C: Clock = SystemClock> {
-    tables: [Table; 5],
+    tables: [Table; Limit::ALL.len()],
     clock: C,
     /// Bucket instants are stored as nanoseconds since this instant.
     epoch: Instant,
@@ -674,6 +762,14 @@ impl<C: Clock> RateLimiter for LocalRateLimiter<C> {
         Box::pin(std::future::ready(outcome))
     }
 
+    fn peek<'a>(&'a self, limit: Limit, key: RateKey<'a>, cost: u32) -> CheckFuture<'a> {
+        let now = self.nanos(self.clock.now());
+        let outcome = self
+            .table(limit)
+            .check_or_peek(key.into(), cost, now, false);
+        Box::pin(std::future::ready(outcome))
+    }
+
     fn sweep(&self) {
         LocalRateLimiter::sweep(self);
     }
@@ -707,6 +803,16 @@ impl Table {
     }
 
     fn check(&self, key: KeyRef<'_>, cost: u32, now: u64) -> Result<(), RateLimited> {
+        self.check_or_peek(key, cost, now, true)
+    }
+
+    fn check_or_peek(
+        &self,
+        key: KeyRef<'_>,
+        cost: u32,
+        now: u64,
+        spend: bool,
+    ) -> Result<(), RateLimited> {
         let Some(rule) = self.rule else {
             return Ok(());
         };
@@ -728,6 +834,9 @@ impl Table {
                 limit: self.limit,
                 retry_after: Duration::from_nanos(ahead - rule.tolerance),
             });
+        }
+        if !spend {
+            return Ok(());
         }
         if let Some(slot) = shard.buckets.get_mut(&key) {
             *slot = new_full_at;
@@ -781,6 +890,26 @@ mod tests {
 
     const ALICE: RateKey<'static> = RateKey::Account("alice");
     const BOB: RateKey<'static> = RateKey::Account("bob");
+
+    #[test]
+    fn peek_spends_nothing_and_agrees_with_check() {
+        let (limiter, clock) = limiter(messages(Quota::per_minute(2)));
+        let key = RateKey::Account("a");
+        let peek = |l: &LocalRateLimiter<ManualClock>| {
+            let now = l.nanos(l.clock.now());
+            l.table(Limit::Messages)
+                .check_or_peek(key.into(), 1, now, false)
+        };
+        for _ in 0..10 {
+            assert!(peek(&limiter).is_ok());
+        }
+        assert!(limiter.check_now(Limit::Messages, key, 1).is_ok());
+        assert!(limiter.check_now(Limit::Messages, key, 1).is_ok());
+        let refused = peek(&limiter).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(30));
+        clock.advance(Duration::from_secs(30));
+        assert!(peek(&limiter).is_ok());
+    }
 
     #[test]
     fn burst_then_refusal() {

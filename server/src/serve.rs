@@ -7,16 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::Listener;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::{serve_connection, Admission};
 use crate::{app, run_expiry, AppState};
 
 /// How long a TLS handshake may take.
@@ -44,72 +43,69 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, io::Error>
     Ok(Arc::new(config))
 }
 
-/// A listener that completes TLS handshakes off the accept path, so a slow handshake never
-/// delays other clients.
-#[derive(Debug)]
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor: JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Wraps a bound TCP listener.
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(256);
-        let tls = TlsAcceptor::from(config);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let tls = tls.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
+/// Accepts connections until `stop` turns true: each one is admitted against the per-address
+/// cap, gets its TLS handshake (bounded) off the accept path, then is served by
+/// [`conn::serve_connection`](crate::conn::serve_connection). Returns once every connection
+/// has closed (WebSockets, once upgraded, are the hub's to close).
+async fn accept_loop(
+    state: AppState,
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let router = app(state.clone());
+    let limits = Arc::new(state.config().conn_limits());
+    let admission = Arc::new(Admission::default());
+    // Every connection task holds a sender; `recv` answers `None` once all are gone.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = tcp.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(admitted) = admission.admit(peer.ip(), &limits) else {
+            state
+                .metrics()
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let limits = Arc::clone(&limits);
+        let shutdown = stop.clone();
+        let tls = tls.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let _alive = alive;
+            match tls {
+                None => serve_connection(stream, peer, router, limits, shutdown).await,
+                Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
+                            serve_connection(stream, peer, router, limits, shutdown).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!("tls handshake timed out"),
                     }
-                });
+                }
             }
         });
-        Ok(Self {
-            ready,
-            local,
-            acceptor,
-        })
     }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    drop(tcp);
+    drop(alive);
+    let _ = all_closed.recv().await;
 }
 
 /// Serves until `stop` resolves, then stops accepting, closes WebSockets with "going away",
@@ -121,34 +117,26 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let expiry = tokio::spawn(run_expiry(state.clone()));
-    // Client addresses reach handlers for per-address rate limits.
-    let router = app(state.clone())
-        .into_make_service_with_connect_info::<crate::api::provisioning::PeerAddr>();
     let signal_state = state.clone();
-    let stop = async move {
+    tokio::spawn(async move {
         stop.await;
         tracing::info!("shutting down");
         signal_state.begin_shutdown();
-    };
+    });
     let grace = state.config().shutdown_grace;
-    let server = async move {
-        match tls {
-            Some(config) => {
-                axum::serve(TlsListener::new(tcp, config)?, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-            None => axum::serve(tcp, router).with_graceful_shutdown(stop).await,
-        }
-    };
-    let mut server = tokio::spawn(server);
+    let mut server = tokio::spawn(accept_loop(
+        state.clone(),
+        tcp,
+        tls.map(TlsAcceptor::from),
+        state.shutdown_signal(),
+    ));
     let mut shutdown = state.shutdown_signal();
     let result = tokio::select! {
-        r = &mut server => r.map_err(io::Error::other).and_then(|r| r),
+        r = &mut server => r.map_err(io::Error::other),
         _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
             // Requests in flight get the grace period; then we stop waiting.
             match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r.map_err(io::Error::other).and_then(|r| r),
+                Ok(r) => r.map_err(io::Error::other),
                 Err(_) => {
                     tracing::warn!("grace period over; dropping remaining connections");
                     server.abort();

@@ -215,7 +215,12 @@ impl Conn {
                     .metrics()
                     .slow_consumers
                     .fetch_add(1, Ordering::Relaxed);
-                Err(Exit::Drop)
+                // The close frame queues behind what the client has not read yet; the close
+                // handshake below gives it a bounded time to get through.
+                Err(Exit::Close(
+                    close_code::SLOW_CONSUMER,
+                    "the connection does not read fast enough",
+                ))
             }
         }
     }

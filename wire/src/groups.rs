@@ -105,8 +105,11 @@ pub struct GroupSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupList {
-    /// The caller's groups.
+    /// The caller's groups, oldest first (one page).
     pub groups: Vec<GroupSummary>,
+    /// Present when more groups follow: pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/groups/{groupId}/join`: exactly one of the two fields. `userIds`: an admin adds these

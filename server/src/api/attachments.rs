@@ -6,9 +6,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sotto_wire::AttachmentUploaded;
 
-use crate::auth::Auth;
+use crate::auth::{hash_token, Auth};
 use crate::blobs::{BlobError, BlobId};
 use crate::error::{Json, Path};
+use crate::ratelimit::{Limit, RateKey};
 use crate::{now_ms, AppError, AppState};
 
 fn unknown() -> AppError {
@@ -21,9 +22,32 @@ fn blob_error(e: BlobError) -> AppError {
             AppError::too_large(format!("attachments are limited to {max_len} bytes"))
         }
         BlobError::NotFound => unknown(),
+        BlobError::Body(e) if crate::error::is_body_timeout(e.as_ref()) => {
+            crate::error::body_timeout()
+        }
         BlobError::Body(_) => AppError::bad_request("upload_failed", "the upload broke off"),
         other => AppError::Internal(other.to_string()),
     }
+}
+
+/// KiB, rounded up, as the upload-volume limit counts them.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+fn ttl_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config().envelope_ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn quota_exceeded(quota: u64) -> AppError {
+    AppError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "attachment_quota_exceeded",
+        format!(
+            "an account may keep at most {quota} bytes of attachments; older ones expire with the \
+             envelope time to live"
+        ),
+    )
 }
 
 /// `POST /api/attachments`: the raw body is the ciphertext.
@@ -41,6 +65,31 @@ pub async fn upload(
     if declared.is_some_and(|len| len > max) {
         return Err(blob_error(BlobError::TooLarge { max_len: max }));
     }
+    // The per-account stored-bytes quota: what is left of it caps this upload.
+    let quota = state.config().max_attachment_storage_bytes;
+    let user = RateKey::Account(&device.user_id);
+    let stored = if quota > 0 {
+        let since = now_ms().saturating_sub(ttl_ms(&state));
+        state
+            .store()
+            .attachment_bytes(&device.user_id, since)
+            .await?
+    } else {
+        0
+    };
+    let room = if quota > 0 {
+        quota.saturating_sub(stored)
+    } else {
+        u64::MAX
+    };
+    if declared.is_some_and(|len| len > room) || room == 0 {
+        return Err(quota_exceeded(quota));
+    }
+    // The daily upload volume: a declared size is checked before reading, the real size is
+    // charged once stored.
+    if let Some(len) = declared {
+        state.peek(Limit::AttachmentKib, user, kib(len)).await?;
+    }
     let blobs = state.features().blobs().await.map_err(blob_error)?;
     let mut size = 0u64;
     let counted = futures_util::StreamExt::inspect(body.into_data_stream(), |chunk| {
@@ -48,8 +97,34 @@ pub async fn upload(
             size = size.saturating_add(chunk.len() as u64);
         }
     });
-    let id = blobs.put_stream(counted, max).await.map_err(blob_error)?;
+    let id = match blobs.put_stream(counted, max.min(room)).await {
+        Ok(id) => id,
+        Err(BlobError::TooLarge { .. }) if room < max => return Err(quota_exceeded(quota)),
+        Err(e) => return Err(blob_error(e)),
+    };
+    if let Err(limited) = state
+        .limiter()
+        .check(Limit::AttachmentKib, user, kib(size))
+        .await
+    {
+        // Undeclared (chunked) upload over the day's volume: not kept.
+        let _ = blobs.delete(&id).await;
+        return Err(limited.into());
+    }
     let now = now_ms();
+    let recorded = state
+        .store()
+        .record_attachment(
+            &hex::encode(hash_token(&id.to_string())),
+            &device.user_id,
+            size,
+            now,
+        )
+        .await;
+    if let Err(e) = recorded {
+        let _ = blobs.delete(&id).await;
+        return Err(e.into());
+    }
     tracing::debug!(user_id = %device.user_id, size, "attachment stored");
     Ok((
         StatusCode::CREATED,

@@ -18,7 +18,7 @@ use sotto_wire::{
 };
 
 use crate::auth::{hash_token, Auth};
-use crate::error::{Json, Path};
+use crate::error::{Json, Path, Query};
 use crate::ratelimit::{Limit, RateKey};
 use crate::store::groups::{
     wire_role, GroupSendBatch, GroupSendOutcome, GroupWrite, MemberChange, MemberOp, NewGroup,
@@ -231,6 +231,9 @@ pub async fn create(
     if members.len() + 1 > state.config().max_group_size as usize {
         return Err(refused(&state, GroupWrite::GroupFull));
     }
+    let key = RateKey::Account(&device.user_id);
+    state.peek(Limit::GroupChanges, key, 1).await?;
+    let user_id = device.user_id.clone();
     let now = now_ms();
     let group_id = uuid::Uuid::new_v4().to_string();
     let write = state
@@ -245,6 +248,9 @@ pub async fn create(
         })
         .await?;
     let rev = applied(&state, write)?;
+    state
+        .charge(Limit::GroupChanges, RateKey::Account(&user_id), 1)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(GroupCreated {
@@ -262,12 +268,57 @@ fn refused(state: &AppState, write: GroupWrite) -> AppError {
     }
 }
 
-/// `GET /api/groups`.
+/// Query of `GET /api/groups`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPageQuery {
+    /// `nextCursor` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size, 1-100 (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Most groups per page.
+pub const MAX_GROUP_PAGE: u32 = 100;
+
+/// `GET /api/groups?after=&limit=`: one page of the caller's groups, oldest first.
 pub async fn list(
     State(state): State<AppState>,
     Auth(device): Auth,
+    Query(q): Query<GroupPageQuery>,
 ) -> Result<Json<GroupList>, AppError> {
-    let rows = state.store().groups_of(&device.user_id).await?;
+    let limit = q.limit.unwrap_or(MAX_GROUP_PAGE);
+    if !(1..=MAX_GROUP_PAGE).contains(&limit) {
+        return Err(AppError::bad_request(
+            "invalid_limit",
+            "limit must be 1-100",
+        ));
+    }
+    let invalid_cursor = || AppError::bad_request("invalid_cursor", "not a cursor of this list");
+    // The cursor is `<createdAt>.<groupId>` of the last group of the previous page.
+    let after = match q.after {
+        None => None,
+        Some(c) => {
+            let (ts, id) = c.split_once('.').ok_or_else(invalid_cursor)?;
+            let ts: i64 = ts.parse().map_err(|_| invalid_cursor())?;
+            if !valid_id(id) {
+                return Err(invalid_cursor());
+            }
+            Some((ts, id.to_owned()))
+        }
+    };
+    let rows = state
+        .store()
+        .groups_of(&device.user_id, after, limit)
+        .await?;
+    let next_cursor = if rows.len() == limit as usize {
+        rows.last()
+            .map(|g| format!("{}.{}", g.created_at, g.group_id))
+    } else {
+        None
+    };
     Ok(Json(GroupList {
         groups: rows
             .into_iter()
@@ -279,6 +330,7 @@ pub async fn list(
                 metadata: g.metadata.into(),
             })
             .collect(),
+        next_cursor,
     }))
 }
 
@@ -320,6 +372,14 @@ async fn change(
     actor: DeviceAuth,
     op: MemberOp,
 ) -> Result<i64, AppError> {
+    // Leaving is never limited; every other change queues events for others.
+    let limited = !matches!(op, MemberOp::Leave);
+    let user_id = actor.user_id.clone();
+    if limited {
+        state
+            .peek(Limit::GroupChanges, RateKey::Account(&user_id), 1)
+            .await?;
+    }
     let now = now_ms();
     let write = state
         .store()
@@ -332,7 +392,13 @@ async fn change(
             expires_at: state.expires_at(now),
         })
         .await?;
-    applied(state, write)
+    let revision = applied(state, write)?;
+    if limited {
+        state
+            .charge(Limit::GroupChanges, RateKey::Account(&user_id), 1)
+            .await;
+    }
+    Ok(revision)
 }
 
 /// `POST /api/groups/{groupId}/join`.
@@ -424,6 +490,9 @@ pub async fn create_invite(
     Path(group_id): Path<String>,
 ) -> Result<(StatusCode, Json<GroupInvite>), AppError> {
     check_group_id(&group_id)?;
+    state
+        .peek(Limit::Invites, RateKey::Account(&device.user_id), 1)
+        .await?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = URL_SAFE_NO_PAD.encode(raw);
@@ -442,6 +511,9 @@ pub async fn create_invite(
         )
         .await?;
     applied(&state, write)?;
+    state
+        .charge(Limit::Invites, RateKey::Account(&device.user_id), 1)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(GroupInvite {
@@ -478,10 +550,6 @@ pub async fn send(
     Json(req): Json<GroupSendRequest>,
 ) -> Result<Json<SendMessageResponse>, AppError> {
     check_group_id(&group_id)?;
-    state
-        .limiter()
-        .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
-        .await?;
     crate::api::check_client_message_id(&req.client_message_id)?;
     let max = state.config().max_envelope_bytes;
     let len = req.content.as_bytes().len();
@@ -534,6 +602,11 @@ pub async fn send(
         content: Some(content.clone().into()),
         group_id: Some(group_id.clone()),
     };
+    let digest = crate::api::send_digest("sotto-group-send-v1", &group_id, &content, &targets);
+    let user_id = sender.user_id.clone();
+    state
+        .peek(Limit::Messages, RateKey::Account(&user_id), 1)
+        .await?;
     let gate = state.hub().group_send_gate(&group_id);
     let turn = gate.lock().await;
     let outcome = state
@@ -547,6 +620,7 @@ pub async fn send(
             expires_at: state.expires_at(now),
             content,
             targets,
+            digest,
         })
         .await?;
     drop(turn);
@@ -584,6 +658,9 @@ pub async fn send(
                 .metrics()
                 .envelopes_accepted
                 .fetch_add(count, Ordering::Relaxed);
+            state
+                .charge(Limit::Messages, RateKey::Account(&user_id), 1)
+                .await;
             Ok(Json(SendMessageResponse {
                 server_message_id,
                 server_timestamp: u64::try_from(server_timestamp).unwrap_or(0),
@@ -599,6 +676,8 @@ pub async fn send(
             duplicate: true,
         })),
         GroupSendOutcome::NotMember => Err(unknown_group()),
+        GroupSendOutcome::Reused => Err(crate::api::client_message_id_reused()),
+        GroupSendOutcome::SenderRemoved => Err(AppError::unauthorized()),
         GroupSendOutcome::Mismatch(m) => {
             if m.extra.is_empty() {
                 Err(AppError::StaleDevices(refs(m.stale)))

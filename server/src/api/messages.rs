@@ -91,10 +91,6 @@ pub async fn send(
     Json(req): Json<SendMessageRequest>,
 ) -> Result<Json<SendMessageResponse>, AppError> {
     let started = Instant::now();
-    state
-        .limiter()
-        .check(Limit::Messages, RateKey::Account(&sender.user_id), 1)
-        .await?;
     crate::api::check_client_message_id(&req.client_message_id)?;
     if !crate::api::valid_id(&req.recipient_id) {
         return Err(AppError::not_found("unknown_user", "no such recipient"));
@@ -117,6 +113,12 @@ pub async fn send(
     targets(&state, &sender.user_id, req.sync_messages, &mut all)?;
     let now = now_ms();
     let count = all.len() as u64;
+    let digest = crate::api::send_digest("sotto-send-v1", &req.recipient_id, &[], &all);
+    // Counted once accepted: a refused send (409/410, a reused id) costs nothing.
+    let user_id = sender.user_id.clone();
+    state
+        .peek(Limit::Messages, RateKey::Account(&user_id), 1)
+        .await?;
     let batch = SendBatch {
         sender: sender.clone(),
         recipient: req.recipient_id,
@@ -125,6 +127,7 @@ pub async fn send(
         now,
         expires_at: state.expires_at(now),
         targets: all,
+        digest,
     };
     let outcome = state.store().send(batch).await?;
     let response = match outcome {
@@ -135,6 +138,9 @@ pub async fn send(
             envelopes,
         } => {
             wake(&state, &notify, envelopes);
+            state
+                .charge(Limit::Messages, RateKey::Account(&user_id), 1)
+                .await;
             state
                 .metrics()
                 .envelopes_accepted
@@ -156,6 +162,8 @@ pub async fn send(
         SendOutcome::UnknownRecipient => {
             return Err(AppError::not_found("unknown_user", "no such recipient"))
         }
+        SendOutcome::Reused => return Err(crate::api::client_message_id_reused()),
+        SendOutcome::SenderRemoved => return Err(AppError::unauthorized()),
         SendOutcome::Mismatch(m) => {
             if m.missing.is_empty() && m.extra.is_empty() {
                 return Err(AppError::StaleDevices(refs(m.stale)));

@@ -63,3 +63,39 @@ pub(crate) fn check_client_message_id(id: &str) -> Result<(), AppError> {
         ))
     }
 }
+
+/// A digest of what a send stores, kept with its `clientMessageId`: a retry of the same request
+/// has the same one; a client that reuses the id for another message does not. Every field is
+/// length-prefixed under a label naming the kind of send.
+pub(crate) fn send_digest(
+    label: &str,
+    conversation: &str,
+    shared: &[u8],
+    targets: &[crate::store::Target],
+) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    field(&mut h, label.as_bytes());
+    field(&mut h, conversation.as_bytes());
+    field(&mut h, shared);
+    h.update((targets.len() as u64).to_be_bytes());
+    for t in targets {
+        field(&mut h, t.user_id.as_bytes());
+        h.update(t.device_id.to_be_bytes());
+        h.update(t.registration_id.to_be_bytes());
+        field(&mut h, &t.content);
+    }
+    h.finalize().into()
+}
+
+/// 409 for a `clientMessageId` already used by this device for a different request.
+pub(crate) fn client_message_id_reused() -> AppError {
+    AppError::conflict(
+        "client_message_id_reused",
+        "this clientMessageId was already used for a different message; use a fresh one",
+    )
+}

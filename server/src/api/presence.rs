@@ -19,6 +19,7 @@ use sotto_wire::{
 use crate::api::valid_id;
 use crate::auth::Auth;
 use crate::error::{Json, Path};
+use crate::ratelimit::{Limit, RateKey};
 use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
 use crate::store::DeviceAuth;
 use crate::{now_ms, AppError, AppState};
@@ -104,16 +105,36 @@ pub fn on_disconnect(state: &AppState, device: &DeviceAuth, conn: &LiveConn) {
     announce(state, &device.user_id, transition);
 }
 
-/// `GET /api/users/{userId}/status`.
+/// What someone not entitled to a user's presence is told: offline, never seen, exactly what a
+/// user who never connected looks like.
+fn hidden_status(user_id: &str) -> UserStatus {
+    UserStatus {
+        user_id: user_id.to_owned(),
+        status: PresenceStatus::Offline,
+        last_seen: None,
+    }
+}
+
+/// `viewer`'s view of `user_id`'s presence.
+async fn status_for(state: &AppState, user_id: &str, viewer: &str) -> Result<UserStatus, AppError> {
+    if state.store().presence_visible(user_id, viewer).await? {
+        user_status(state, user_id).await
+    } else {
+        Ok(hidden_status(user_id))
+    }
+}
+
+/// `GET /api/users/{userId}/status`: the real status for contacts (the user sent the caller a
+/// message, or they share a group), "offline, never seen" for everyone else.
 pub async fn status(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(viewer): Auth,
     Path(user_id): Path<String>,
 ) -> Result<Json<UserStatus>, AppError> {
     if !valid_id(&user_id) || !state.store().user_exists(&user_id).await? {
         return Err(AppError::not_found("unknown_user", "no such user"));
     }
-    Ok(Json(user_status(&state, &user_id).await?))
+    Ok(Json(status_for(&state, &user_id, &viewer.user_id).await?))
 }
 
 fn not_connected() -> AppError {
@@ -162,17 +183,31 @@ pub async fn subscribe(
     }
     let mut seen = HashSet::new();
     let mut users = Vec::new();
+    // Only users whose presence the caller may see are watched; the others are answered
+    // "offline, never seen" and never pushed (visibility is decided at subscription).
+    let mut visible = Vec::new();
     for user in req.user_ids {
         if valid_id(&user) && seen.insert(user.clone()) && state.store().user_exists(&user).await? {
-            users.push(user);
+            let may = state
+                .store()
+                .presence_visible(&user, &device.user_id)
+                .await?;
+            if may {
+                users.push(user.clone());
+            }
+            visible.push((user, may));
         }
     }
     if !state.features().realtime().subscribe(device.pk, &users) {
         return Err(not_connected());
     }
-    let mut statuses = Vec::with_capacity(users.len());
-    for user in &users {
-        statuses.push(user_status(&state, user).await?);
+    let mut statuses = Vec::with_capacity(visible.len());
+    for (user, may) in &visible {
+        statuses.push(if *may {
+            user_status(&state, user).await?
+        } else {
+            hidden_status(user)
+        });
     }
     Ok(Json(PresenceSnapshot { statuses }))
 }
@@ -234,6 +269,10 @@ pub async fn ephemeral(
             if stale {
                 return Ok(StatusCode::NO_CONTENT);
             }
+            state
+                .limiter()
+                .check(Limit::Ephemeral, RateKey::Account(&sender.user_id), 1)
+                .await?;
             let devices = state.store().devices(recipient).await?;
             for m in req.messages.iter() {
                 let Some(device) = devices.iter().find(|d| d.device_id == m.device_id) else {
@@ -268,6 +307,10 @@ pub async fn ephemeral(
             if stale {
                 return Ok(StatusCode::NO_CONTENT);
             }
+            state
+                .limiter()
+                .check(Limit::Ephemeral, RateKey::Account(&sender.user_id), 1)
+                .await?;
             let text = envelope(Some(group_id.clone()), content.clone());
             for (_, pk) in devices {
                 if pk != sender.pk {

@@ -29,18 +29,13 @@ pub const LINK_CODE_TTL_MS: i64 = 10 * 60 * 1000;
 /// Longest long poll.
 pub const MAX_WAIT_SECS: u64 = 30;
 
-/// The peer address of a connection, plain or TLS (what [`ClientAddr`] reads).
+/// The client address of a connection (the TCP peer, or the address a trusted proxy forwarded):
+/// what [`ClientAddr`] reads.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::serve::TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::serve::TlsListener>) -> Self {
         Self(*stream.remote_addr())
     }
 }
@@ -180,6 +175,10 @@ pub async fn create_code(
     State(state): State<AppState>,
     Auth(device): Auth,
 ) -> Result<(StatusCode, Json<LinkingCode>), AppError> {
+    state
+        .limiter()
+        .check(Limit::LinkingCodes, RateKey::Account(&device.user_id), 1)
+        .await?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let code = URL_SAFE_NO_PAD.encode(raw);
@@ -259,6 +258,10 @@ pub async fn link(
 }
 
 /// `DELETE /api/devices/{deviceId}`: removes one of the caller's devices (token, keys, mailbox).
+///
+/// Policy (Signal's): any device may remove itself; only the primary device removes others. The
+/// primary is the account's lowest-numbered device: device 1, or, once it is gone, the oldest
+/// device left, so an account never holds devices nobody may remove.
 pub async fn remove_device(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -269,6 +272,14 @@ pub async fn remove_device(
         .iter()
         .find(|d| d.device_id == device_id)
         .ok_or_else(|| AppError::not_found("unknown_device", "no such device on this account"))?;
+    let primary = devices.iter().map(|d| d.device_id).min();
+    if device_id != caller.device_id && primary != Some(caller.device_id) {
+        return Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "not_primary_device",
+            "only the primary device removes other devices; a device may remove itself",
+        ));
+    }
     state.store().remove_device(target.pk).await?;
     state.hub().revoke(target.pk);
     tracing::info!(user_id = %caller.user_id, device_id, "device removed");

@@ -42,10 +42,6 @@ pub async fn register(
     ClientAddr(addr): ClientAddr,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), AppError> {
-    state
-        .limiter()
-        .check(Limit::Registration, RateKey::Address(addr), 1)
-        .await?;
     if !valid_username(&req.username) {
         return Err(AppError::bad_request(
             "invalid_username",
@@ -64,6 +60,11 @@ pub async fn register(
             "password must be 8-256 bytes",
         ));
     }
+    // Counted once the request is well-formed.
+    state
+        .limiter()
+        .check(Limit::Registration, RateKey::Address(addr), 1)
+        .await?;
     if state
         .store()
         .user_credentials(&req.username)
@@ -102,10 +103,6 @@ pub async fn login(
     ClientAddr(addr): ClientAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, AppError> {
-    state
-        .limiter()
-        .check(Limit::Login, RateKey::Address(addr), 1)
-        .await?;
     if req.registration_id == 0 {
         return Err(AppError::bad_request(
             "invalid_registration_id",
@@ -122,13 +119,31 @@ pub async fn login(
             "wrong username or password",
         ));
     }
+    state
+        .limiter()
+        .check(Limit::Login, RateKey::Address(addr), 1)
+        .await?;
     let creds = state.store().user_credentials(&req.username).await?;
     let (user_id, phc) = match creds {
         Some(c) => (Some(c.id.clone()), Some(c.password_hash.clone())),
         None => (None, None),
     };
+    // An account whose failed-login allowance is spent answers 429 before the password is
+    // checked, whatever the password: guesses stop telling anything until it refills.
+    if let Some(id) = &user_id {
+        state
+            .limiter()
+            .peek(Limit::FailedLogins, RateKey::Account(id), 1)
+            .await?;
+    }
     let ok = auth::verify_password(state.config(), req.password, phc).await?;
+    let account = user_id.clone();
     let Some(user_id) = user_id.filter(|_| ok) else {
+        if let Some(id) = account {
+            state
+                .charge(Limit::FailedLogins, RateKey::Account(&id), 1)
+                .await;
+        }
         return Err(AppError::client(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",

@@ -121,6 +121,8 @@ pub struct GroupSummaryRow {
     pub member_count: i64,
     /// Encrypted metadata.
     pub metadata: Vec<u8>,
+    /// Creation time (ms): with the id, the paging key.
+    pub created_at: i64,
 }
 
 /// One member.
@@ -166,6 +168,8 @@ pub struct GroupSendBatch {
     pub content: Vec<u8>,
     /// Pairwise envelopes queued before the shared one.
     pub targets: Vec<Target>,
+    /// Digest of the request, stored with the idempotency key.
+    pub digest: [u8; 32],
 }
 
 /// Outcome of [`GroupStore::group_send`].
@@ -190,6 +194,10 @@ pub enum GroupSendOutcome {
         /// The first answer's time.
         server_timestamp: i64,
     },
+    /// The client message id was used before for a different request.
+    Reused,
+    /// The sending device was removed while the send was in flight.
+    SenderRemoved,
     /// No such group, or the sender is not a member.
     NotMember,
     /// Pairwise targets that are not member devices (`extra`) or re-registered (`stale`).
@@ -218,7 +226,12 @@ pub trait GroupStore: Send + Sync {
     /// Creates a group (creator admin, others members) and queues the `created` event.
     async fn create_group(&self, group: NewGroup) -> Result<GroupWrite, StoreError>;
     /// The groups a user belongs to.
-    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError>;
+    async fn groups_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<GroupSummaryRow>, StoreError>;
     /// A group and its members, if `asker` is a member.
     async fn group_view(
         &self,
@@ -495,14 +508,21 @@ macro_rules! group_queries {
         async fn groups_of_tx(
             conn: &mut $conn,
             user_id: &str,
+            after: Option<(i64, String)>,
+            limit: u32,
         ) -> Result<Vec<GroupSummaryRow>, StoreError> {
+            let (after_ts, after_id) = after.unwrap_or((i64::MIN, String::new()));
             let rows = sqlx::query(
-                "SELECT g.id, g.metadata, g.revision, m.role, \
+                "SELECT g.id, g.metadata, g.revision, g.created_at, m.role, \
                  (SELECT COUNT(*) FROM group_members c WHERE c.group_id = g.id) AS member_count \
                  FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
-                 WHERE m.user_id = $1 ORDER BY g.created_at, g.id",
+                 WHERE m.user_id = $1 AND (g.created_at > $2 OR (g.created_at = $2 AND g.id > $3)) \
+                 ORDER BY g.created_at, g.id LIMIT $4",
             )
             .bind(user_id)
+            .bind(after_ts)
+            .bind(after_id)
+            .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?;
             rows.iter()
@@ -513,6 +533,7 @@ macro_rules! group_queries {
                         revision: r.try_get("revision")?,
                         member_count: r.try_get("member_count")?,
                         metadata: r.try_get("metadata")?,
+                        created_at: r.try_get("created_at")?,
                     })
                 })
                 .collect()
@@ -811,31 +832,57 @@ macro_rules! group_queries {
             b: &GroupSendBatch,
         ) -> Result<Option<GroupSendOutcome>, StoreError> {
             let prior = sqlx::query(
-                "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
+                "SELECT server_message_id, server_ts, digest FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
             )
             .bind(b.sender.pk)
             .bind(&b.client_message_id)
             .fetch_optional(&mut *conn)
             .await?;
-            prior
-                .map(|p| {
-                    Ok(GroupSendOutcome::Duplicate {
-                        server_message_id: p.try_get("server_message_id")?,
-                        server_timestamp: p.try_get("server_ts")?,
-                    })
-                })
-                .transpose()
+            let Some(p) = prior else { return Ok(None) };
+            let stored: Option<Vec<u8>> = p.try_get("digest")?;
+            if stored.is_some_and(|d| d.as_slice() != b.digest.as_slice()) {
+                return Ok(Some(GroupSendOutcome::Reused));
+            }
+            Ok(Some(GroupSendOutcome::Duplicate {
+                server_message_id: p.try_get("server_message_id")?,
+                server_timestamp: p.try_get("server_ts")?,
+            }))
         }
 
         async fn group_send_tx(
             conn: &mut $conn,
-            b: GroupSendBatch,
+            b: &GroupSendBatch,
         ) -> Result<GroupSendOutcome, StoreError> {
-            if let Some(dup) = prior_send(conn, &b).await? {
+            // The sender's row (key-share: only a removal waits for it), then every member
+            // device the send bumps, in `pk` order before anything is read: a device removed
+            // concurrently is either gone from the reads below or removed after this commit.
+            let sender: Option<i64> = sqlx::query_scalar(if LOCKS {
+                "SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE"
+            } else {
+                "SELECT pk FROM devices WHERE pk = $1"
+            })
+            .bind(b.sender.pk)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if sender.is_none() {
+                return Ok(GroupSendOutcome::SenderRemoved);
+            }
+            if let Some(dup) = prior_send(conn, b).await? {
                 return Ok(dup);
             }
             if member_role(conn, &b.group_id, &b.sender.user_id).await?.is_none() {
                 return Ok(GroupSendOutcome::NotMember);
+            }
+            if LOCKS {
+                sqlx::query(concat!(
+                    "SELECT d.pk FROM devices d JOIN group_members m ON m.user_id = d.user_id \
+                     WHERE m.group_id = $1 AND d.pk <> $2 ORDER BY d.pk ",
+                    $lock, " OF d"
+                ))
+                .bind(&b.group_id)
+                .bind(b.sender.pk)
+                .fetch_all(&mut *conn)
+                .await?;
             }
             // Pairwise targets must be current devices of members (the sender's own included).
             let mut pks = std::collections::BTreeMap::new();
@@ -872,31 +919,21 @@ macro_rules! group_queries {
                 }
             }
             let claimed = sqlx::query(
-                "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
+                "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
             )
             .bind(b.sender.pk)
             .bind(&b.client_message_id)
             .bind(&b.server_message_id)
             .bind(b.now)
+            .bind(b.digest.as_slice())
             .execute(&mut *conn)
             .await?;
             if claimed.rows_affected() == 0 {
                 // A concurrent retry won the race.
-                if let Some(dup) = prior_send(conn, &b).await? {
+                if let Some(dup) = prior_send(conn, b).await? {
                     return Ok(dup);
                 }
-            }
-            if LOCKS {
-                sqlx::query(concat!(
-                    "SELECT d.pk FROM devices d JOIN group_members m ON m.user_id = d.user_id \
-                     WHERE m.group_id = $1 AND d.pk <> $2 ORDER BY d.pk ",
-                    $lock, " OF d"
-                ))
-                .bind(&b.group_id)
-                .bind(b.sender.pk)
-                .fetch_all(&mut *conn)
-                .await?;
             }
             let mut notify = Vec::new();
             // Pairwise envelopes first, so a new member has the sender key before the message.
@@ -976,7 +1013,7 @@ macro_rules! group_queries {
             .fetch_all(&mut *conn)
             .await?;
             Ok(GroupSendOutcome::Accepted {
-                server_message_id: b.server_message_id,
+                server_message_id: b.server_message_id.clone(),
                 server_timestamp: b.now,
                 notify,
                 references,

@@ -188,6 +188,8 @@ pub struct SendBatch {
     pub expires_at: i64,
     /// Ciphertexts.
     pub targets: Vec<Target>,
+    /// Digest of the request, stored with the idempotency key: a retry must carry the same one.
+    pub digest: [u8; 32],
 }
 
 /// Devices that do not match a send.
@@ -222,10 +224,38 @@ pub enum SendOutcome {
         /// The first answer's time.
         server_timestamp: i64,
     },
+    /// The client message id was used before for a different request (another digest).
+    Reused,
     /// The recipient does not exist.
     UnknownRecipient,
+    /// The sending device was removed while the send was in flight.
+    SenderRemoved,
     /// Device set mismatch (409 when missing/extra, else 410).
     Mismatch(DeviceMismatch),
+}
+
+/// The answer to a send whose idempotency key is already stored: the first answer when the
+/// request is the same one (or was stored before digests were kept), else [`SendOutcome::Reused`].
+pub(crate) fn duplicate_outcome(
+    server_message_id: String,
+    server_timestamp: i64,
+    stored_digest: Option<Vec<u8>>,
+    digest: &[u8; 32],
+) -> Result<SendOutcome, StoreError> {
+    match stored_digest {
+        Some(stored) if stored.as_slice() != digest.as_slice() => Ok(SendOutcome::Reused),
+        _ => Ok(SendOutcome::Duplicate {
+            server_message_id,
+            server_timestamp,
+        }),
+    }
+}
+
+/// Whether a PostgreSQL error is worth retrying the whole transaction for: a deadlock the
+/// server broke (`40P01`) or a serialization failure (`40001`).
+pub(crate) fn is_transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// A queued envelope as stored.
@@ -329,6 +359,21 @@ pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'stati
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError>;
     /// Queued envelopes in all mailboxes (for metrics).
     async fn queued_total(&self) -> Result<u64, StoreError>;
+    /// Whether `viewer` may see `subject`'s presence: `subject` sent `viewer` a 1:1 message, or
+    /// both are members of one group (or they are the same account).
+    async fn presence_visible(&self, subject: &str, viewer: &str) -> Result<bool, StoreError>;
+    /// Records a stored attachment against its uploader's quota.
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Bytes of attachments `user_id` uploaded after `since` (still stored).
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError>;
+    /// Forgets attachment records from `before` or earlier (their blobs expire with them).
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError>;
     /// Waits for pending writes and closes connections.
     async fn close(&self);
     /// Mailbox changes made by other relay processes sharing this database, for stores that can

@@ -16,9 +16,10 @@ use std::str::FromStr;
 use tokio::sync::mpsc;
 
 use super::{
-    check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
-    SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
-    UserCredentials, Wakeup, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+    check_devices, duplicate_outcome, is_transient, to_u32, AckOutcome, ClaimedBundle, DeviceAuth,
+    DeviceRow, KeyUpdate, NewUser, SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError,
+    StoredEnvelope, StoredKey, UserCredentials, Wakeup, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
+    KIND_EC, KIND_KEM,
 };
 use crate::config::Config;
 
@@ -285,6 +286,239 @@ async fn replace_keys(
     Ok(())
 }
 
+/// Runs a transaction again (up to three times in all) when PostgreSQL broke a deadlock or a
+/// serialization conflict: the lock order rules out deadlocks between the relay's own writers, but
+/// a cascade of a device removal meets rows in its own order.
+pub(super) async fn retry_transient<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if is_transient(&e) && tries < 2 => {
+                tries += 1;
+                tracing::debug!(error = %e, "transaction retried");
+            }
+            other => return other,
+        }
+    }
+}
+
+impl PgStore {
+    async fn ack_once(
+        &self,
+        device: &DeviceAuth,
+        seqs: &[i64],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<AckOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The acking device's row first (a key-share lock, which only a removal waits for): a
+        // removal of this device either finished (nothing to ack) or waits for this commit.
+        let present: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE")
+                .bind(device.pk)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if present.is_none() {
+            return Ok(AckOutcome::default());
+        }
+        let rows = sqlx::query(
+            "DELETE FROM envelopes WHERE device_pk = $1 AND seq = ANY($2) \
+             RETURNING seq, kind, source_user, server_message_id, client_message_id",
+        )
+        .bind(device.pk)
+        .bind(seqs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut outcome = AckOutcome::default();
+        let mut receipts: Vec<(String, String, String)> = Vec::new();
+        for row in &rows {
+            outcome.deleted.push(row.try_get("seq")?);
+            let kind: i64 = row.try_get("kind")?;
+            let source_user: String = row.try_get("source_user")?;
+            if kind == ENVELOPE_MESSAGE && source_user != device.user_id {
+                receipts.push((
+                    source_user,
+                    row.try_get("server_message_id")?,
+                    row.try_get("client_message_id")?,
+                ));
+            }
+        }
+        outcome.deleted.sort_unstable();
+        let users: Vec<String> = {
+            let mut u: Vec<String> = receipts.iter().map(|r| r.0.clone()).collect();
+            u.sort();
+            u.dedup();
+            u
+        };
+        let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        if !users.is_empty() {
+            let rows = sqlx::query("SELECT user_id, pk FROM devices WHERE user_id = ANY($1) ORDER BY pk FOR NO KEY UPDATE")
+                .bind(&users)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                sender_devices
+                    .entry(row.try_get("user_id")?)
+                    .or_default()
+                    .push(row.try_get("pk")?);
+            }
+        }
+        let mut inserts: Vec<(i64, &(String, String, String))> = Vec::new();
+        for receipt in &receipts {
+            for &pk in sender_devices.get(&receipt.0).into_iter().flatten() {
+                inserts.push((pk, receipt));
+            }
+        }
+        inserts.sort_by_key(|(pk, _)| *pk);
+        for (pk, (_, server_message_id, client_message_id)) in inserts {
+            let seq = next_seq(&mut tx, pk).await?;
+            let env = StoredEnvelope {
+                seq,
+                kind: ENVELOPE_RECEIPT,
+                source_user: device.user_id.clone(),
+                source_device: device.device_id,
+                server_message_id: server_message_id.clone(),
+                client_message_id: client_message_id.clone(),
+                server_ts: now,
+                content: None,
+            };
+            insert_envelope(&mut tx, pk, &env, expires_at).await?;
+            outcome.envelopes.push((pk, env));
+            if !outcome.notify.contains(&pk) {
+                outcome.notify.push(pk);
+            }
+        }
+        tx.commit().await?;
+        self.notifier.push('m', &outcome.notify);
+        Ok(outcome)
+    }
+
+    async fn send_once(&self, batch: &SendBatch) -> Result<SendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
+            .bind(&batch.recipient)
+            .fetch_one(&mut *tx)
+            .await?;
+        if recipient_exists == 0 {
+            return Ok(SendOutcome::UnknownRecipient);
+        }
+        // The sender's row first, with a key-share lock (only a removal waits for it, so sends
+        // of one device do not queue behind each other): a sender removed meanwhile is refused,
+        // not a foreign-key error. Then the device set, read under the row locks the sequence
+        // bumps take anyway (in `pk` order, like every other writer): a device removed
+        // concurrently is either gone from this read (the send answers 409) or removed after
+        // this commit.
+        let sender: Option<i64> =
+            sqlx::query_scalar("SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE")
+                .bind(batch.sender.pk)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if sender.is_none() {
+            return Ok(SendOutcome::SenderRemoved);
+        }
+        let rows = sqlx::query(
+            "SELECT pk, user_id, device_id, registration_id FROM devices \
+             WHERE (user_id = $1 OR user_id = $2) AND pk <> $3 ORDER BY pk FOR NO KEY UPDATE",
+        )
+        .bind(&batch.recipient)
+        .bind(&batch.sender.user_id)
+        .bind(batch.sender.pk)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current = BTreeMap::new();
+        let mut pks = BTreeMap::new();
+        for row in &rows {
+            let key = (
+                row.try_get::<String, _>("user_id")?,
+                to_u32(row.try_get("device_id")?, "device_id")?,
+            );
+            pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
+            current.insert(
+                key,
+                to_u32(row.try_get("registration_id")?, "registration_id")?,
+            );
+        }
+        // Claiming the idempotency key makes a concurrent retry wait for this transaction, then
+        // see its outcome.
+        let claimed = sqlx::query(
+            "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
+        )
+        .bind(batch.sender.pk)
+        .bind(&batch.client_message_id)
+        .bind(&batch.server_message_id)
+        .bind(batch.now)
+        .bind(batch.digest.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            let prior = sqlx::query(
+                "SELECT server_message_id, server_ts, digest FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
+            )
+            .bind(batch.sender.pk)
+            .bind(&batch.client_message_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            return duplicate_outcome(
+                prior.try_get("server_message_id")?,
+                prior.try_get("server_ts")?,
+                prior.try_get("digest")?,
+                &batch.digest,
+            );
+        }
+        if let Err(mismatch) = check_devices(&current, &batch.targets) {
+            return Ok(SendOutcome::Mismatch(mismatch));
+        }
+        let mut ordered = Vec::with_capacity(batch.targets.len());
+        for target in &batch.targets {
+            let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
+                return Err(StoreError::Corrupt("device vanished during send"));
+            };
+            ordered.push((pk, target));
+        }
+        ordered.sort_by_key(|(pk, _)| *pk);
+        let mut notify = Vec::with_capacity(ordered.len());
+        let mut envelopes = Vec::with_capacity(ordered.len());
+        for (pk, target) in ordered {
+            let seq = next_seq(&mut tx, pk).await?;
+            let env = StoredEnvelope {
+                seq,
+                kind: ENVELOPE_MESSAGE,
+                source_user: batch.sender.user_id.clone(),
+                source_device: batch.sender.device_id,
+                server_message_id: batch.server_message_id.clone(),
+                client_message_id: batch.client_message_id.clone(),
+                server_ts: batch.now,
+                content: Some(target.content.clone()),
+            };
+            insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
+            notify.push(pk);
+            envelopes.push((pk, env));
+        }
+        if batch.recipient != batch.sender.user_id {
+            sqlx::query(
+                "INSERT INTO contacts (user_id, contact_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&batch.sender.user_id)
+            .bind(&batch.recipient)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.notifier.push('m', &notify);
+        Ok(SendOutcome::Accepted {
+            server_message_id: batch.server_message_id.clone(),
+            server_timestamp: batch.now,
+            notify,
+            envelopes,
+        })
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn health(&self) -> Result<(), StoreError> {
@@ -293,6 +527,20 @@ impl Store for PgStore {
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Serialises registrations of one folded name (two spellings racing).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(lower($1), 0))")
+            .bind(&user.username)
+            .execute(&mut *tx)
+            .await?;
+        let taken: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE lower(username) = lower($1)")
+                .bind(&user.username)
+                .fetch_one(&mut *tx)
+                .await?;
+        if taken > 0 {
+            return Ok(false);
+        }
         let done = sqlx::query(
             "INSERT INTO users (id, username, email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (username) DO NOTHING",
@@ -302,8 +550,9 @@ impl Store for PgStore {
         .bind(&user.email)
         .bind(&user.password_hash)
         .bind(user.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -311,10 +560,15 @@ impl Store for PgStore {
         &self,
         username: &str,
     ) -> Result<Option<UserCredentials>, StoreError> {
-        let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+        // Any spelling finds the account; where accounts from before case-insensitive names
+        // differ only by case, the exact spelling wins.
+        let row = sqlx::query(
+            "SELECT id, password_hash FROM users WHERE lower(username) = lower($1) \
+             ORDER BY (username = $1) DESC, created_at LIMIT 1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|row| {
             Ok(UserCredentials {
                 id: row.try_get("id")?,
@@ -561,98 +815,7 @@ impl Store for PgStore {
     }
 
     async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Claiming the idempotency key first makes a concurrent retry wait for this transaction,
-        // then see its outcome.
-        let claimed = sqlx::query(
-            "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
-        )
-        .bind(batch.sender.pk)
-        .bind(&batch.client_message_id)
-        .bind(&batch.server_message_id)
-        .bind(batch.now)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() == 0 {
-            let prior = sqlx::query(
-                "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
-            )
-            .bind(batch.sender.pk)
-            .bind(&batch.client_message_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            return Ok(SendOutcome::Duplicate {
-                server_message_id: prior.try_get("server_message_id")?,
-                server_timestamp: prior.try_get("server_ts")?,
-            });
-        }
-        let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
-            .bind(&batch.recipient)
-            .fetch_one(&mut *tx)
-            .await?;
-        if recipient_exists == 0 {
-            return Ok(SendOutcome::UnknownRecipient);
-        }
-        let rows = sqlx::query(
-            "SELECT pk, user_id, device_id, registration_id FROM devices \
-             WHERE (user_id = $1 OR user_id = $2) AND pk <> $3",
-        )
-        .bind(&batch.recipient)
-        .bind(&batch.sender.user_id)
-        .bind(batch.sender.pk)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut current = BTreeMap::new();
-        let mut pks = BTreeMap::new();
-        for row in &rows {
-            let key = (
-                row.try_get::<String, _>("user_id")?,
-                to_u32(row.try_get("device_id")?, "device_id")?,
-            );
-            pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
-            current.insert(
-                key,
-                to_u32(row.try_get("registration_id")?, "registration_id")?,
-            );
-        }
-        if let Err(mismatch) = check_devices(&current, &batch.targets) {
-            return Ok(SendOutcome::Mismatch(mismatch));
-        }
-        let mut ordered = Vec::with_capacity(batch.targets.len());
-        for target in &batch.targets {
-            let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
-                return Err(StoreError::Corrupt("device vanished during send"));
-            };
-            ordered.push((pk, target));
-        }
-        ordered.sort_by_key(|(pk, _)| *pk);
-        let mut notify = Vec::with_capacity(ordered.len());
-        let mut envelopes = Vec::with_capacity(ordered.len());
-        for (pk, target) in ordered {
-            let seq = next_seq(&mut tx, pk).await?;
-            let env = StoredEnvelope {
-                seq,
-                kind: ENVELOPE_MESSAGE,
-                source_user: batch.sender.user_id.clone(),
-                source_device: batch.sender.device_id,
-                server_message_id: batch.server_message_id.clone(),
-                client_message_id: batch.client_message_id.clone(),
-                server_ts: batch.now,
-                content: Some(target.content.clone()),
-            };
-            insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
-            notify.push(pk);
-            envelopes.push((pk, env));
-        }
-        tx.commit().await?;
-        self.notifier.push('m', &notify);
-        Ok(SendOutcome::Accepted {
-            server_message_id: batch.server_message_id,
-            server_timestamp: batch.now,
-            notify,
-            envelopes,
-        })
+        retry_transient(|| self.send_once(&batch)).await
     }
 
     async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {
@@ -688,77 +851,7 @@ impl Store for PgStore {
         now: i64,
         expires_at: i64,
     ) -> Result<AckOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "DELETE FROM envelopes WHERE device_pk = $1 AND seq = ANY($2) \
-             RETURNING seq, kind, source_user, server_message_id, client_message_id",
-        )
-        .bind(device.pk)
-        .bind(&seqs)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut outcome = AckOutcome::default();
-        let mut receipts: Vec<(String, String, String)> = Vec::new();
-        for row in &rows {
-            outcome.deleted.push(row.try_get("seq")?);
-            let kind: i64 = row.try_get("kind")?;
-            let source_user: String = row.try_get("source_user")?;
-            if kind == ENVELOPE_MESSAGE && source_user != device.user_id {
-                receipts.push((
-                    source_user,
-                    row.try_get("server_message_id")?,
-                    row.try_get("client_message_id")?,
-                ));
-            }
-        }
-        outcome.deleted.sort_unstable();
-        let users: Vec<String> = {
-            let mut u: Vec<String> = receipts.iter().map(|r| r.0.clone()).collect();
-            u.sort();
-            u.dedup();
-            u
-        };
-        let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        if !users.is_empty() {
-            let rows = sqlx::query("SELECT user_id, pk FROM devices WHERE user_id = ANY($1)")
-                .bind(&users)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in rows {
-                sender_devices
-                    .entry(row.try_get("user_id")?)
-                    .or_default()
-                    .push(row.try_get("pk")?);
-            }
-        }
-        let mut inserts: Vec<(i64, &(String, String, String))> = Vec::new();
-        for receipt in &receipts {
-            for &pk in sender_devices.get(&receipt.0).into_iter().flatten() {
-                inserts.push((pk, receipt));
-            }
-        }
-        inserts.sort_by_key(|(pk, _)| *pk);
-        for (pk, (_, server_message_id, client_message_id)) in inserts {
-            let seq = next_seq(&mut tx, pk).await?;
-            let env = StoredEnvelope {
-                seq,
-                kind: ENVELOPE_RECEIPT,
-                source_user: device.user_id.clone(),
-                source_device: device.device_id,
-                server_message_id: server_message_id.clone(),
-                client_message_id: client_message_id.clone(),
-                server_ts: now,
-                content: None,
-            };
-            insert_envelope(&mut tx, pk, &env, expires_at).await?;
-            outcome.envelopes.push((pk, env));
-            if !outcome.notify.contains(&pk) {
-                outcome.notify.push(pk);
-            }
-        }
-        tx.commit().await?;
-        self.notifier.push('m', &outcome.notify);
-        Ok(outcome)
+        retry_transient(|| self.ack_once(device, &seqs, now, expires_at)).await
     }
 
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError> {
@@ -778,6 +871,61 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn presence_visible(&self, subject: &str, viewer: &str) -> Result<bool, StoreError> {
+        if subject == viewer {
+            return Ok(true);
+        }
+        let visible: bool = sqlx::query_scalar(
+            "SELECT (EXISTS (SELECT 1 FROM contacts WHERE user_id = $1 AND contact_id = $2) \
+             OR EXISTS (SELECT 1 FROM group_members x JOIN group_members y ON y.group_id = x.group_id \
+             WHERE x.user_id = $1 AND y.user_id = $2))",
+        )
+        .bind(subject)
+        .bind(viewer)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(visible)
+    }
+
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let size = i64::try_from(size).map_err(|_| StoreError::Corrupt("attachment size"))?;
+        sqlx::query(
+            "INSERT INTO attachment_uploads (attachment_id, user_id, size, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(attachment_id)
+        .bind(user_id)
+        .bind(size)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0)::BIGINT FROM attachment_uploads WHERE user_id = $1 AND created_at > $2",
+        )
+        .bind(user_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("attachment bytes"))
+    }
+
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM attachment_uploads WHERE created_at <= $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn close(&self) {

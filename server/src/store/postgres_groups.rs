@@ -36,8 +36,13 @@ impl GroupStore for PgStore {
         in_tx!(self, |tx| create_group_tx(&mut tx, group))
     }
 
-    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError> {
-        on_conn!(self, |conn| groups_of_tx(&mut conn, user_id))
+    async fn groups_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<GroupSummaryRow>, StoreError> {
+        on_conn!(self, |conn| groups_of_tx(&mut conn, user_id, after, limit))
     }
 
     async fn group_view(
@@ -87,7 +92,13 @@ impl GroupStore for PgStore {
     }
 
     async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
-        in_tx!(self, |tx| group_send_tx(&mut tx, batch))
+        super::retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let out = group_send_tx(&mut tx, &batch).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn group_devices(

@@ -20,9 +20,9 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    check_devices, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser,
-    SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey,
-    UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+    check_devices, duplicate_outcome, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow,
+    KeyUpdate, NewUser, SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope,
+    StoredKey, UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
 };
 use crate::config::{Config, SqliteSync};
 
@@ -379,27 +379,36 @@ async fn claim_tx(
 async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOutcome, StoreError> {
     // Claims the idempotency key first; any outcome but `Accepted` is rolled back (see `send`).
     let claimed = sqlx::query(
-        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts) \
-         VALUES (?, ?, ?, ?) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
+        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
     )
     .bind(batch.sender.pk)
     .bind(&batch.client_message_id)
     .bind(&batch.server_message_id)
     .bind(batch.now)
+    .bind(batch.digest.as_slice())
     .execute(&mut *conn)
-    .await?;
+    .await;
+    let claimed = match claimed {
+        Ok(done) => done,
+        // The sending device was removed after its token was checked.
+        Err(e) if is_foreign_key_violation(&e) => return Ok(SendOutcome::SenderRemoved),
+        Err(e) => return Err(e.into()),
+    };
     if claimed.rows_affected() == 0 {
         let prior = sqlx::query(
-            "SELECT server_message_id, server_ts FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
+            "SELECT server_message_id, server_ts, digest FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
         )
         .bind(batch.sender.pk)
         .bind(&batch.client_message_id)
         .fetch_one(&mut *conn)
         .await?;
-        return Ok(SendOutcome::Duplicate {
-            server_message_id: prior.try_get("server_message_id")?,
-            server_timestamp: prior.try_get("server_ts")?,
-        });
+        return duplicate_outcome(
+            prior.try_get("server_message_id")?,
+            prior.try_get("server_ts")?,
+            prior.try_get("digest")?,
+            &batch.digest,
+        );
     }
     // Reads the current devices and reserves the next sequence of each in one statement; when
     // the device set matches, every one of them gets exactly one envelope.
@@ -483,12 +492,26 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
             },
         ));
     }
+    if batch.recipient != batch.sender.user_id {
+        sqlx::query(
+            "INSERT INTO contacts (user_id, contact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&batch.sender.user_id)
+        .bind(&batch.recipient)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(SendOutcome::Accepted {
         server_message_id: batch.server_message_id,
         server_timestamp: batch.now,
         notify,
         envelopes,
     })
+}
+
+/// SQLite's `FOREIGN KEY constraint failed` (extended code 787).
+pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("787"))
 }
 
 async fn ack_tx(
@@ -604,6 +627,16 @@ impl Store for SqliteStore {
         let user = user.clone();
         self.write(move |conn| {
             Box::pin(async move {
+                // The single writer serialises registrations: check, then insert.
+                let taken: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM users WHERE lower(username) = lower(?)",
+                )
+                .bind(&user.username)
+                .fetch_one(&mut *conn)
+                .await?;
+                if taken > 0 {
+                    return Ok(false);
+                }
                 let done = sqlx::query(
                     "INSERT INTO users (id, username, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?) \
                      ON CONFLICT (username) DO NOTHING",
@@ -625,10 +658,15 @@ impl Store for SqliteStore {
         &self,
         username: &str,
     ) -> Result<Option<UserCredentials>, StoreError> {
-        let row = sqlx::query("SELECT id, password_hash FROM users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.readers)
-            .await?;
+        // Any spelling finds the account; where accounts from before case-insensitive names
+        // differ only by case, the exact spelling wins.
+        let row = sqlx::query(
+            "SELECT id, password_hash FROM users WHERE lower(username) = lower(?1) \
+             ORDER BY (username = ?1) DESC, created_at LIMIT 1",
+        )
+        .bind(username)
+        .fetch_optional(&self.readers)
+        .await?;
         row.map(|row| {
             Ok(UserCredentials {
                 id: row.try_get("id")?,
@@ -876,6 +914,72 @@ impl Store for SqliteStore {
             .fetch_one(&self.readers)
             .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("count"))
+    }
+
+    async fn presence_visible(&self, subject: &str, viewer: &str) -> Result<bool, StoreError> {
+        if subject == viewer {
+            return Ok(true);
+        }
+        let visible: bool = sqlx::query_scalar(
+            "SELECT (EXISTS (SELECT 1 FROM contacts WHERE user_id = ?1 AND contact_id = ?2) \
+             OR EXISTS (SELECT 1 FROM group_members x JOIN group_members y ON y.group_id = x.group_id \
+             WHERE x.user_id = ?1 AND y.user_id = ?2))",
+        )
+        .bind(subject)
+        .bind(viewer)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(visible)
+    }
+
+    async fn record_attachment(
+        &self,
+        attachment_id: &str,
+        user_id: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (id, user) = (attachment_id.to_owned(), user_id.to_owned());
+        let size = i64::try_from(size).map_err(|_| StoreError::Corrupt("attachment size"))?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO attachment_uploads (attachment_id, user_id, size, created_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(&user)
+                .bind(size)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn attachment_bytes(&self, user_id: &str, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0) FROM attachment_uploads WHERE user_id = ? AND created_at > ?",
+        )
+        .bind(user_id)
+        .bind(since)
+        .fetch_one(&self.readers)
+        .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("attachment bytes"))
+    }
+
+    async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM attachment_uploads WHERE created_at <= ?")
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
     }
 
     async fn close(&self) {

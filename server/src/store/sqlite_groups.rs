@@ -23,8 +23,13 @@ impl GroupStore for SqliteStore {
             .await
     }
 
-    async fn groups_of(&self, user_id: &str) -> Result<Vec<GroupSummaryRow>, StoreError> {
-        on_reader!(self, |conn| groups_of_tx(&mut conn, user_id))
+    async fn groups_of(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<GroupSummaryRow>, StoreError> {
+        on_reader!(self, |conn| groups_of_tx(&mut conn, user_id, after, limit))
     }
 
     async fn group_view(
@@ -76,7 +81,7 @@ impl GroupStore for SqliteStore {
     }
 
     async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
-        self.write(move |conn| Box::pin(group_send_tx(conn, batch)))
+        self.write(move |conn| Box::pin(async move { group_send_tx(conn, &batch).await }))
             .await
     }
 

@@ -101,3 +101,37 @@ async fn stale_device_after_reregistration(b: Backend) {
     t.finish().await;
 }
 both!(stale_device_after_reregistration);
+
+async fn usernames_are_unique_ignoring_case(b: Backend) {
+    let t = TestApp::new(b).await;
+    let reg =
+        |name: &str| json!({"username": name, "email": "x@example.com", "password": "password123"});
+    let (s, v) = t.post("/api/users/register", None, reg("Bob_Case")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["userId"].clone();
+    for other in ["bob_case", "BOB_CASE", "Bob_Case"] {
+        let (s, v) = t.post("/api/users/register", None, reg(other)).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::CONFLICT, Some("username_taken")),
+            "{other}"
+        );
+    }
+    // Any spelling logs in to the one account, whose chosen spelling is kept.
+    let (s, v) = t
+        .post(
+            "/api/users/login",
+            None,
+            json!({"username": "bob_case", "password": "password123", "registrationId": 7}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["userId"], id);
+    assert_eq!(
+        crate::support::count(&t, "users WHERE username = 'Bob_Case'").await,
+        1
+    );
+    assert_eq!(crate::support::count(&t, "users").await, 1);
+    t.finish().await;
+}
+both!(usernames_are_unique_ignoring_case);

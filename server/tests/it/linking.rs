@@ -438,3 +438,78 @@ async fn login_and_registration_limited_per_address(b: Backend) {
     t.finish().await;
 }
 both!(login_and_registration_limited_per_address);
+
+async fn only_the_primary_removes_other_devices(b: Backend) {
+    let t = TestApp::new(b).await;
+    let alice = t.client("alice").await;
+    let laptop = linked(&t, &alice, 501).await;
+    let tablet = linked(&t, &alice, 502).await;
+    let rows = snapshot(&t).await;
+    // A linked device cannot remove the primary or another linked device.
+    for target in [alice.device_id, tablet.device_id] {
+        let (s, v) = t
+            .call(
+                Method::DELETE,
+                &format!("/api/devices/{target}"),
+                Some(&laptop.token),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("not_primary_device")),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        snapshot(&t).await,
+        rows,
+        "a refused removal changes nothing"
+    );
+    // Any device removes itself; the primary removes others.
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/devices/{}", laptop.device_id),
+            Some(&laptop.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/devices/{}", tablet.device_id),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // With the primary gone, the oldest device left is primary.
+    let laptop = linked(&t, &alice, 503).await;
+    let tablet = linked(&t, &alice, 504).await;
+    let (s, _) = t
+        .call(Method::POST, "/api/users/logout", Some(&alice.token), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/devices/{}", laptop.device_id),
+            Some(&tablet.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/devices/{}", tablet.device_id),
+            Some(&laptop.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    t.finish().await;
+}
+both!(only_the_primary_removes_other_devices);

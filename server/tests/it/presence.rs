@@ -61,7 +61,9 @@ async fn online_away_offline_pushed_to_group_members_only(b: Backend) {
     let mut bob_ws = connect(server.addr, &bob).await;
     let v = presence_of(&mut alice_ws, &bob).await;
     assert_eq!(v["status"], "online");
-    assert_eq!(status(&t, &stranger, &bob).await["status"], "online");
+    // A stranger is told what a never-connected user looks like.
+    let v = status(&t, &stranger, &bob).await;
+    assert_eq!(v, json!({"userId": bob.user_id, "status": "offline"}));
 
     // Away, set by the client.
     let (s, _) = set_presence(&t, &bob, "away").await;
@@ -87,6 +89,11 @@ async fn online_away_offline_pushed_to_group_members_only(b: Backend) {
     let v = status(&t, &alice, &bob).await;
     assert_eq!(v["status"], "offline");
     assert!(v["lastSeen"].as_i64().unwrap() >= before - 1000);
+    let v = status(&t, &stranger, &bob).await;
+    assert!(
+        v.get("lastSeen").is_none(),
+        "a stranger learns no lastSeen: {v}"
+    );
 
     // Someone who shares nothing with bob heard none of it.
     assert!(maybe_frame(&mut stranger_ws, QUIET).await.is_none());
@@ -108,7 +115,11 @@ async fn subscribers_hear_presence(b: Backend) {
     let server = t.serve().await;
     let alice = t.client("alice").await;
     let carol = t.client("carol").await;
+    // Alice wrote to Carol: Carol may see Alice's presence.
+    let (st, v) = t.send(&alice, &carol, "hello", b"hi").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
     let mut carol_ws = connect(server.addr, &carol).await;
+    frame_of(&mut carol_ws, "envelope").await;
     frame_of(&mut carol_ws, "queueEmpty").await;
     let (s, v) = t
         .call(
@@ -279,3 +290,47 @@ async fn typing_reaches_online_devices_only(b: Backend) {
     t.finish().await;
 }
 both!(typing_reaches_online_devices_only);
+
+async fn strangers_see_no_presence(b: Backend) {
+    let t = TestApp::new(b).await;
+    let server = t.serve().await;
+    let alice = t.client("alice").await;
+    let mallory = t.client("mallory").await;
+    // Mallory writes to Alice: that makes Alice a contact of Mallory's, not the other way round.
+    let (s, v) = t.send(&mallory, &alice, "spam", b"hi").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut mallory_ws = connect(server.addr, &mallory).await;
+    frame_of(&mut mallory_ws, "queueEmpty").await;
+    let (s, v) = t
+        .call(
+            Method::PUT,
+            "/api/presence/subscriptions",
+            Some(&mallory.token),
+            Some(json!({"userIds": [alice.user_id]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["statuses"],
+        json!([{"userId": alice.user_id, "status": "offline"}])
+    );
+    // Alice comes online, goes away, goes offline: Mallory hears nothing and polls nothing.
+    let mut alice_ws = connect(server.addr, &alice).await;
+    frame_of(&mut alice_ws, "envelope").await;
+    let (s, _) = set_presence(&t, &alice, "away").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let v = status(&t, &mallory, &alice).await;
+    assert_eq!(v, json!({"userId": alice.user_id, "status": "offline"}));
+    alice_ws.send(Message::Close(None)).await.unwrap();
+    drop(alice_ws);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let v = status(&t, &mallory, &alice).await;
+    assert_eq!(v, json!({"userId": alice.user_id, "status": "offline"}));
+    assert!(maybe_frame(&mut mallory_ws, QUIET).await.is_none());
+    // Alice, who wrote nothing to Mallory, still sees Mallory's presence: Mallory wrote to her.
+    let v = status(&t, &alice, &mallory).await;
+    assert_eq!(v["status"], "online");
+    server.shutdown().await.unwrap();
+    t.finish().await;
+}
+both!(strangers_see_no_presence);
