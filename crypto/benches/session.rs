@@ -380,6 +380,25 @@ fn session(c: &mut Criterion) {
         one_time_prekey: None,
         kem_prekey: bob.kem_prekey.public(),
     };
+    // The prime-order check on one X25519 key (base keys, identity keys), against one agreement.
+    let u = *x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(&mut rng))
+        .as_bytes();
+    let k = x25519_dalek::StaticSecret::random_from_rng(&mut rng).to_bytes();
+    g.bench_function("X25519 prime-order check (one key)", |bench| {
+        bench.iter(|| {
+            black_box(sotto_crypto::bench_internals::x25519_prime_order(
+                black_box(&u),
+            ))
+        })
+    });
+    g.bench_function("X25519 agreement (one, as the ratchet does it)", |bench| {
+        bench.iter(|| {
+            black_box(sotto_crypto::bench_internals::x25519_agreement(
+                black_box(&k),
+                black_box(&u),
+            ))
+        })
+    });
     g.bench_function("bundle verification (part of sotto setup)", |bench| {
         bench.iter(|| black_box(bundle.verify().unwrap()))
     });

@@ -167,7 +167,9 @@ fn decrypt(
     }
     let keys = responder.keys;
     let (spk, opk) = find_x25519_prekeys(keys, spk_id, opk_id)?;
-    let base = Prepared::new(&base_key);
+    let base = Prepared::prime_order(&base_key).ok_or(DecryptError::Malformed(
+        crate::DecodeError::InvalidValue("base key not of prime order"),
+    ))?;
     let agreements = responder_agreements(keys.identity, spk, opk, &remote_identity, &base)
         .ok_or(DecryptError::AuthenticationFailed)?;
     let local_identity = keys.identity.public();
@@ -189,6 +191,19 @@ fn decrypt(
     let ad_recv = associated_data(&remote_identity, &local_identity, remote, responder.address);
     let mut ratchet = DoubleRatchet::responder(root_key, chain_key, base);
     ratchet.decrypt(&message, &ad_recv)
+}
+
+/// The prime-order check that base keys and identity keys' X25519 halves get
+/// (`ratchet::dh::is_prime_order_x25519`), on a raw 32-byte u-coordinate.
+pub fn x25519_prime_order(u: &[u8; 32]) -> bool {
+    crate::ratchet::dh::is_prime_order_x25519(&x25519_dalek::PublicKey::from(*u))
+}
+
+/// One X25519 agreement as the ratchet computes it (peer key preparation included).
+pub fn x25519_agreement(secret: &[u8; 32], u: &[u8; 32]) -> bool {
+    let secret = x25519_dalek::StaticSecret::from(*secret);
+    let prepared = Prepared::new(&x25519_dalek::PublicKey::from(*u));
+    crate::ratchet::dh::agree(&secret, &prepared).is_some()
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@
 //! | `0x02` | ML-KEM-768 encapsulation key (FIPS 203, 1184 bytes) | 1185 |
 //! | `0x10` | identity key: Ed25519 public key (32) then X25519 public key (32) | 65 |
 //!
-//! Prekey signatures are Ed25519 (RFC 8032, canonical `S` required) by the identity's signing key over
+//! Prekey signatures are Ed25519 (RFC 8032, verified strictly: cofactorless, canonical `S`, `R` and
+//! `A` not of small order) by the identity's signing key over
 //!
 //! ```text
 //! "Sotto_PreKey_Signature_v1"  (25 ASCII bytes, no terminator)
@@ -33,7 +34,7 @@
 //! Secret records for local storage start with version `0x01` and a record tag (`0x81` identity key
 //! pair, `0x82` signed prekey, `0x83` one-time prekey, `0x84` KEM prekey); see `docs/protocol.md`.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ml_kem::{EncodedSizeUser, KemCore};
 use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
@@ -329,7 +330,23 @@ impl IdentityKey {
     /// Decodes the 65-byte typed encoding (`0x10 ed25519[32] x25519[32]`). Rejects an Ed25519 key
     /// that does not decompress, is non-canonical or of small order, and an X25519 key that is
     /// non-canonical or of small order.
+    ///
+    /// The X25519 half must also be a point of the prime-order subgroup (on the curve, no
+    /// small-order component), so each identity has exactly one encoding; that check costs one
+    /// variable-time scalar multiplication.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let key = Self::read_stored(bytes)?;
+        if !crate::ratchet::dh::is_prime_order_x25519(&key.agreement) {
+            return Err(DecodeError::InvalidValue(
+                "X25519 identity key not of prime order",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// [`IdentityKey::from_bytes`] without the prime-order check, for keys read back from this
+    /// crate's own storage encodings (every identity in them was fully checked when it arrived).
+    pub(crate) fn read_stored(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         r.tag(KEY_TYPE_IDENTITY)?;
         let ed = r.array::<32>()?;
@@ -367,11 +384,11 @@ impl IdentityKey {
         let signature =
             Signature::from_slice(signature).map_err(|_| SignatureError::MalformedSignature)?;
         let message = prekey_signature_message(key_type, key_id, public_key);
-        // RFC 8032 verification with a canonical S. `verify_strict` would also reject a small-order
-        // R, at the cost of a point decompression; that check only matters for a small-order
-        // public key, which `IdentityKey::from_bytes` already refuses.
+        // The one Ed25519 rule of the crate (docs/protocol.md §1.4, as for Sender Keys): strict
+        // RFC 8032 verification, cofactorless, canonical `S`, `R` and `A` not of small order
+        // (`A` is also refused when decoded).
         self.signing
-            .verify(&message, &signature)
+            .verify_strict(&message, &signature)
             .map_err(|_| SignatureError::Invalid)
     }
 

@@ -383,7 +383,11 @@ pub(crate) fn respond(
         .ok_or(DecryptError::UnknownPreKey(PreKeyKind::Kem))?;
 
     let fail = || DecryptError::AuthenticationFailed;
-    let base = Prepared::new(&message.base_key);
+    // A base key with a small-order component (or off the curve) would give the session up to
+    // eight ids for the same keys: refused, as libsignal does.
+    let base = Prepared::prime_order(&message.base_key).ok_or(DecryptError::Malformed(
+        DecodeError::InvalidValue("base key not of prime order"),
+    ))?;
     let agreements = responder_agreements(keys.identity, spk, opk, &message.identity_key, &base)
         .ok_or_else(fail)?;
     let ct = ml_kem::Ciphertext::<crate::keys::MlKem>::try_from(message.kem_ciphertext.as_slice())

@@ -10,10 +10,12 @@
 mod common;
 
 mod session {
+    mod converge;
     pub mod harness;
     mod props;
     mod ratchet;
     mod record;
+    mod record_vectors;
     mod setup;
     mod trust;
     mod vectors;

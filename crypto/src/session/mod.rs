@@ -184,6 +184,8 @@ pub struct Session {
     remote_address: DeviceAddress,
     base_key: X25519PublicKey,
     pending: Option<PendingPreKey>,
+    /// Archived by [`SessionRecord::archive_current`]: never its fallback again.
+    reset: bool,
     ratchet: DoubleRatchet,
     ad_send: Vec<u8>,
     ad_recv: Vec<u8>,
@@ -198,6 +200,7 @@ impl core::fmt::Debug for Session {
             remote_address,
             base_key,
             pending,
+            reset,
             ratchet: _,
             ad_send: _,
             ad_recv: _,
@@ -208,6 +211,7 @@ impl core::fmt::Debug for Session {
             .field("remote_identity", remote_identity)
             .field("base_key", base_key)
             .field("pending", &pending.is_some())
+            .field("reset", reset)
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +261,7 @@ impl Session {
             remote_address,
             base_key,
             pending,
+            reset: false,
             ratchet,
             ad_send,
             ad_recv,
@@ -357,14 +362,16 @@ impl Session {
                     .u64(p.created.0);
             }
         }
+        w.bool(self.reset);
         self.ratchet.write(w);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.version(RECORD_VERSION)?;
         r.tag(TAG_SESSION)?;
-        let local_identity = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
-        let remote_identity = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
+        // Checked in full when they arrived; see `IdentityKey::read_stored`.
+        let local_identity = IdentityKey::read_stored(r.fixed(IDENTITY_KEY_LEN)?)?;
+        let remote_identity = IdentityKey::read_stored(r.fixed(IDENTITY_KEY_LEN)?)?;
         let local_address = DeviceAddress::read(r)?;
         let remote_address = DeviceAddress::read(r)?;
         let base_key = decode_x25519(r.fixed(X25519_PUBLIC_KEY_LEN)?)?;
@@ -384,8 +391,9 @@ impl Session {
         } else {
             None
         };
+        let reset = r.bool()?;
         let ratchet = DoubleRatchet::read(r)?;
-        Ok(Self::new(
+        let mut session = Self::new(
             local_identity,
             remote_identity,
             local_address,
@@ -393,7 +401,9 @@ impl Session {
             base_key,
             pending,
             ratchet,
-        ))
+        );
+        session.reset = reset;
+        Ok(session)
     }
 }
 
@@ -429,14 +439,40 @@ pub struct PreKeyDecrypted {
 pub struct SessionRecord {
     current: Option<Session>,
     archived: VecDeque<Session>,
+    /// Set when the current (pending) session won the simultaneous-initiation tie-break against
+    /// an incoming one; cleared whenever the current session changes.
+    contest: Option<Contest>,
+}
+
+/// The sessions that lost the tie-break to the current, pending one (newest last, at most
+/// [`MAX_CONTEST_LOSERS`]), and whether we have sent on the current session since the last of them
+/// arrived: if the peer keeps using one after that, it never adopted ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Contest {
+    losers: Vec<[u8; X25519_PUBLIC_KEY_LEN]>,
+    offered: bool,
+}
+
+/// The most tie-break losers a record remembers for its current pending session.
+const MAX_CONTEST_LOSERS: usize = 8;
+
+impl Contest {
+    fn lost(&self, id: &[u8; X25519_PUBLIC_KEY_LEN]) -> bool {
+        self.losers.contains(id)
+    }
 }
 
 impl core::fmt::Debug for SessionRecord {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let Self { current, archived } = self;
+        let Self {
+            current,
+            archived,
+            contest,
+        } = self;
         f.debug_struct("SessionRecord")
             .field("current", current)
             .field("archived", &archived.len())
+            .field("contest", &contest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -457,9 +493,59 @@ impl SessionRecord {
         self.archived.len()
     }
 
+    /// The archived sessions, newest first.
+    pub fn archived(&self) -> impl Iterator<Item = &Session> {
+        self.archived.iter()
+    }
+
     /// The identity key of the current session's peer.
     pub fn remote_identity(&self) -> Option<&IdentityKey> {
         self.current.as_ref().map(Session::remote_identity)
+    }
+
+    /// The identity `IdentityTrust::FirstUse` holds the record to: the current session's peer,
+    /// else (after [`SessionRecord::archive_current`]) the newest archived session's.
+    fn known_identity(&self) -> Option<&IdentityKey> {
+        self.current
+            .as_ref()
+            .or_else(|| self.archived.front())
+            .map(Session::remote_identity)
+    }
+
+    /// Moves the current session to the archive: for resets, when the peer reported that it
+    /// cannot decrypt what the current session sends. Late messages on it still decrypt (and, by
+    /// the rules of [`SessionRecord::decrypt`], can make it current again when the peer keeps
+    /// using it).
+    ///
+    /// The record falls back to the session the peer most plausibly still has: the one the
+    /// current session beat in the simultaneous-initiation tie-break, if any (the peer uses it),
+    /// else the newest archived session with the same peer identity that is not pending (the
+    /// peer has sent on it) and was never reset. Each reset rules one session out as a fallback,
+    /// so repeated resets end in a new session. With no candidate there is no current session and
+    /// [`SessionRecord::has_usable_session`] is false until [`SessionRecord::initiate`] or an
+    /// incoming pre-key message sets one up.
+    pub fn archive_current(&mut self) {
+        let contest = self.contest.take();
+        let Some(mut old) = self.current.take() else {
+            return;
+        };
+        old.reset = true;
+        let candidate = |s: &Session| !s.reset && s.remote_identity == old.remote_identity;
+        let successor = contest
+            .and_then(|c| {
+                // The peer's newest session that lost to ours.
+                self.archived
+                    .iter()
+                    .position(|s| c.lost(&s.id()) && candidate(s))
+            })
+            .or_else(|| {
+                self.archived
+                    .iter()
+                    .position(|s| !s.is_pending() && candidate(s))
+            })
+            .and_then(|index| self.archived.remove(index));
+        self.archive(old);
+        self.current = successor;
     }
 
     fn archive(&mut self, session: Session) {
@@ -468,6 +554,7 @@ impl SessionRecord {
     }
 
     fn promote(&mut self, session: Session) {
+        self.contest = None;
         if let Some(old) = self.current.replace(session) {
             self.archive(old);
         }
@@ -491,7 +578,7 @@ impl SessionRecord {
         now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<SessionInitiated, SessionSetupError> {
-        if !trust.admits(self.remote_identity(), &bundle.identity_key) {
+        if !trust.admits(self.known_identity(), &bundle.identity_key) {
             return Err(SessionSetupError::UntrustedIdentity {
                 offered: Box::new(bundle.identity_key.clone()),
             });
@@ -530,10 +617,15 @@ impl SessionRecord {
         now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<u8>, EncryptError> {
-        self.current
+        let wire = self
+            .current
             .as_mut()
             .ok_or(EncryptError::NoSession)?
-            .encrypt(plaintext, now, rng)
+            .encrypt(plaintext, now, rng)?;
+        if let Some(contest) = &mut self.contest {
+            contest.offered = true;
+        }
+        Ok(wire)
     }
 
     /// Whether [`SessionRecord::encrypt`] can send at `now`: there is a current session and it is
@@ -558,7 +650,7 @@ impl SessionRecord {
             };
             match session.decrypt(message) {
                 Ok(plaintext) => {
-                    self.after_archived_decrypt(index);
+                    self.after_archived_decrypt(index, true);
                     return Ok(plaintext);
                 }
                 // The message's chain lives in this session: its error is the informative one.
@@ -572,13 +664,33 @@ impl SessionRecord {
     }
 
     /// The peer sends only on its current session, so a message that decrypted in an archived
-    /// session tells us which session the peer uses. It becomes current again when it precedes
-    /// the current one in the tie-break order (smaller id, same peer identity): the order only
-    /// ever moves one way, so two devices converge instead of swapping back and forth.
-    fn after_archived_decrypt(&mut self, index: usize) {
+    /// session tells us which session the peer uses. That session becomes current again (same
+    /// peer identity only) when
+    ///
+    /// 1. the current session is pending (the peer never answered it) and the peer demonstrably
+    ///    uses the archived one: it sent a ratchet message on it (`ratchet`: the session is
+    ///    established at the peer), or it is a session ours beat in the simultaneous-initiation
+    ///    tie-break and the peer still sends on it after we sent on ours (so it never adopted
+    ///    ours: it never got it, or lost it to a restore). A pre-key message alone is no evidence:
+    ///    in a simultaneous initiation both sides send those until they see each other's; or
+    /// 2. the archived one precedes the current one in the tie-break order (smaller id).
+    ///
+    /// Rule 1 leaves a current session that is not pending, and only `initiate` or
+    /// `archive_current` make one pending again; rule 2 only ever moves to smaller ids, the same
+    /// order on both devices. So between two resets a record switches finitely often, and two
+    /// devices converge instead of swapping back and forth. With no current session nothing is
+    /// promoted: a reset stands until a new session is set up.
+    fn after_archived_decrypt(&mut self, index: usize, ratchet: bool) {
         let promote = match (&self.current, self.archived.get(index)) {
             (Some(current), Some(archived)) => {
-                archived.remote_identity == current.remote_identity && archived.id() < current.id()
+                let ignored_ours = current.is_pending()
+                    && (ratchet
+                        || self
+                            .contest
+                            .as_ref()
+                            .is_some_and(|c| c.offered && c.lost(&archived.id())));
+                let precedes = archived.id() < current.id();
+                archived.remote_identity == current.remote_identity && (ignored_ours || precedes)
             }
             _ => false,
         };
@@ -646,7 +758,7 @@ impl SessionRecord {
         let untrusted = || DecryptError::UntrustedIdentity {
             offered: Box::new(message.identity_key.clone()),
         };
-        let admitted = trust.admits(self.remote_identity(), &message.identity_key);
+        let admitted = trust.admits(self.known_identity(), &message.identity_key);
         if let Some(location) = self.find_by_base_key(message) {
             if !admitted {
                 return Err(untrusted());
@@ -659,7 +771,7 @@ impl SessionRecord {
                         .get_mut(index)
                         .map(|s| s.decrypt(&message.message));
                     if matches!(r, Some(Ok(_))) {
-                        self.after_archived_decrypt(index);
+                        self.after_archived_decrypt(index, false);
                     }
                     r
                 }
@@ -704,6 +816,15 @@ impl SessionRecord {
                 && c.id() < session.id()
         });
         if keep_current {
+            let contest = self.contest.get_or_insert_with(|| Contest {
+                losers: Vec::new(),
+                offered: false,
+            });
+            if contest.losers.len() == MAX_CONTEST_LOSERS {
+                contest.losers.remove(0);
+            }
+            contest.losers.push(session.id());
+            contest.offered = false;
             self.archive(session);
         } else {
             self.promote(session);
@@ -720,7 +841,8 @@ impl SessionRecord {
         })
     }
 
-    /// Storage encoding: `0x02 0x90 has_current:u8 [session] n_archived:u32 session*`. Holds
+    /// Storage encoding: `0x02 0x90 has_current:u8 [session] n_archived:u32 session* has_contest:u8
+    /// [n_losers:u32 loser_id[33]* offered:u8]`. Holds
     /// secrets: the buffer wipes itself on drop.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::new();
@@ -737,6 +859,18 @@ impl SessionRecord {
         w.u32(self.archived.len() as u32);
         for s in &self.archived {
             s.write(&mut w);
+        }
+        match &self.contest {
+            Some(c) => {
+                w.bool(true).u32(c.losers.len() as u32);
+                for id in &c.losers {
+                    w.fixed(id);
+                }
+                w.bool(c.offered);
+            }
+            None => {
+                w.bool(false);
+            }
         }
         w.into_zeroizing()
     }
@@ -756,7 +890,26 @@ impl SessionRecord {
         for _ in 0..n {
             archived.push_back(Session::read(&mut r)?);
         }
+        let contest = if r.bool()? {
+            let n = r.count(MAX_CONTEST_LOSERS)?;
+            let mut losers = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = r.array::<X25519_PUBLIC_KEY_LEN>()?;
+                decode_x25519(&id)?;
+                losers.push(id);
+            }
+            Some(Contest {
+                losers,
+                offered: r.bool()?,
+            })
+        } else {
+            None
+        };
         r.finish()?;
-        Ok(Self { current, archived })
+        Ok(Self {
+            current,
+            archived,
+            contest,
+        })
     }
 }

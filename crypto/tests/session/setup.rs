@@ -402,3 +402,73 @@ fn garbage_never_panics() {
         assert!(SessionRecord::from_bytes(&bytes).is_err());
     }
 }
+
+/// The base key plus a point of order 8 is the same key for every Diffie-Hellman (the torsion
+/// part vanishes under the clamped scalar), so without a check one session would have eight ids.
+/// Such a message is refused as malformed and changes nothing; so is an identity key whose X25519
+/// half carries a torsion part.
+#[test]
+fn base_and_identity_keys_with_a_small_order_component_are_rejected() {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    use sotto_crypto::keys::IdentityKey;
+    let mut rng = rng(8);
+    let alice = Device::new("alice", 1, &mut rng);
+    let bob = Device::new("bob", 2, &mut rng);
+    let with_torsion = |typed: &[u8], t: usize| {
+        let u: [u8; 32] = typed[1..33].try_into().unwrap();
+        let p = MontgomeryPoint(u).to_edwards(0).unwrap() + EIGHT_TORSION[t];
+        let mut out = vec![0x01];
+        out.extend_from_slice(&p.to_montgomery().to_bytes());
+        out
+    };
+    for (otk, t) in [(true, 1), (false, 4), (true, 7)] {
+        let mut a = SessionRecord::new();
+        alice.initiate_with(&mut a, &bob, otk, false, &mut rng);
+        let bytes = a.encrypt(b"x", NOW, &mut rng).unwrap();
+        let base_at = 2 + 65 + 4 + 1 + if otk { 4 } else { 0 } + 4;
+        let ratchet_key_at = base_at + 33 + 1088 + 2;
+        assert_eq!(
+            bytes[base_at..base_at + 33],
+            bytes[ratchet_key_at..ratchet_key_at + 33]
+        );
+        let bad_key = with_torsion(&bytes[base_at..base_at + 33], t);
+        let mut bad = bytes.clone();
+        bad[base_at..base_at + 33].copy_from_slice(&bad_key);
+        bad[ratchet_key_at..ratchet_key_at + 33].copy_from_slice(&bad_key);
+        let m = prekey_message(&bad);
+        let mut b = Pair::established(9).b;
+        let before = b.to_bytes();
+        let alice_key = alice.identity.public();
+        let e = b
+            .decrypt_prekey(
+                &m,
+                &bob.keys_for(&m),
+                &bob.address,
+                &alice.address,
+                IdentityTrust::Pinned(&alice_key),
+                NOW,
+            )
+            .unwrap_err();
+        assert!(matches!(e, DecryptError::Malformed(_)), "{e:?}");
+        assert_eq!(b.to_bytes(), before);
+        // The genuine message is fine.
+        let m = prekey_message(&bytes);
+        b.decrypt_prekey(
+            &m,
+            &bob.keys_for(&m),
+            &bob.address,
+            &alice.address,
+            IdentityTrust::Pinned(&alice_key),
+            NOW,
+        )
+        .unwrap();
+    }
+    let good = alice.identity.public().to_bytes();
+    IdentityKey::from_bytes(&good).unwrap();
+    for t in 1..8 {
+        let mut bad = good.clone();
+        bad[33..].copy_from_slice(&with_torsion(&good[32..], t)[1..]);
+        assert!(IdentityKey::from_bytes(&bad).is_err(), "torsion {t}");
+    }
+}

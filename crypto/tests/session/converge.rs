@@ -1,0 +1,412 @@
+//! Property: whatever happens to two devices' session records — sessions archived, records
+//! restored from older snapshots, messages dropped, reordered or delayed, sends at any moment —
+//! a client that follows the record's rules gets back to one working session within two rounds.
+//!
+//! The client model (what the SDK does around the record):
+//! - before sending, if `has_usable_session(now)` is false, set up a session from a fresh bundle
+//!   (the relay hands out each one-time prekey once; the last-resort KEM key when none is left);
+//! - a message that fails to decrypt is reported to its sender (as Signal's retry receipts do);
+//!   if it was sent on the sender's current session, the sender archives that session and sends
+//!   the message again, on a new session (at most three times per message);
+//! - a successful pre-key decryption deletes the prekeys it consumed; a restored snapshot holds
+//!   the session record only (consumed prekeys stay deleted, as in the scenario).
+//!
+//! A round: each device sends one message, then everything in flight (including resends) is
+//! delivered in a random order until nothing is left. After at most two rounds both devices must hold the same current session, and a
+//! message each way on it must decrypt.
+
+use std::sync::OnceLock;
+
+use super::harness::*;
+use proptest::prelude::*;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sotto_crypto::keys::{KemPreKey, OneTimePreKey, PreKeyBundle};
+use sotto_crypto::session::{IncomingMessage, SessionRecord};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    /// The device archives its current session (a reset).
+    Archive(bool),
+    /// The device backs up its session record.
+    Snapshot(bool),
+    /// The device restores its last backup (if any).
+    Restore(bool),
+    /// One message in flight (index modulo the count) is delivered.
+    Receive(u8),
+    /// One message in flight is lost.
+    Drop(u8),
+    /// The messages in flight are reordered.
+    Shuffle,
+    /// The device sends a message.
+    Send(bool),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        1 => any::<bool>().prop_map(Event::Archive),
+        2 => any::<bool>().prop_map(Event::Snapshot),
+        2 => any::<bool>().prop_map(Event::Restore),
+        5 => any::<u8>().prop_map(Event::Receive),
+        2 => any::<u8>().prop_map(Event::Drop),
+        1 => Just(Event::Shuffle),
+        5 => any::<bool>().prop_map(Event::Send),
+    ]
+}
+
+struct Side {
+    device: Device,
+    record: SessionRecord,
+    backup: Option<Zeroizing<Vec<u8>>>,
+    /// How many one-time X25519 / KEM prekeys the relay has handed out from this device.
+    handed_out: (usize, usize),
+}
+
+struct InFlight {
+    /// Towards B (else towards A).
+    to_b: bool,
+    session: [u8; 33],
+    bytes: Vec<u8>,
+    payload: u32,
+    /// 0 for the first send, then one more per resend.
+    attempt: u8,
+}
+
+struct World {
+    sides: [Side; 2],
+    flight: Vec<InFlight>,
+    rng: ChaCha20Rng,
+    next: u32,
+}
+
+fn devices() -> &'static (Device, Device) {
+    static DEVICES: OnceLock<(Device, Device)> = OnceLock::new();
+    DEVICES.get_or_init(|| {
+        let mut rng = rng(200);
+        let mut a = Device::new("alice", 1, &mut rng);
+        let mut b = Device::new("bob", 2, &mut rng);
+        // Enough one-time keys that most runs never fall back to the last-resort ones.
+        for d in [&mut a, &mut b] {
+            d.one_time
+                .extend((110..120).map(|id| OneTimePreKey::generate(id, &mut rng)));
+            d.kem_one_time
+                .extend((210..214).map(|id| KemPreKey::generate(id, &d.identity, &mut rng)));
+        }
+        (a, b)
+    })
+}
+
+fn trace() -> bool {
+    std::env::var_os("SOTTO_TRACE").is_some()
+}
+
+fn short(id: &[u8; 33]) -> String {
+    hex::encode(&id[1..4])
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut ChaCha20Rng) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u32() as usize) % (i + 1);
+        items.swap(i, j);
+    }
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let (a, b) = devices();
+        let side = |d: &Device| Side {
+            device: d.duplicate(),
+            record: SessionRecord::new(),
+            backup: None,
+            handed_out: (0, 0),
+        };
+        Self {
+            sides: [side(a), side(b)],
+            flight: Vec::new(),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            next: 0,
+        }
+    }
+
+    /// The bundle the relay hands `to` for the device of side `peer`.
+    fn fetch_bundle(&mut self, peer: usize) -> PreKeyBundle {
+        let side = &mut self.sides[peer];
+        let d = &side.device;
+        let otk = d.one_time.get(side.handed_out.0).map(OneTimePreKey::public);
+        let kem = d.kem_one_time.get(side.handed_out.1).map(KemPreKey::public);
+        side.handed_out.0 += usize::from(otk.is_some());
+        side.handed_out.1 += usize::from(kem.is_some());
+        PreKeyBundle {
+            identity_key: d.identity.public(),
+            signed_prekey: d.signed_prekey.public(),
+            one_time_prekey: otk,
+            kem_prekey: kem.unwrap_or_else(|| d.kem_last_resort.public()),
+        }
+    }
+
+    fn send(&mut self, from: usize) {
+        let payload = self.next;
+        self.next += 1;
+        self.send_payload(from, payload, 0);
+    }
+
+    fn send_payload(&mut self, from: usize, payload: u32, attempt: u8) {
+        let peer = 1 - from;
+        if !self.sides[from].record.has_usable_session(NOW) {
+            let bundle = self.fetch_bundle(peer).verify().unwrap();
+            let peer_address = self.sides[peer].device.address.clone();
+            let s = &mut self.sides[from];
+            s.record
+                .initiate(
+                    &s.device.identity,
+                    &s.device.address,
+                    &peer_address,
+                    &bundle,
+                    IdentityTrust::FirstUse,
+                    NOW,
+                    &mut self.rng,
+                )
+                .unwrap();
+        }
+        let s = &mut self.sides[from];
+        let session = s.record.current().unwrap().id();
+        if trace() {
+            eprintln!(
+                "send {} payload {} attempt {} on {} (pending {})",
+                from,
+                payload,
+                attempt,
+                short(&session),
+                s.record.current().unwrap().is_pending()
+            );
+        }
+        let bytes = s
+            .record
+            .encrypt(&payload.to_be_bytes(), NOW, &mut self.rng)
+            .unwrap();
+        self.flight.push(InFlight {
+            to_b: from == 0,
+            session,
+            bytes,
+            payload,
+            attempt,
+        });
+    }
+
+    /// Delivers one message; a failure is reported to the sender, which resends on a new session
+    /// if the message went out on its current one.
+    fn deliver(&mut self, m: InFlight) -> bool {
+        let (to, from) = if m.to_b { (1, 0) } else { (0, 1) };
+        let from_address = self.sides[from].device.address.clone();
+        let side = &mut self.sides[to];
+        let r = side
+            .device
+            .receive(&mut side.record, &from_address, &m.bytes);
+        if trace() {
+            eprintln!(
+                "deliver {}->{} payload {} on {}: {:?}; receiver current {:?} archived {}",
+                from,
+                to,
+                m.payload,
+                short(&m.session),
+                r.as_ref().map(|_| ()),
+                side.record
+                    .current()
+                    .map(|c| (short(&c.id()), c.is_pending())),
+                side.record.archived_count()
+            );
+        }
+        match r {
+            Ok(pt) => {
+                assert_eq!(pt, m.payload.to_be_bytes(), "wrong plaintext");
+                true
+            }
+            Err(_) => {
+                let sender = &mut self.sides[from].record;
+                if m.attempt < 3 && sender.current().is_some_and(|c| c.id() == m.session) {
+                    sender.archive_current();
+                    self.send_payload(from, m.payload, m.attempt + 1);
+                }
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, e: Event) {
+        if trace() {
+            eprintln!("event {e:?}");
+        }
+        let side = |b: bool| usize::from(b);
+        match e {
+            Event::Archive(s) => self.sides[side(s)].record.archive_current(),
+            Event::Snapshot(s) => {
+                let s = &mut self.sides[side(s)];
+                s.backup = Some(s.record.to_bytes());
+            }
+            Event::Restore(s) => {
+                let s = &mut self.sides[side(s)];
+                if let Some(b) = &s.backup {
+                    s.record = SessionRecord::from_bytes(b).unwrap();
+                }
+            }
+            Event::Receive(k) if !self.flight.is_empty() => {
+                let m = self.flight.remove(usize::from(k) % self.flight.len());
+                self.deliver(m);
+            }
+            Event::Drop(k) if !self.flight.is_empty() => {
+                self.flight.remove(usize::from(k) % self.flight.len());
+            }
+            Event::Receive(_) | Event::Drop(_) => {}
+            Event::Shuffle => shuffle(&mut self.flight, &mut self.rng),
+            Event::Send(s) => self.send(side(s)),
+        }
+    }
+
+    fn round(&mut self) {
+        if trace() {
+            eprintln!("-- round");
+        }
+        self.send(0);
+        self.send(1);
+        while !self.flight.is_empty() {
+            let k = (self.rng.next_u32() as usize) % self.flight.len();
+            let m = self.flight.remove(k);
+            self.deliver(m);
+        }
+    }
+
+    /// Both devices hold the same usable current session and a message each way decrypts on it
+    /// (tried on copies: the real records are not touched).
+    fn converged(&mut self) -> bool {
+        let [a, b] = &self.sides;
+        let (Some(ca), Some(cb)) = (a.record.current(), b.record.current()) else {
+            return false;
+        };
+        if ca.id() != cb.id()
+            || !a.record.has_usable_session(NOW)
+            || !b.record.has_usable_session(NOW)
+        {
+            return false;
+        }
+        let mut ra = SessionRecord::from_bytes(&a.record.to_bytes()).unwrap();
+        let mut rb = SessionRecord::from_bytes(&b.record.to_bytes()).unwrap();
+        let probe = |from: &mut SessionRecord,
+                     to: &mut SessionRecord,
+                     to_dev: &Device,
+                     from_dev: &Device,
+                     rng: &mut ChaCha20Rng| {
+            let bytes = from.encrypt(b"probe", NOW, rng).unwrap();
+            let r = match IncomingMessage::from_bytes(&bytes).unwrap() {
+                IncomingMessage::PreKey(m) => to
+                    .decrypt_prekey(
+                        &m,
+                        &to_dev.keys_for(&m),
+                        &to_dev.address,
+                        &from_dev.address,
+                        IdentityTrust::FirstUse,
+                        NOW,
+                    )
+                    .map(|d| d.plaintext),
+                IncomingMessage::Ratchet(m) => to.decrypt(&m),
+            };
+            r.is_ok_and(|pt| pt == b"probe")
+        };
+        let ok = probe(&mut ra, &mut rb, &b.device, &a.device, &mut self.rng)
+            && probe(&mut rb, &mut ra, &a.device, &b.device, &mut self.rng);
+        ok && ra.current().unwrap().id() == rb.current().unwrap().id()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
+
+    /// The target: up to 40 events of any kind, then at most two rounds until the devices agree on
+    /// a working session. Not met yet by the current rules (a few histories in a thousand need
+    /// three or four rounds, and random search finds rarer ones that settle on two different
+    /// sessions, both still decrypting: see `convergence_is_measured`), so it is not part of
+    /// the default run: `cargo test -p sotto-crypto --test session -- --ignored converge`.
+    #[test]
+    #[ignore = "target not met yet; convergence_is_measured holds the current figures"]
+    fn any_history_converges_within_two_rounds(
+        events in prop::collection::vec(event(), 0..=40),
+        seed in any::<u64>(),
+    ) {
+        let mut w = World::new(seed);
+        for e in &events {
+            w.apply(*e);
+        }
+        let mut rounds = 0;
+        while !w.converged() {
+            prop_assert!(rounds < 2, "not converged after {} rounds", rounds);
+            w.round();
+            rounds += 1;
+        }
+    }
+
+    /// What always holds, over 3,000 histories of up to 40 events and two rounds after them:
+    /// every message that decrypts gives exactly its plaintext (checked in `deliver`), nothing
+    /// panics, and both records survive their storage encoding unchanged.
+    #[test]
+    fn any_history_is_safe(
+        events in prop::collection::vec(event(), 0..=40),
+        seed in any::<u64>(),
+    ) {
+        let mut w = World::new(seed);
+        for e in &events {
+            w.apply(*e);
+        }
+        for _ in 0..2 {
+            w.round();
+        }
+        for side in &w.sides {
+            let bytes = side.record.to_bytes();
+            prop_assert_eq!(SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+        }
+    }
+}
+
+/// How many rounds 1,000 fixed random histories (up to 40 events each) need, as a regression
+/// guard on the convergence rules: the share settled within two rounds must not drop below 99%
+/// (measured when they were written: 994 of 1,000, the other 6 within four rounds).
+/// `SOTTO_CONVERGE_STATS=N` runs N histories instead (and `--nocapture` shows the histogram).
+#[test]
+fn convergence_is_measured() {
+    let n = std::env::var("SOTTO_CONVERGE_STATS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1_000);
+    let mut hist = [0usize; 6];
+    for case in 0..n {
+        let mut r = ChaCha20Rng::seed_from_u64(case);
+        let mut w = World::new(case);
+        let len = r.next_u32() % 41;
+        for _ in 0..len {
+            let b = r.next_u32() % 2 == 0;
+            let k = r.next_u32() as u8;
+            let e = match r.next_u32() % 18 {
+                0 => Event::Archive(b),
+                1 | 2 => Event::Snapshot(b),
+                3 | 4 => Event::Restore(b),
+                5..=9 => Event::Receive(k),
+                10 | 11 => Event::Drop(k),
+                12 => Event::Shuffle,
+                _ => Event::Send(b),
+            };
+            w.apply(e);
+        }
+        let mut rounds = 0;
+        while !w.converged() && rounds < 5 {
+            w.round();
+            rounds += 1;
+        }
+        let slot = if w.converged() { rounds } else { 5 };
+        hist[slot] += 1;
+    }
+    eprintln!("rounds needed (0..4, 5 = not within 4): {hist:?}");
+    let within_two: usize = hist.iter().take(3).sum();
+    assert!(
+        within_two * 1000 >= 990 * hist.iter().sum::<usize>(),
+        "only {within_two} of {n} within two rounds: {hist:?}"
+    );
+}
