@@ -51,6 +51,8 @@ pub struct Relay {
     dir: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
+    /// The CA to trust when the relay serves TLS.
+    ca_pem: Option<String>,
 }
 
 impl Relay {
@@ -72,6 +74,37 @@ impl Relay {
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            ca_pem: None,
+        };
+        relay.spawn().await;
+        relay
+    }
+
+    /// A relay serving HTTPS and WSS with a freshly generated certificate for `localhost`.
+    pub async fn start_tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut relay = Self {
+            url: format!("https://localhost:{port}"),
+            port,
+            args: vec![
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ],
+            dir,
+            child: None,
+            ca_pem: Some(certified.cert.pem()),
         };
         relay.spawn().await;
         relay
@@ -124,7 +157,14 @@ impl Relay {
     }
 
     pub fn client(&self) -> RelayClient {
-        RelayClient::new(&self.url).unwrap()
+        match &self.ca_pem {
+            Some(pem) => RelayClient::builder(&self.url)
+                .extra_ca_pem(pem.as_bytes())
+                .only_extra_ca()
+                .build()
+                .unwrap(),
+            None => RelayClient::new(&self.url).unwrap(),
+        }
     }
 
     /// Kills the process (SIGKILL: no goodbye to the WebSockets).

@@ -14,3 +14,4 @@ mod errors;
 mod messaging;
 mod reconnect;
 mod routes;
+mod tls;
