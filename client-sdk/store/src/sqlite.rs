@@ -313,11 +313,88 @@ fn apply_jobs<'c>(
 }
 
 /// `BEGIN IMMEDIATE`, the jobs, `COMMIT`; on any failure `ROLLBACK`, so nothing of them stays.
+/// Row counts of the one-statement commits (see [`one_shot_puts`]).
+const ONE_SHOT_ROWS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+fn one_shot_sql(rows: usize) -> String {
+    format!("BEGIN IMMEDIATE; {}; COMMIT", insert_sql(rows))
+}
+
+/// The puts of a group made only of puts, at most 64 rows: the common case (a message or a page
+/// of them), committed in one call to SQLite instead of three.
+fn one_shot_puts(jobs: &[Job]) -> Option<Vec<Put<'_>>> {
+    let mut puts = Vec::new();
+    for job in jobs {
+        let Job::Write(ops, _) = job else {
+            return None;
+        };
+        for op in ops {
+            let WriteOp::Put {
+                table,
+                partition,
+                sort,
+                value,
+            } = op
+            else {
+                return None;
+            };
+            puts.push(Put {
+                table,
+                partition,
+                sort: *sort,
+                value,
+            });
+        }
+    }
+    (!puts.is_empty() && puts.len() <= 64).then_some(puts)
+}
+
+/// `BEGIN IMMEDIATE; INSERT …; COMMIT` in one multi-statement query. The row count is padded to
+/// the next size in [`ONE_SHOT_ROWS`] (so few SQL texts are prepared) by repeating the last row,
+/// which `INSERT OR REPLACE` writes twice to the same effect.
+async fn commit_one_shot(
+    conn: &mut SqliteConnection,
+    one_shot: &[String; 7],
+    puts: &[Put<'_>],
+) -> Result<(), sqlx::Error> {
+    let Some((index, rows)) = ONE_SHOT_ROWS
+        .iter()
+        .enumerate()
+        .find(|(_, rows)| **rows >= puts.len())
+    else {
+        return Err(sqlx::Error::Protocol("one-shot commit over 64 rows".into()));
+    };
+    let (Some(text), Some(last)) = (one_shot.get(index), puts.last()) else {
+        return Err(sqlx::Error::Protocol("empty one-shot commit".into()));
+    };
+    let mut query = sqlx::query(text);
+    for put in puts
+        .iter()
+        .chain(std::iter::repeat_n(last, rows - puts.len()))
+    {
+        query = query
+            .bind(put.table)
+            .bind(put.partition)
+            .bind(encode_sort(put.sort))
+            .bind(put.value);
+    }
+    let result = query.execute(&mut *conn).await.map(drop);
+    if result.is_err() {
+        // A failed INSERT or COMMIT leaves the transaction open.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    result
+}
+
 async fn commit_jobs(
     conn: &mut SqliteConnection,
-    sql: &[String; 4],
+    sql: &Statements,
     jobs: &[Job],
 ) -> Result<(), sqlx::Error> {
+    if let Some(puts) = one_shot_puts(jobs) {
+        return commit_one_shot(conn, &sql.one_shot, &puts).await;
+    }
+    let sql = &sql.inserts;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let result = match apply_jobs(conn, sql, jobs).await {
         Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop),
@@ -328,6 +405,12 @@ async fn commit_jobs(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
     result
+}
+
+/// The SQL texts the writer uses, built once.
+struct Statements {
+    inserts: [String; 4],
+    one_shot: [String; 7],
 }
 
 fn answer(job: Job, result: Result<(), BackendError>) {
@@ -343,7 +426,10 @@ fn answer(job: Job, result: Result<(), BackendError>) {
 /// group fail, it is rolled back and each job is retried in a transaction of its own, so one bad
 /// write fails alone and all-or-nothing.
 async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
-    let sql = PUT_BATCHES.map(insert_sql);
+    let sql = Statements {
+        inserts: PUT_BATCHES.map(insert_sql),
+        one_shot: ONE_SHOT_ROWS.map(one_shot_sql),
+    };
     let mut group: Vec<Job> = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let grouped = group.len() > 1;
@@ -742,6 +828,16 @@ mod tests {
                 .len(),
             2
         );
+        // The same for writes of puts only (committed in one statement).
+        let (bad_result, good_result) = tokio::join!(
+            backend.write(vec![put("t", 5), put("poison", 6), put("t", 7)]),
+            backend.write(vec![put("v", 1)])
+        );
+        assert!(bad_result.is_err());
+        good_result.unwrap();
+        assert_eq!(backend.get("t", b"p", 5).await.unwrap(), None);
+        assert_eq!(backend.get("t", b"p", 7).await.unwrap(), None);
+        assert!(backend.get("v", b"p", 1).await.unwrap().is_some());
         // The writer carries on after a failure.
         backend.write(vec![put("t", 9)]).await.unwrap();
         assert!(backend.get("t", b"p", 9).await.unwrap().is_some());
