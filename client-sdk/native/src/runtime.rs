@@ -514,7 +514,8 @@ impl SottoClient {
             .core()
             .send_text(now_ms(), to_user_id, text)
             .map_err(|e| SendTextError::Invalid(e.to_string()))?;
-        self.inner.drain().await;
+        // Not awaited: messages queued back to back share one commit and one request batch.
+        tokio::spawn(self.inner.drain());
         Ok(id)
     }
 
