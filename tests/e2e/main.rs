@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+mod attachments;
 mod cli;
 mod common;
 mod direct;
