@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attachments;
 mod http;
 mod linking;
 mod runtime;
@@ -31,6 +32,7 @@ mod storage;
 
 use std::path::PathBuf;
 
+pub use attachments::{AttachmentError, MAX_ATTACHMENT_BYTES};
 pub use linking::PROVISIONING_INFO;
 pub use runtime::{PendingLink, SottoClient};
 pub use sotto_client_core::{

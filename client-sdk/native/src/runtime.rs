@@ -507,6 +507,44 @@ impl SottoClient {
         }
     }
 
+    /// Encrypts `path` as it is read, uploads it as it is encrypted, and sends the key and
+    /// digest to the user in an end-to-end encrypted message; returns once the relay accepted it.
+    pub async fn send_attachment(
+        &self,
+        to_user_id: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<SentMessage, crate::AttachmentError> {
+        let pointer = crate::attachments::upload(&self.inner.http, path, content_type).await?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut core = self.inner.core();
+            let id = core
+                .send_attachment(now_ms(), to_user_id, pointer, None)
+                .map_err(|e| crate::AttachmentError::Send(e.to_string()))?;
+            self.inner.waiters().insert(id.clone(), tx);
+            id
+        };
+        self.inner.drain().await;
+        match rx.await {
+            Ok(Ok(server_timestamp)) => Ok(SentMessage {
+                id,
+                server_timestamp,
+            }),
+            Ok(Err(f)) => Err(crate::AttachmentError::Send(format!("{f:?}"))),
+            Err(_) => Err(crate::AttachmentError::Send("the client stopped".into())),
+        }
+    }
+
+    /// Downloads, verifies and decrypts a received attachment into `dest`; returns its size.
+    pub async fn download_attachment(
+        &self,
+        attachment: &sotto_client_core::AttachmentPointer,
+        dest: &std::path::Path,
+    ) -> Result<u64, crate::AttachmentError> {
+        crate::attachments::download(&self.inner.http, attachment, dest).await
+    }
+
     /// Queues a text message without waiting for the relay; returns its id.
     pub async fn queue_text(&self, to_user_id: &str, text: &str) -> Result<String, SendTextError> {
         let id = self
@@ -514,7 +552,8 @@ impl SottoClient {
             .core()
             .send_text(now_ms(), to_user_id, text)
             .map_err(|e| SendTextError::Invalid(e.to_string()))?;
-        self.inner.drain().await;
+        // Not awaited: messages queued back to back share one commit and one request batch.
+        tokio::spawn(self.inner.drain());
         Ok(id)
     }
 
