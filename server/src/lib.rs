@@ -180,6 +180,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/users/login", post(api::users::login))
         .route("/api/users/logout", post(api::users::logout))
         .route("/api/users/{user_id}/devices", get(api::users::devices))
+        .route(
+            "/api/users/settings",
+            get(api::users::settings).put(api::users::set_settings),
+        )
         .route("/api/keys", put(api::keys::upload))
         .route("/api/keys/count", get(api::keys::count))
         .route("/api/keys/{user_id}", get(api::keys::bundles))
@@ -201,6 +205,11 @@ pub fn app(state: AppState) -> Router {
             post(api::groups::create).get(api::groups::list),
         )
         .route("/api/groups/{group_id}/members", get(api::groups::members))
+        .route("/api/groups/invitations", get(api::groups::invitations))
+        .route(
+            "/api/groups/{group_id}/invitation",
+            post(api::groups::accept_invitation).delete(api::groups::decline_invitation),
+        )
         .route("/api/groups/{group_id}/join", post(api::groups::join))
         .route("/api/groups/{group_id}/leave", delete(api::groups::leave))
         .route(
