@@ -319,10 +319,7 @@ pub async fn run_expiry(state: AppState) {
         match state.store().expire(now, now.saturating_sub(ttl_ms)).await {
             Ok(0) => {}
             Ok(n) => {
-                state
-                    .metrics()
-                    .envelopes_expired
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                state.metrics().envelopes_expired.inc_by(n);
                 tracing::info!(expired = n, "expired envelopes deleted");
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),

@@ -3,7 +3,6 @@
 use super::valid_id;
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -717,10 +716,7 @@ pub async fn send(
                     }
                 }
             }
-            state
-                .metrics()
-                .envelopes_accepted
-                .fetch_add(count, Ordering::Relaxed);
+            state.metrics().envelopes_accepted.inc_by(count);
             state
                 .charge(Limit::Messages, RateKey::Account(&user_id), 1)
                 .await;
