@@ -171,6 +171,11 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_MAX_GROUP_SIZE")]
     pub max_group_size: Option<u32>,
 
+    /// Let anyone add anyone to a group at once, without a pending invitation, even users who
+    /// never wrote to the adder: for closed deployments where every account trusts every other.
+    #[arg(long, env = "SOTTO_OPEN_GROUP_ADDS", action = clap::ArgAction::SetTrue)]
+    pub open_group_adds: bool,
+
     /// Most devices per account [default: 6].
     #[arg(long, env = "SOTTO_MAX_DEVICES")]
     pub max_devices: Option<u32>,
@@ -301,6 +306,9 @@ pub struct Config {
     pub max_group_size: u32,
     /// Most devices per account.
     pub max_devices: u32,
+    /// Adding a user who never wrote to the adder (or accepts invitations only) makes a pending
+    /// invitation (the default); `false` with `--open-group-adds`.
+    pub group_consent: bool,
 }
 
 impl Config {
@@ -400,6 +408,7 @@ impl Config {
             blobs,
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),
+            group_consent: !(cli.open_group_adds || file.open_group_adds),
         }
     }
 
@@ -423,6 +432,8 @@ impl Config {
         config.db_max_connections = 4;
         config.shutdown_grace = Duration::from_secs(2);
         config.rate_limits = RateLimitConfig::disabled();
+        // Like the rate limits, consent is switched on by the tests about it.
+        config.group_consent = false;
         config.blobs = crate::features::test_blob_config(database_url);
         config
     }

@@ -180,6 +180,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/users/login", post(api::users::login))
         .route("/api/users/logout", post(api::users::logout))
         .route("/api/users/{user_id}/devices", get(api::users::devices))
+        .route(
+            "/api/users/settings",
+            get(api::users::settings).put(api::users::set_settings),
+        )
         .route("/api/keys", put(api::keys::upload))
         .route("/api/keys/count", get(api::keys::count))
         .route("/api/keys/{user_id}", get(api::keys::bundles))
@@ -201,6 +205,11 @@ pub fn app(state: AppState) -> Router {
             post(api::groups::create).get(api::groups::list),
         )
         .route("/api/groups/{group_id}/members", get(api::groups::members))
+        .route("/api/groups/invitations", get(api::groups::invitations))
+        .route(
+            "/api/groups/{group_id}/invitation",
+            post(api::groups::accept_invitation).delete(api::groups::decline_invitation),
+        )
         .route("/api/groups/{group_id}/join", post(api::groups::join))
         .route("/api/groups/{group_id}/leave", delete(api::groups::leave))
         .route(
@@ -310,10 +319,7 @@ pub async fn run_expiry(state: AppState) {
         match state.store().expire(now, now.saturating_sub(ttl_ms)).await {
             Ok(0) => {}
             Ok(n) => {
-                state
-                    .metrics()
-                    .envelopes_expired
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                state.metrics().envelopes_expired.inc_by(n);
                 tracing::info!(expired = n, "expired envelopes deleted");
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),

@@ -1,145 +1,151 @@
-//! Prometheus text exposition of a few counters, gauges and histograms, kept in atomics.
+//! The relay's Prometheus metrics, on `prometheus-client`: one registry per relay instance (no
+//! global recorder, so several relays in one process, as in the tests, count apart), exposed in
+//! the OpenMetrics text format.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A fixed-bucket histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// A latency histogram in seconds.
+#[derive(Debug, Clone)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            BUCKETS,
+        ))
+    }
 }
 
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.0.observe(d.as_secs_f64());
     }
 }
 
-/// The relay's metrics.
-#[derive(Debug, Default)]
+/// The relay's metrics. Handles are cheap clones of what the registry holds.
+#[derive(Debug)]
 pub struct Metrics {
     /// Open WebSocket connections.
-    pub connections: AtomicI64,
+    pub connections: Gauge,
     /// Envelopes stored by sends.
-    pub envelopes_accepted: AtomicU64,
+    pub envelopes_accepted: Counter,
     /// Envelopes pushed over WebSockets.
-    pub envelopes_pushed: AtomicU64,
+    pub envelopes_pushed: Counter,
     /// Envelopes acked (delivered and deleted).
-    pub envelopes_delivered: AtomicU64,
+    pub envelopes_delivered: Counter,
     /// Envelopes removed by the TTL sweep.
-    pub envelopes_expired: AtomicU64,
+    pub envelopes_expired: Counter,
     /// Slow consumers disconnected.
-    pub slow_consumers: AtomicU64,
+    pub slow_consumers: Counter,
     /// TCP connections refused by the per-address cap.
-    pub connections_refused: AtomicU64,
+    pub connections_refused: Counter,
     /// Accepted → pushed to the device.
     pub delivery_latency: Histogram,
     /// Send request handling time.
     pub send_latency: Histogram,
+    queued: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            connections: Gauge::default(),
+            envelopes_accepted: Counter::default(),
+            envelopes_pushed: Counter::default(),
+            envelopes_delivered: Counter::default(),
+            envelopes_expired: Counter::default(),
+            slow_consumers: Counter::default(),
+            connections_refused: Counter::default(),
+            delivery_latency: Histogram::default(),
+            send_latency: Histogram::default(),
+            queued: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let mut registry = Registry::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "sotto_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "sotto_envelopes_queued",
+            "Envelopes waiting in mailboxes",
+            m.queued.clone(),
+        );
+        registry.register(
+            "sotto_envelopes_accepted",
+            "Envelopes stored by sends",
+            m.envelopes_accepted.clone(),
+        );
+        registry.register(
+            "sotto_envelopes_pushed",
+            "Envelopes pushed over WebSockets",
+            m.envelopes_pushed.clone(),
+        );
+        registry.register(
+            "sotto_envelopes_delivered",
+            "Envelopes acked by their device and deleted",
+            m.envelopes_delivered.clone(),
+        );
+        registry.register(
+            "sotto_envelopes_expired",
+            "Envelopes deleted by the TTL sweep",
+            m.envelopes_expired.clone(),
+        );
+        registry.register(
+            "sotto_slow_consumers",
+            "WebSockets closed as slow consumers",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "sotto_connections_refused",
+            "TCP connections refused because their address had too many open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "sotto_delivery_latency_seconds",
+            "Time from acceptance to push over a WebSocket",
+            m.delivery_latency.0.clone(),
+        );
+        registry.register(
+            "sotto_send_duration_seconds",
+            "Time to handle a send request",
+            m.send_latency.0.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
-    /// Prometheus text format; `queued` is read from the store by the caller.
+    /// OpenMetrics text; `queued` is read from the store by the caller (left at its last value
+    /// when the store did not answer).
     pub fn render(&self, queued: Option<u64>) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let _ = writeln!(
-            out,
-            "# HELP sotto_connections Open WebSocket connections.\n# TYPE sotto_connections gauge\nsotto_connections {}",
-            self.connections.load(Ordering::Relaxed)
-        );
         if let Some(q) = queued {
-            let _ = writeln!(
-                out,
-                "# HELP sotto_envelopes_queued Envelopes waiting in mailboxes.\n# TYPE sotto_envelopes_queued gauge\nsotto_envelopes_queued {q}"
-            );
+            self.queued.set(i64::try_from(q).unwrap_or(i64::MAX));
         }
-        counter(
-            &mut out,
-            "sotto_envelopes_accepted_total",
-            "Envelopes stored by sends.",
-            self.envelopes_accepted.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "sotto_envelopes_pushed_total",
-            "Envelopes pushed over WebSockets.",
-            self.envelopes_pushed.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "sotto_envelopes_delivered_total",
-            "Envelopes acked by their device and deleted.",
-            self.envelopes_delivered.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "sotto_envelopes_expired_total",
-            "Envelopes deleted by the TTL sweep.",
-            self.envelopes_expired.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "sotto_slow_consumers_total",
-            "WebSockets closed as slow consumers.",
-            self.slow_consumers.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "sotto_connections_refused_total",
-            "TCP connections refused because their address had too many open.",
-            self.connections_refused.load(Ordering::Relaxed),
-        );
-        self.delivery_latency.render(
-            &mut out,
-            "sotto_delivery_latency_seconds",
-            "Time from acceptance to push over a WebSocket.",
-        );
-        self.send_latency.render(
-            &mut out,
-            "sotto_send_duration_seconds",
-            "Time to handle a send request.",
-        );
+        let mut out = String::with_capacity(4096);
+        if encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics encoding failed");
+        }
         out
     }
 }
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -149,9 +155,21 @@ mod tests {
     fn renders_histogram_cumulatively() {
         let m = Metrics::default();
         m.delivery_latency.observe(Duration::from_millis(3));
+        m.envelopes_accepted.inc_by(2);
         let text = m.render(Some(5));
-        assert!(text.contains("sotto_delivery_latency_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("sotto_delivery_latency_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(text.contains("sotto_envelopes_queued 5"));
+        assert!(
+            text.contains("sotto_delivery_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sotto_delivery_latency_seconds_bucket{le=\"0.001\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("sotto_envelopes_queued 5"), "{text}");
+        assert!(text.contains("sotto_envelopes_accepted_total 2"), "{text}");
+        // Another instance counts apart.
+        assert!(!Metrics::default()
+            .render(None)
+            .contains("sotto_envelopes_accepted_total 2"));
     }
 }

@@ -66,6 +66,15 @@ pub fn extend(mut doc: Value) -> Value {
             "post": op("Create a group (caller is admin)", true, Some("CreateGroupRequest"), ok("201", Some("GroupCreated")), &["400", "401", "404", "409", "413", "422", "429"]),
             "get": op("The caller's groups, one page (?after=&limit=1-100)", true, None, ok("200", Some("GroupList")), &["400", "401"])
         },
+        "/api/groups/invitations": {"get": op("The caller's pending group invitations", true, None, ok("200", Some("GroupInvitations")), &["401"])},
+        "/api/groups/{groupId}/invitation": {
+            "post": op("Accept the caller's pending invitation", true, None, ok("200", Some("GroupMembers")), &["401", "404", "409", "429"]),
+            "delete": op("Decline the caller's pending invitation", true, None, ok("204", None), &["401", "404"])
+        },
+        "/api/users/settings": {
+            "get": op("The caller's account settings", true, None, ok("200", Some("AccountSettings")), &["401"]),
+            "put": op("Change the caller's account settings (invitesOnly)", true, Some("AccountSettings"), ok("204", None), &["401"])
+        },
         "/api/groups/{groupId}/members": {"get": op("Members (members only)", true, None, ok("200", Some("GroupMembers")), &["401", "404"])},
         "/api/groups/{groupId}/join": {"post": op("Admin adds users, or the caller joins with an invite token", true, Some("JoinGroupRequest"), ok("200", Some("GroupMembers")), &["400", "401", "403", "404", "409", "422", "429"])},
         "/api/groups/{groupId}/leave": {"delete": op("Leave", true, None, ok("204", None), &["401", "404"])},
@@ -92,9 +101,11 @@ pub fn extend(mut doc: Value) -> Value {
     let schemas = json!({
         "AttachmentUploaded": obj(&["attachmentId", "size", "expiresAt"]),
         "CreateGroupRequest": obj(&["members", "metadata"]),
-        "GroupCreated": obj(&["groupId", "revision"]),
+        "GroupCreated": obj(&["groupId", "revision", "invitedUserIds"]),
         "GroupList": obj(&["groups", "nextCursor"]),
-        "GroupMembers": obj(&["groupId", "revision", "metadata", "members"]),
+        "GroupInvitations": obj(&["invitations"]),
+        "AccountSettings": obj(&["invitesOnly"]),
+        "GroupMembers": obj(&["groupId", "revision", "metadata", "members", "invitedUserIds"]),
         "JoinGroupRequest": obj(&["userIds", "inviteToken"]),
         "SetRoleRequest": obj(&["role"]),
         "GroupInvite": obj(&["inviteId", "token", "expiresAt"]),

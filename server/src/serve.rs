@@ -72,10 +72,7 @@ async fn accept_loop(
             }
         };
         let Some(admitted) = admission.admit(peer.ip(), &limits) else {
-            state
-                .metrics()
-                .connections_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics().connections_refused.inc();
             tracing::debug!(%peer, "connection refused: too many from this address");
             drop(stream);
             continue;

@@ -22,7 +22,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sotto_wire::{close_code, ClientFrame, ErrorBody, ServerFrame};
-use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use crate::api::groups::References;
@@ -185,7 +184,7 @@ impl AckBatcher {
                 state
                     .metrics()
                     .envelopes_delivered
-                    .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+                    .inc_by(deleted.len() as u64);
                 let deleted: HashSet<(i64, i64)> = deleted.into_iter().collect();
                 for (pk, seqs, answer) in batch {
                     let mine = seqs
@@ -211,10 +210,7 @@ impl Conn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::Drop),
             Err(_) => {
-                self.state
-                    .metrics()
-                    .slow_consumers
-                    .fetch_add(1, Ordering::Relaxed);
+                self.state.metrics().slow_consumers.inc();
                 // The close frame queues behind what the client has not read yet; the close
                 // handshake below gives it a bounded time to get through.
                 Err(Exit::Close(
@@ -286,7 +282,7 @@ impl Conn {
         metrics
             .delivery_latency
             .observe(std::time::Duration::from_millis(waited));
-        metrics.envelopes_pushed.fetch_add(1, Ordering::Relaxed);
+        metrics.envelopes_pushed.inc();
     }
 
     /// Pushes envelopes handed over after their commit when they continue the mailbox exactly
@@ -441,7 +437,7 @@ impl Conn {
 async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
     let signal = state.hub().register(device.pk);
     let live = crate::api::presence::on_connect(&state, &device);
-    state.metrics().connections.fetch_add(1, Ordering::Relaxed);
+    state.metrics().connections.inc();
     tracing::debug!(user_id = %device.user_id, device_id = device.device_id, "websocket open");
     let mut shutdown = state.shutdown_signal();
     let mut ping = tokio::time::interval(state.config().ws_ping);
@@ -496,7 +492,7 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
                 if conn.last_heard.elapsed() > idle {
                     Err(Exit::Close(close_code::IDLE_TIMEOUT, "idle timeout"))
                 } else if conn.stalled_since.is_some_and(|t| t.elapsed() > stall) {
-                    state.metrics().slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    state.metrics().slow_consumers.inc();
                     Err(Exit::Close(close_code::SLOW_CONSUMER, "too many unacked envelopes"))
                 } else {
                     conn.send(&mut socket, Message::Ping(Default::default())).await
@@ -524,6 +520,6 @@ async fn run(state: AppState, device: DeviceAuth, mut socket: WebSocket) {
     }
     crate::api::presence::on_disconnect(&state, &device, &live);
     state.hub().unregister(device.pk, &signal);
-    state.metrics().connections.fetch_sub(1, Ordering::Relaxed);
+    state.metrics().connections.dec();
     tracing::debug!(user_id = %device.user_id, device_id = device.device_id, "websocket closed");
 }

@@ -57,6 +57,10 @@ pub struct GroupCreated {
     pub group_id: String,
     /// Membership revision (starts at 1, grows with every change).
     pub revision: u64,
+    /// Users who got a pending invitation instead of membership (they never wrote to the
+    /// creator, or accept invitations only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited_user_ids: Vec<String>,
 }
 
 /// One member.
@@ -83,6 +87,9 @@ pub struct GroupMembers {
     pub metadata: Base64,
     /// Members, admins first, then by join time.
     pub members: Vec<GroupMember>,
+    /// Users with a pending invitation (not members: they get nothing until they accept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited_user_ids: Vec<String>,
 }
 
 /// One entry of [`GroupList`].
@@ -205,6 +212,9 @@ pub enum GroupChange {
     MemberRemoved,
     /// `userIds` (one) got the role `role`.
     RoleChanged,
+    /// `userIds` (one: the recipient of this event) were invited by `actorUserId`; only they get
+    /// this event, and they become members only by accepting.
+    Invited,
 }
 
 /// The JSON `content` of an envelope of kind `groupEvent`: written by the relay, not encrypted
@@ -259,4 +269,34 @@ mod tests {
         };
         assert!(!format!("{invite:?}").contains("secret-token"));
     }
+}
+
+/// A pending invitation to a group, as `GET /api/groups/invitations` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInvitation {
+    /// The group.
+    pub group_id: String,
+    /// The admin who added the caller.
+    pub inviter_user_id: String,
+    /// When (ms).
+    pub invited_at: u64,
+    /// The group's encrypted metadata.
+    pub metadata: Base64,
+}
+
+/// Answer of `GET /api/groups/invitations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInvitations {
+    /// Pending invitations of the caller, oldest first.
+    pub invitations: Vec<GroupInvitation>,
+}
+
+/// `GET` / `PUT /api/users/settings`: the caller's account settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccountSettings {
+    /// Every group add is a pending invitation, even from contacts.
+    pub invites_only: bool,
 }

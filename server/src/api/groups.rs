@@ -3,7 +3,6 @@
 use super::valid_id;
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -12,9 +11,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
 use sotto_wire::{
-    CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvite, GroupList,
-    GroupMember, GroupMembers, GroupRole, GroupSendRequest, GroupSummary, JoinGroupRequest,
-    SendMessageResponse, ServerFrame, SetRoleRequest,
+    CreateGroupRequest, DeviceRef, Envelope, EnvelopeKind, GroupCreated, GroupInvitation,
+    GroupInvitations, GroupInvite, GroupList, GroupMember, GroupMembers, GroupRole,
+    GroupSendRequest, GroupSummary, JoinGroupRequest, SendMessageResponse, ServerFrame,
+    SetRoleRequest,
 };
 
 use crate::auth::{hash_token, Auth};
@@ -109,6 +109,10 @@ fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
             StatusCode::FORBIDDEN,
             "invalid_invite",
             "the invite token is unknown, expired or revoked",
+        )),
+        GroupWrite::NoInvitation => Err(AppError::not_found(
+            "unknown_invitation",
+            "you have no pending invitation to this group",
         )),
     }
 }
@@ -245,9 +249,16 @@ pub async fn create(
             metadata: req.metadata.into_bytes(),
             now,
             expires_at: state.expires_at(now),
+            consent: state.config().group_consent,
         })
         .await?;
     let rev = applied(&state, write)?;
+    let invited_user_ids = state
+        .store()
+        .group_view(&group_id, &user_id)
+        .await?
+        .map(|v| v.invited)
+        .unwrap_or_default();
     state
         .charge(Limit::GroupChanges, RateKey::Account(&user_id), 1)
         .await;
@@ -256,6 +267,7 @@ pub async fn create(
         Json(GroupCreated {
             group_id,
             revision: revision(rev),
+            invited_user_ids,
         }),
     ))
 }
@@ -353,6 +365,7 @@ async fn view(state: &AppState, group_id: &str, asker: &str) -> Result<GroupMemb
                 joined_at: u64::try_from(m.joined_at).unwrap_or(0),
             })
             .collect(),
+        invited_user_ids: g.invited,
     })
 }
 
@@ -373,7 +386,7 @@ async fn change(
     op: MemberOp,
 ) -> Result<i64, AppError> {
     // Leaving is never limited; every other change queues events for others.
-    let limited = !matches!(op, MemberOp::Leave);
+    let limited = !matches!(op, MemberOp::Leave | MemberOp::DeclineInvitation);
     let user_id = actor.user_id.clone();
     if limited {
         state
@@ -390,6 +403,7 @@ async fn change(
             max_size: state.config().max_group_size,
             now,
             expires_at: state.expires_at(now),
+            consent: state.config().group_consent,
         })
         .await?;
     let revision = applied(state, write)?;
@@ -481,6 +495,54 @@ pub async fn set_role(
     };
     change(&state, group_id, device, MemberOp::SetRole(user_id, role)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/groups/{groupId}/invitation`: the caller accepts their pending invitation and
+/// becomes a member (every member gets a `membersAdded` event).
+pub async fn accept_invitation(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+) -> Result<Json<GroupMembers>, AppError> {
+    check_group_id(&group_id)?;
+    change(
+        &state,
+        group_id.clone(),
+        device.clone(),
+        MemberOp::AcceptInvitation,
+    )
+    .await?;
+    Ok(Json(view(&state, &group_id, &device.user_id).await?))
+}
+
+/// `DELETE /api/groups/{groupId}/invitation`: the caller declines their pending invitation.
+pub async fn decline_invitation(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path(group_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    change(&state, group_id, device, MemberOp::DeclineInvitation).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/groups/invitations`: the caller's pending invitations.
+pub async fn invitations(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<Json<GroupInvitations>, AppError> {
+    let rows = state.store().invitations_of(&device.user_id).await?;
+    Ok(Json(GroupInvitations {
+        invitations: rows
+            .into_iter()
+            .map(|r| GroupInvitation {
+                group_id: r.group_id,
+                inviter_user_id: r.inviter,
+                invited_at: u64::try_from(r.created_at).unwrap_or(0),
+                metadata: r.metadata.into(),
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /api/groups/{groupId}/invites`.
@@ -654,10 +716,7 @@ pub async fn send(
                     }
                 }
             }
-            state
-                .metrics()
-                .envelopes_accepted
-                .fetch_add(count, Ordering::Relaxed);
+            state.metrics().envelopes_accepted.inc_by(count);
             state
                 .charge(Limit::Messages, RateKey::Account(&user_id), 1)
                 .await;

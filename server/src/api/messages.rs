@@ -1,7 +1,6 @@
 //! Sending, polling and acking envelopes.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -141,10 +140,7 @@ pub async fn send(
             state
                 .charge(Limit::Messages, RateKey::Account(&user_id), 1)
                 .await;
-            state
-                .metrics()
-                .envelopes_accepted
-                .fetch_add(count, Ordering::Relaxed);
+            state.metrics().envelopes_accepted.inc_by(count);
             SendMessageResponse {
                 server_message_id,
                 server_timestamp: u64::try_from(server_timestamp).unwrap_or(0),
@@ -268,7 +264,7 @@ pub async fn apply_ack(
     state
         .metrics()
         .envelopes_delivered
-        .fetch_add(outcome.deleted.len() as u64, Ordering::Relaxed);
+        .inc_by(outcome.deleted.len() as u64);
     Ok(outcome.deleted.len())
 }
 

@@ -3,7 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use sotto_wire::{
-    DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse,
+    AccountSettings, DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest,
+    RegisterResponse,
 };
 
 use crate::api::provisioning::ClientAddr;
@@ -177,6 +178,29 @@ pub async fn logout(
     state.store().remove_device(device.pk).await?;
     state.hub().revoke(device.pk);
     tracing::info!(user_id = %device.user_id, device_id = device.device_id, "device logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/users/settings`: the caller's account settings.
+pub async fn settings(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+) -> Result<Json<AccountSettings>, AppError> {
+    Ok(Json(AccountSettings {
+        invites_only: state.store().invites_only(&device.user_id).await?,
+    }))
+}
+
+/// `PUT /api/users/settings`: changes the caller's account settings.
+pub async fn set_settings(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Json(req): Json<AccountSettings>,
+) -> Result<StatusCode, AppError> {
+    state
+        .store()
+        .set_invites_only(&device.user_id, req.invites_only)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

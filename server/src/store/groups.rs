@@ -46,6 +46,9 @@ pub struct NewGroup {
     pub now: i64,
     /// Expiry of the event envelopes.
     pub expires_at: i64,
+    /// Whether users who never wrote to the creator (or accept invitations only) get a pending
+    /// invitation instead of membership.
+    pub consent: bool,
 }
 
 /// A membership operation by `actor`.
@@ -61,6 +64,10 @@ pub enum MemberOp {
     Remove(String),
     /// An admin sets a member's role.
     SetRole(String, i64),
+    /// The actor accepts their pending invitation.
+    AcceptInvitation,
+    /// The actor declines their pending invitation.
+    DeclineInvitation,
 }
 
 /// A membership change request.
@@ -78,6 +85,8 @@ pub struct MemberChange {
     pub now: i64,
     /// Expiry of the event envelopes.
     pub expires_at: i64,
+    /// See [`NewGroup::consent`].
+    pub consent: bool,
 }
 
 /// Outcome of a group write.
@@ -106,6 +115,8 @@ pub enum GroupWrite {
     GroupFull,
     /// The invite token is unknown, expired, revoked or for another group.
     InvalidInvite,
+    /// The actor has no pending invitation to this group.
+    NoInvitation,
 }
 
 /// A group as listed for a member.
@@ -147,6 +158,21 @@ pub struct GroupView {
     pub metadata: Vec<u8>,
     /// Members, admins first.
     pub members: Vec<MemberRow>,
+    /// Users with a pending invitation.
+    pub invited: Vec<String>,
+}
+
+/// A pending invitation of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRow {
+    /// Group id.
+    pub group_id: String,
+    /// Who added the user.
+    pub inviter: String,
+    /// When (ms).
+    pub created_at: i64,
+    /// The group's encrypted metadata.
+    pub metadata: Vec<u8>,
 }
 
 /// A group send, validated for shape and size.
@@ -279,6 +305,12 @@ pub trait GroupStore: Send + Sync {
     async fn delete_acked(&self, acks: Vec<(i64, i64)>) -> Result<Vec<(i64, i64)>, StoreError>;
     /// Users sharing at least one group with `user_id`.
     async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Pending invitations of a user, oldest first.
+    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError>;
+    /// Whether the user accepts invitations only.
+    async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError>;
+    /// Sets whether the user accepts invitations only.
+    async fn set_invites_only(&self, user_id: &str, on: bool) -> Result<(), StoreError>;
     /// Deletes unreferenced or expired group messages, expired invites and linking codes;
     /// returns group messages deleted.
     async fn sweep_groups(&self, now: i64) -> Result<u64, StoreError>;
@@ -395,6 +427,196 @@ macro_rules! group_queries {
             .bind(now)
             .execute(&mut *conn)
             .await?;
+            // A member has no pending invitation.
+            sqlx::query("DELETE FROM group_invitations WHERE group_id = $1 AND user_id = $2")
+                .bind(group_id)
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        /// Whether adding `invitee` on `adder`'s word needs the invitee's consent: they never
+        /// wrote to the adder, or accept invitations only.
+        async fn needs_consent(conn: &mut $conn, invitee: &str, adder: &str) -> Result<bool, StoreError> {
+            let wrote: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM contacts WHERE user_id = $1 AND contact_id = $2",
+            )
+            .bind(invitee)
+            .bind(adder)
+            .fetch_one(&mut *conn)
+            .await?;
+            let only: Option<i64> = sqlx::query_scalar("SELECT invites_only FROM users WHERE id = $1")
+                .bind(invitee)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(wrote == 0 || only.unwrap_or(0) != 0)
+        }
+
+        /// Splits users into those added at once and those who get a pending invitation.
+        async fn split_by_consent(
+            conn: &mut $conn,
+            users: Vec<String>,
+            adder: &str,
+            consent: bool,
+        ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+            if !consent {
+                return Ok((users, Vec::new()));
+            }
+            let (mut direct, mut invited) = (Vec::new(), Vec::new());
+            for user in users {
+                if needs_consent(conn, &user, adder).await? {
+                    invited.push(user);
+                } else {
+                    direct.push(user);
+                }
+            }
+            Ok((direct, invited))
+        }
+
+        /// Records pending invitations and queues an `invited` event for each invitee's devices
+        /// only. Returns the mailboxes to wake.
+        async fn invite(
+            conn: &mut $conn,
+            group_id: &str,
+            revision: i64,
+            actor: &DeviceAuth,
+            users: &[String],
+            now: i64,
+            expires_at: i64,
+        ) -> Result<Vec<i64>, StoreError> {
+            let mut notify = Vec::new();
+            for user in users {
+                let done = sqlx::query(
+                    "INSERT INTO group_invitations (group_id, user_id, inviter, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (group_id, user_id) DO NOTHING",
+                )
+                .bind(group_id)
+                .bind(user)
+                .bind(&actor.user_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() == 0 {
+                    continue;
+                }
+                let ev = event(group_id, revision, sotto_wire::GroupChange::Invited, actor, vec![user.clone()], None);
+                let content = serde_json::to_vec(&ev)
+                    .map_err(|_| StoreError::Corrupt("group event not serialisable"))?;
+                if LOCKS {
+                    sqlx::query(concat!("SELECT pk FROM devices WHERE user_id = $1 ORDER BY pk ", $lock))
+                        .bind(user)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                }
+                let bumped: Vec<(i64, i64)> = sqlx::query_as(
+                    "UPDATE devices SET last_seq = last_seq + 1 WHERE user_id = $1 RETURNING pk, last_seq",
+                )
+                .bind(user)
+                .fetch_all(&mut *conn)
+                .await?;
+                let message_id = uuid::Uuid::new_v4().to_string();
+                for (pk, seq) in bumped {
+                    sqlx::query(
+                        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                         client_message_id, server_ts, expires_at, content) VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)",
+                    )
+                    .bind(pk)
+                    .bind(seq)
+                    .bind(ENVELOPE_GROUP_EVENT)
+                    .bind(&actor.user_id)
+                    .bind(i64::from(actor.device_id))
+                    .bind(&message_id)
+                    .bind(now)
+                    .bind(expires_at)
+                    .bind(&content)
+                    .execute(&mut *conn)
+                    .await?;
+                    notify.push(pk);
+                }
+            }
+            Ok(notify)
+        }
+
+        /// Accepting or declining the actor's own pending invitation.
+        async fn answer_invitation_tx(
+            conn: &mut $conn,
+            c: &MemberChange,
+            accept: bool,
+        ) -> Result<GroupWrite, StoreError> {
+            let gid = c.group_id.as_str();
+            let Some(current) = lock_group(conn, gid).await? else {
+                return Ok(GroupWrite::NoInvitation);
+            };
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM group_invitations WHERE group_id = $1 AND user_id = $2",
+            )
+            .bind(gid)
+            .bind(&c.actor.user_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            if pending == 0 {
+                return Ok(GroupWrite::NoInvitation);
+            }
+            if accept && member_count(conn, gid).await? >= i64::from(c.max_size) {
+                return Ok(GroupWrite::GroupFull);
+            }
+            sqlx::query("DELETE FROM group_invitations WHERE group_id = $1 AND user_id = $2")
+                .bind(gid)
+                .bind(&c.actor.user_id)
+                .execute(&mut *conn)
+                .await?;
+            if !accept {
+                return Ok(GroupWrite::Done { revision: current, notify: Vec::new() });
+            }
+            add_member(conn, gid, &c.actor.user_id, ROLE_MEMBER, c.now).await?;
+            let revision = bump_revision(conn, gid).await?;
+            let ev = event(
+                gid,
+                revision,
+                sotto_wire::GroupChange::MembersAdded,
+                &c.actor,
+                vec![c.actor.user_id.clone()],
+                None,
+            );
+            let notify = fan_out_event(conn, &c.actor, "", &ev, c.now, c.expires_at).await?;
+            Ok(GroupWrite::Done { revision, notify })
+        }
+
+        async fn invitations_of_tx(conn: &mut $conn, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT i.group_id, i.inviter, i.created_at, g.metadata FROM group_invitations i \
+                 JOIN chat_groups g ON g.id = i.group_id WHERE i.user_id = $1 ORDER BY i.created_at, i.group_id",
+            )
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(InvitationRow {
+                        group_id: r.try_get("group_id")?,
+                        inviter: r.try_get("inviter")?,
+                        created_at: r.try_get("created_at")?,
+                        metadata: r.try_get("metadata")?,
+                    })
+                })
+                .collect()
+        }
+
+        async fn invites_only_tx(conn: &mut $conn, user_id: &str) -> Result<bool, StoreError> {
+            let only: Option<i64> = sqlx::query_scalar("SELECT invites_only FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(only.unwrap_or(0) != 0)
+        }
+
+        async fn set_invites_only_tx(conn: &mut $conn, user_id: String, on: bool) -> Result<(), StoreError> {
+            sqlx::query("UPDATE users SET invites_only = $2 WHERE id = $1")
+                .bind(&user_id)
+                .bind(i64::from(on))
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         }
 
@@ -494,14 +716,17 @@ macro_rules! group_queries {
             .bind(g.now)
             .execute(&mut *conn)
             .await?;
+            let (direct, invited) =
+                split_by_consent(conn, g.members.clone(), &g.creator.user_id, g.consent).await?;
             add_member(conn, &g.id, &g.creator.user_id, ROLE_ADMIN, g.now).await?;
-            for user in &g.members {
+            for user in &direct {
                 add_member(conn, &g.id, user, ROLE_MEMBER, g.now).await?;
             }
             let mut everyone = vec![g.creator.user_id.clone()];
-            everyone.extend(g.members.iter().cloned());
+            everyone.extend(direct.iter().cloned());
             let ev = event(&g.id, 1, sotto_wire::GroupChange::Created, &g.creator, everyone, None);
-            let notify = fan_out_event(conn, &g.creator, "", &ev, g.now, g.expires_at).await?;
+            let mut notify = fan_out_event(conn, &g.creator, "", &ev, g.now, g.expires_at).await?;
+            notify.extend(invite(conn, &g.id, 1, &g.creator, &invited, g.now, g.expires_at).await?);
             Ok(GroupWrite::Done { revision: 1, notify })
         }
 
@@ -570,11 +795,18 @@ macro_rules! group_queries {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+            let invited: Vec<String> = sqlx::query_scalar(
+                "SELECT user_id FROM group_invitations WHERE group_id = $1 ORDER BY created_at, user_id",
+            )
+            .bind(group_id)
+            .fetch_all(&mut *conn)
+            .await?;
             Ok(Some(GroupView {
                 group_id: group_id.to_owned(),
                 revision: row.try_get("revision")?,
                 metadata: row.try_get("metadata")?,
                 members,
+                invited,
             }))
         }
 
@@ -584,6 +816,11 @@ macro_rules! group_queries {
         ) -> Result<GroupWrite, StoreError> {
             use sotto_wire::GroupChange;
             let gid = c.group_id.as_str();
+            match c.op {
+                MemberOp::AcceptInvitation => return answer_invitation_tx(conn, &c, true).await,
+                MemberOp::DeclineInvitation => return answer_invitation_tx(conn, &c, false).await,
+                _ => {}
+            }
             if let MemberOp::JoinWithInvite(hash) = &c.op {
                 let invited: Option<String> = sqlx::query_scalar(
                     "SELECT group_id FROM group_invites WHERE token_hash = $1 AND expires_at > $2",
@@ -625,7 +862,8 @@ macro_rules! group_queries {
                             new.push(user);
                         }
                     }
-                    if new.is_empty() {
+                    let (new, invited) = split_by_consent(conn, new, &c.actor.user_id, c.consent).await?;
+                    if new.is_empty() && invited.is_empty() {
                         return Ok(GroupWrite::Done { revision: current, notify: Vec::new() });
                     }
                     let count = member_count(conn, gid).await?;
@@ -635,9 +873,14 @@ macro_rules! group_queries {
                     for user in &new {
                         add_member(conn, gid, user, ROLE_MEMBER, c.now).await?;
                     }
-                    let revision = bump_revision(conn, gid).await?;
-                    let ev = event(gid, revision, GroupChange::MembersAdded, &c.actor, new, None);
-                    let notify = fan_out_event(conn, &c.actor, "", &ev, c.now, c.expires_at).await?;
+                    let (revision, mut notify) = if new.is_empty() {
+                        (current, Vec::new())
+                    } else {
+                        let revision = bump_revision(conn, gid).await?;
+                        let ev = event(gid, revision, GroupChange::MembersAdded, &c.actor, new, None);
+                        (revision, fan_out_event(conn, &c.actor, "", &ev, c.now, c.expires_at).await?)
+                    };
+                    notify.extend(invite(conn, gid, revision, &c.actor, &invited, c.now, c.expires_at).await?);
                     Ok(GroupWrite::Done { revision, notify })
                 }
                 MemberOp::JoinWithInvite(_) => {
@@ -697,6 +940,8 @@ macro_rules! group_queries {
                     let notify = fan_out_event(conn, &c.actor, "", &ev, c.now, c.expires_at).await?;
                     Ok(GroupWrite::Done { revision, notify })
                 }
+                // Answered above.
+                MemberOp::AcceptInvitation | MemberOp::DeclineInvitation => Ok(GroupWrite::NoInvitation),
             }
         }
 

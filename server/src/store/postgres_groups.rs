@@ -33,7 +33,15 @@ macro_rules! on_conn {
 #[async_trait]
 impl GroupStore for PgStore {
     async fn create_group(&self, group: NewGroup) -> Result<GroupWrite, StoreError> {
-        in_tx!(self, |tx| create_group_tx(&mut tx, group))
+        // Membership writes lock member devices in batches (members, then invitees): a deadlock
+        // PostgreSQL breaks is retried.
+        super::retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let out = create_group_tx(&mut tx, group.clone()).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn groups_of(
@@ -54,7 +62,13 @@ impl GroupStore for PgStore {
     }
 
     async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError> {
-        in_tx!(self, |tx| change_members_tx(&mut tx, change))
+        super::retry_transient(|| async {
+            let mut tx = self.pool.begin().await?;
+            let out = change_members_tx(&mut tx, change.clone()).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn create_invite(
@@ -137,6 +151,22 @@ impl GroupStore for PgStore {
 
     async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         on_conn!(self, |conn| co_members_tx(&mut conn, user_id))
+    }
+
+    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
+        on_conn!(self, |conn| invitations_of_tx(&mut conn, user_id))
+    }
+
+    async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError> {
+        on_conn!(self, |conn| invites_only_tx(&mut conn, user_id))
+    }
+
+    async fn set_invites_only(&self, user_id: &str, on: bool) -> Result<(), StoreError> {
+        on_conn!(self, |conn| set_invites_only_tx(
+            &mut conn,
+            user_id.to_owned(),
+            on
+        ))
     }
 
     async fn sweep_groups(&self, now: i64) -> Result<u64, StoreError> {

@@ -126,6 +126,20 @@ impl GroupStore for SqliteStore {
         on_reader!(self, |conn| co_members_tx(&mut conn, user_id))
     }
 
+    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
+        on_reader!(self, |conn| invitations_of_tx(&mut conn, user_id))
+    }
+
+    async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError> {
+        on_reader!(self, |conn| invites_only_tx(&mut conn, user_id))
+    }
+
+    async fn set_invites_only(&self, user_id: &str, on: bool) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| Box::pin(set_invites_only_tx(conn, user_id, on)))
+            .await
+    }
+
     async fn sweep_groups(&self, now: i64) -> Result<u64, StoreError> {
         self.write(move |conn| Box::pin(sweep_groups_tx(conn, now)))
             .await
