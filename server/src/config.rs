@@ -373,7 +373,7 @@ impl Config {
             };
         }
         let default_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7700));
-        let blobs = crate::features::blob_config(&cli, &file);
+        let blobs = blob_config(&cli, &file);
         Config {
             listen: pick!(listen, default_listen),
             database_url: pick!(database_url, DEFAULT_DATABASE_URL.to_owned()),
@@ -434,9 +434,85 @@ impl Config {
         config.rate_limits = RateLimitConfig::disabled();
         // Like the rate limits, consent is switched on by the tests about it.
         config.group_consent = false;
-        config.blobs = crate::features::test_blob_config(database_url);
+        config.blobs = test_blob_config(database_url);
         config
     }
+}
+
+// Blob settings: where attachment blobs go follows from the database setting.
+
+/// The blob directory that goes with a database URL: `blobs` beside an SQLite file, else
+/// `./blobs`.
+pub fn default_blob_dir(database_url: &str) -> PathBuf {
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p));
+    match path {
+        Some(p) if !p.is_empty() && !p.starts_with(':') => {
+            let parent = std::path::Path::new(p)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            parent.join("blobs")
+        }
+        _ => PathBuf::from("blobs"),
+    }
+}
+
+/// Blob settings from the command line and the file (flag wins).
+pub(crate) fn blob_config(cli: &Cli, file: &Cli) -> crate::blobs::BlobConfig {
+    let bucket = cli.blob_s3_bucket.clone().or(file.blob_s3_bucket.clone());
+    if let Some(bucket) = bucket {
+        let endpoint = cli
+            .blob_s3_endpoint
+            .clone()
+            .or(file.blob_s3_endpoint.clone());
+        let allow_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        return crate::blobs::BlobConfig {
+            backend: crate::blobs::BlobBackend::S3(crate::blobs::S3Config {
+                bucket,
+                region: cli.blob_s3_region.clone().or(file.blob_s3_region.clone()),
+                endpoint,
+                allow_http,
+                ..crate::blobs::S3Config::default()
+            }),
+            part_size: None,
+            fsync: true,
+        };
+    }
+    let dir = cli.blob_dir.clone().or(file.blob_dir.clone());
+    let dir = dir.unwrap_or_else(|| {
+        let url = cli
+            .database_url
+            .clone()
+            .or(file.database_url.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        default_blob_dir(&url)
+    });
+    crate::blobs::BlobConfig::local(dir)
+}
+
+/// Test settings, no fsync: beside an SQLite test database; for a server database, a directory
+/// under the system's temporary directory named after the database (created only if used).
+pub(crate) fn test_blob_config(database_url: &str) -> crate::blobs::BlobConfig {
+    let dir = if database_url.starts_with("sqlite:") {
+        default_blob_dir(database_url)
+    } else {
+        let name: String = database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        std::env::temp_dir().join("sotto-test-blobs").join(name)
+    };
+    let mut config = crate::blobs::BlobConfig::local(dir);
+    config.fsync = false;
+    config
 }
 
 #[cfg(test)]
@@ -505,5 +581,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn blob_dirs_follow_the_database() {
+        assert_eq!(
+            default_blob_dir("sqlite:///var/lib/sotto/relay.sqlite"),
+            PathBuf::from("/var/lib/sotto/blobs")
+        );
+        assert_eq!(
+            default_blob_dir("sqlite://sotto.sqlite?mode=rwc"),
+            PathBuf::from("blobs")
+        );
+        assert_eq!(default_blob_dir("postgres://h/db"), PathBuf::from("blobs"));
+        let crate::blobs::BlobBackend::Local { dir } =
+            test_blob_config("postgres://h/sotto_test_1").backend
+        else {
+            panic!("local expected");
+        };
+        assert!(dir.starts_with(std::env::temp_dir()));
+        assert!(dir.ends_with("sotto_test_1"));
     }
 }

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::acks::AckBatcher;
 use crate::api::groups::GroupFrame;
 use crate::store::StoredEnvelope;
-use crate::ws::AckBatcher;
 
 /// Most envelopes handed over to one connection between two of its wake-ups; past this the
 /// connection re-reads its mailbox instead.

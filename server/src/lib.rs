@@ -24,13 +24,13 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tokio::sync::watch;
 
+pub mod acks;
 pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod conn;
 pub mod error;
-pub mod features;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
@@ -39,6 +39,7 @@ pub mod provisioning;
 pub mod ratelimit;
 pub mod realtime;
 pub mod serve;
+pub mod services;
 pub mod store;
 pub mod ws;
 
@@ -60,7 +61,7 @@ struct Inner {
     metrics: metrics::Metrics,
     limiter: Arc<dyn ratelimit::RateLimiter>,
     shutdown: watch::Sender<bool>,
-    features: features::Features,
+    services: services::Services,
 }
 
 impl AppState {
@@ -68,10 +69,10 @@ impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let (shutdown, _) = watch::channel(false);
         let limiter = Arc::new(ratelimit::LocalRateLimiter::new(&config.rate_limits));
-        let features = features::Features::new(&config);
+        let services = services::Services::new(&config);
         Self {
             inner: Arc::new(Inner {
-                features,
+                services,
                 limiter,
                 config,
                 store,
@@ -145,9 +146,9 @@ impl AppState {
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
-    /// Blobs, presence, provisioning.
-    pub fn features(&self) -> &features::Features {
-        &self.inner.features
+    /// Blobs, connected devices (presence), provisioning channels.
+    pub fn services(&self) -> &services::Services {
+        &self.inner.services
     }
     /// Tells WebSockets to close (graceful shutdown).
     pub fn begin_shutdown(&self) {
@@ -324,7 +325,7 @@ pub async fn run_expiry(state: AppState) {
             }
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
-        features::sweep(&state, now).await;
+        services::sweep(&state, now).await;
     }
 }
 

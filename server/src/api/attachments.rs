@@ -90,7 +90,7 @@ pub async fn upload(
     if let Some(len) = declared {
         state.peek(Limit::AttachmentKib, user, kib(len)).await?;
     }
-    let blobs = state.features().blobs().await.map_err(blob_error)?;
+    let blobs = state.services().blobs().await.map_err(blob_error)?;
     let mut size = 0u64;
     let counted = futures_util::StreamExt::inspect(body.into_data_stream(), |chunk| {
         if let Ok(chunk) = chunk {
@@ -144,7 +144,7 @@ pub async fn download(
 ) -> Result<Response, AppError> {
     // A malformed id is answered exactly like an unknown one.
     let id: BlobId = id.parse().map_err(|_| unknown())?;
-    let blobs = state.features().blobs().await.map_err(blob_error)?;
+    let blobs = state.services().blobs().await.map_err(blob_error)?;
     let (len, stream) = blobs.get_stream(&id).await.map_err(blob_error)?;
     Ok((
         [

@@ -22,9 +22,9 @@ use crate::error::{Json, Path, Query};
 use crate::ratelimit::{Limit, RateKey};
 use crate::store::groups::{
     wire_role, GroupSendBatch, GroupSendOutcome, GroupWrite, MemberChange, MemberOp, NewGroup,
-    ENVELOPE_GROUP_EVENT, ENVELOPE_GROUP_MESSAGE, ROLE_ADMIN, ROLE_MEMBER,
+    ROLE_ADMIN, ROLE_MEMBER,
 };
-use crate::store::{DeviceAuth, StoreError, StoredEnvelope, Target};
+use crate::store::{DeviceAuth, Target};
 use crate::{now_ms, AppError, AppState};
 
 /// Largest encrypted metadata blob.
@@ -119,54 +119,6 @@ fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
 
 fn revision(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
-}
-
-/// Shared ciphertexts of the group-message references in a page of a device's mailbox.
-#[derive(Debug, Default)]
-pub struct References(std::collections::HashMap<i64, (String, Vec<u8>)>);
-
-/// Loads the references of a mailbox page (one query, only when the page has any).
-pub async fn references(
-    state: &AppState,
-    device_pk: i64,
-    page: &[StoredEnvelope],
-) -> Result<References, StoreError> {
-    let refs = page.iter().filter(|e| e.kind == ENVELOPE_GROUP_MESSAGE);
-    let (Some(first), Some(last)) = (refs.clone().map(|e| e.seq).min(), refs.map(|e| e.seq).max())
-    else {
-        return Ok(References::default());
-    };
-    let rows = state
-        .store()
-        .group_references(device_pk, first, last)
-        .await?;
-    Ok(References(
-        rows.into_iter()
-            .map(|(seq, group, content)| (seq, (group, content)))
-            .collect(),
-    ))
-}
-
-/// The wire form of a mailbox envelope, with group messages and events completed.
-pub fn to_wire(e: StoredEnvelope, refs: &References) -> Envelope {
-    let kind = e.kind;
-    let seq = e.seq;
-    let mut wire = crate::api::messages::to_wire(e);
-    if kind == ENVELOPE_GROUP_MESSAGE {
-        wire.kind = EnvelopeKind::GroupMessage;
-        if let Some((group, content)) = refs.0.get(&seq) {
-            wire.group_id = Some(group.clone());
-            wire.content = Some(content.clone().into());
-        }
-    } else if kind == ENVELOPE_GROUP_EVENT {
-        wire.kind = EnvelopeKind::GroupEvent;
-        wire.group_id = wire
-            .content
-            .as_ref()
-            .and_then(|c| serde_json::from_slice::<sotto_wire::GroupEvent>(c.as_bytes()).ok())
-            .map(|e| e.group_id);
-    }
-    wire
 }
 
 /// How every envelope frame begins; the mailbox sequence follows.

@@ -7,37 +7,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use sotto_wire::{
-    Base64, DeviceRef, Envelope, EnvelopeKind, EnvelopePage, OutgoingMessage, SendMessageRequest,
-    SendMessageResponse, UnreadCount,
+    DeviceRef, Envelope, EnvelopePage, OutgoingMessage, SendMessageRequest, SendMessageResponse,
+    UnreadCount,
 };
 
 use crate::auth::Auth;
 use crate::error::{Json, Path, Query};
 use crate::ratelimit::{Limit, RateKey};
-use crate::store::{DeviceAuth, SendBatch, SendOutcome, StoredEnvelope, Target, ENVELOPE_RECEIPT};
+use crate::store::{DeviceAuth, SendBatch, SendOutcome, StoredEnvelope, Target};
 use crate::{now_ms, AppError, AppState};
 
 /// Most envelopes per page or ack.
 pub const MAX_PAGE: u32 = 100;
-
-/// Converts a stored envelope to its wire form.
-pub fn to_wire(e: StoredEnvelope) -> Envelope {
-    Envelope {
-        seq: u64::try_from(e.seq).unwrap_or(0),
-        kind: if e.kind == ENVELOPE_RECEIPT {
-            EnvelopeKind::DeliveryReceipt
-        } else {
-            EnvelopeKind::Message
-        },
-        source_user_id: e.source_user,
-        source_device_id: e.source_device,
-        server_message_id: e.server_message_id,
-        client_message_id: e.client_message_id,
-        server_timestamp: u64::try_from(e.server_ts).unwrap_or(0),
-        content: e.content.map(Base64),
-        group_id: None,
-    }
-}
 
 fn refs(list: Vec<(String, u32)>) -> Vec<DeviceRef> {
     list.into_iter()
@@ -212,10 +193,10 @@ pub async fn fetch(
         .map_err(|_| AppError::bad_request("invalid_cursor", "cursor out of range"))?;
     let rows = state.store().fetch(device.pk, after, limit).await?;
     let full = rows.len() == limit as usize;
-    let refs = crate::api::groups::references(&state, device.pk, &rows).await?;
+    let refs = crate::api::envelopes::references(&state, device.pk, &rows).await?;
     let envelopes: Vec<Envelope> = rows
         .into_iter()
-        .map(|e| crate::api::groups::to_wire(e, &refs))
+        .map(|e| crate::api::envelopes::to_wire(e, &refs))
         .collect();
     let next_cursor = if full {
         envelopes.last().map(|e| e.seq)

@@ -9,6 +9,7 @@ use crate::error::{AppError, Json};
 use crate::AppState;
 
 pub mod attachments;
+pub mod envelopes;
 pub mod groups;
 pub mod keys;
 pub mod messages;

@@ -29,7 +29,7 @@ fn frame_text(frame: &ServerFrame) -> Utf8Bytes {
 }
 
 async fn user_status(state: &AppState, user_id: &str) -> Result<UserStatus, AppError> {
-    let status = state.features().realtime().status(user_id);
+    let status = state.services().realtime().status(user_id);
     let last_seen = if status == PresenceStatus::Offline {
         state.store().last_seen(user_id).await?
     } else {
@@ -51,7 +51,7 @@ pub async fn broadcast(state: &AppState, user_id: &str) {
             return;
         }
     };
-    let realtime = state.features().realtime();
+    let realtime = state.services().realtime();
     let mut targets: HashSet<i64> = realtime.watchers_of(user_id).into_iter().collect();
     match state.store().co_members(user_id).await {
         Ok(users) => {
@@ -94,14 +94,14 @@ fn announce(state: &AppState, user_id: &str, transition: Transition) {
 
 /// A device's WebSocket opened.
 pub fn on_connect(state: &AppState, device: &DeviceAuth) -> Arc<LiveConn> {
-    let (conn, transition) = state.features().realtime().connect(device);
+    let (conn, transition) = state.services().realtime().connect(device);
     announce(state, &device.user_id, transition);
     conn
 }
 
 /// A device's WebSocket closed.
 pub fn on_disconnect(state: &AppState, device: &DeviceAuth, conn: &LiveConn) {
-    let transition = state.features().realtime().disconnect(conn);
+    let transition = state.services().realtime().disconnect(conn);
     announce(state, &device.user_id, transition);
 }
 
@@ -161,7 +161,7 @@ pub async fn set(
         }
     };
     let transition = state
-        .features()
+        .services()
         .realtime()
         .set_away(&device, away)
         .ok_or_else(not_connected)?;
@@ -198,7 +198,7 @@ pub async fn subscribe(
             visible.push((user, may));
         }
     }
-    if !state.features().realtime().subscribe(device.pk, &users) {
+    if !state.services().realtime().subscribe(device.pk, &users) {
         return Err(not_connected());
     }
     let mut statuses = Vec::with_capacity(visible.len());
@@ -234,7 +234,7 @@ pub async fn ephemeral(
         .unwrap_or(0)
         .saturating_sub(req.timestamp);
     let stale = u128::from(age_ms) > EPHEMERAL_MAX_AGE.as_millis();
-    let realtime = state.features().realtime();
+    let realtime = state.services().realtime();
     let envelope = |group_id: Option<String>, content: sotto_wire::Base64| {
         frame_text(&ServerFrame::Ephemeral(EphemeralEnvelope {
             source_user_id: sender.user_id.clone(),

@@ -94,7 +94,7 @@ pub async fn open(
         .limiter()
         .check(Limit::Provisioning, RateKey::Address(addr), 1)
         .await?;
-    let channels = state.features().provisioning();
+    let channels = state.services().provisioning();
     let address = channels.open(Instant::now()).map_err(channel_error)?;
     Ok((
         StatusCode::CREATED,
@@ -121,7 +121,7 @@ pub async fn deliver(
         ));
     }
     state
-        .features()
+        .services()
         .provisioning()
         .deliver(&address, req.message.into_bytes(), Instant::now())
         .map_err(channel_error)?;
@@ -146,7 +146,7 @@ pub async fn receive(
     use axum::response::IntoResponse as _;
     let wait = Duration::from_secs(q.wait_secs.unwrap_or(0).min(MAX_WAIT_SECS));
     let deadline = tokio::time::Instant::now() + wait;
-    let channels = state.features().provisioning();
+    let channels = state.services().provisioning();
     loop {
         match channels
             .take(&address, Instant::now())

@@ -228,7 +228,7 @@ async fn deleted_after_the_envelope_ttl(b: Backend) {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (_, v) = t.raw(upload(data(100))).await;
     let fresh = v["attachmentId"].as_str().unwrap().to_owned();
-    sotto_server::features::sweep(&t.state, sotto_server::now_ms()).await;
+    sotto_server::services::sweep(&t.state, sotto_server::now_ms()).await;
     let (s, _) = t
         .get(&format!("/api/attachments/{old}"), &alice.token)
         .await;

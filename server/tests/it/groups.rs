@@ -191,7 +191,7 @@ async fn one_ciphertext_fanned_out_by_reference(b: Backend) {
     // Once every reference is acked the ciphertext is swept.
     ack_all(&t, &bob).await;
     ack_all(&t, &carol).await;
-    sotto_server::features::sweep(&t.state, sotto_server::now_ms()).await;
+    sotto_server::services::sweep(&t.state, sotto_server::now_ms()).await;
     assert_eq!(count(&t, "group_messages").await, 0);
     server.shutdown().await.unwrap();
     t.finish().await;

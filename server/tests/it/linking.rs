@@ -184,7 +184,7 @@ async fn expired_address_gets_nothing(b: Backend) {
     let t = TestApp::new(b).await;
     let alice = t.client("alice").await;
     t.state
-        .features()
+        .services()
         .provisioning()
         .set_ttl(Duration::from_millis(200));
     let (_, v) = t.post("/api/provisioning", None, json!({})).await;
@@ -221,8 +221,8 @@ async fn expired_address_gets_nothing(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    sotto_server::features::sweep(&t.state, sotto_server::now_ms()).await;
-    assert!(t.state.features().provisioning().is_empty());
+    sotto_server::services::sweep(&t.state, sotto_server::now_ms()).await;
+    assert!(t.state.services().provisioning().is_empty());
     t.finish().await;
 }
 both!(expired_address_gets_nothing);
