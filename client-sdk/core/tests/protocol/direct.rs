@@ -386,7 +386,10 @@ fn identity_change_can_be_accepted_automatically() {
         .send_text(net.now, "bob", "one")
         .unwrap();
     net.run();
-    net.nodes[alice].client.set_verified("bob", true).unwrap();
+    net.nodes[alice]
+        .client
+        .set_verified(net.now, "bob", true)
+        .unwrap();
     net.reinstall(bob);
     // Bob writes first from his new install: Alice is told, and reads it.
     net.nodes[bob]
@@ -613,4 +616,58 @@ proptest::proptest! {
         want.sort();
         proptest::prop_assert_eq!(texts, want);
     }
+}
+
+#[test]
+fn verified_contacts_sync_to_own_devices() {
+    let mut net = Net::new(15);
+    let phone = net.user("alice");
+    let laptop = net.link("alice", phone);
+    let bob = net.user("bob");
+    net.nodes[phone]
+        .client
+        .send_text(net.now, "bob", "hi")
+        .unwrap();
+    net.run();
+    net.nodes[bob]
+        .client
+        .send_text(net.now, "alice", "hello")
+        .unwrap();
+    net.run();
+    assert!(
+        !net.nodes[laptop]
+            .client
+            .safety_number("bob")
+            .unwrap()
+            .verified
+    );
+    net.take_events(laptop);
+    net.nodes[phone]
+        .client
+        .set_verified(net.now, "bob", true)
+        .unwrap();
+    net.run();
+    assert!(
+        net.nodes[laptop]
+            .client
+            .safety_number("bob")
+            .unwrap()
+            .verified
+    );
+    // Nothing of it went to Bob.
+    assert!(net.relay.mailbox("bob", 1).is_empty());
+    assert_eq!(net.texts(bob), ["hi"]);
+    // A single-device account has nobody to tell: the item is dropped, nothing is sent.
+    net.nodes[bob]
+        .client
+        .set_verified(net.now, "alice", true)
+        .unwrap();
+    net.run();
+    assert!(
+        net.nodes[bob]
+            .client
+            .safety_number("alice")
+            .unwrap()
+            .verified
+    );
 }
