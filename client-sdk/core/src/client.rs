@@ -893,7 +893,12 @@ impl Client {
     }
 
     /// Marks a contact's current identity verified (or not), e.g. after comparing safety numbers.
-    pub fn set_verified(&mut self, user_id: &str, verified: bool) -> Result<(), IdentityError> {
+    pub fn set_verified(
+        &mut self,
+        now_ms: u64,
+        user_id: &str,
+        verified: bool,
+    ) -> Result<(), IdentityError> {
         let contact = self
             .contacts
             .get_mut(user_id)
@@ -902,7 +907,24 @@ impl Client {
             return Err(IdentityError::UnknownContact);
         }
         contact.verified = verified;
+        let identity = contact
+            .identity
+            .as_ref()
+            .map(|k| hex::encode(k.to_bytes()))
+            .unwrap_or_default();
         self.write_contact(user_id);
+        // Tell this account's other devices (a message to oneself: they get it, nobody else).
+        let own = self.user_id.clone();
+        {
+            let id = self.new_id();
+            let body = Body::Verified {
+                user_id: user_id.to_owned(),
+                identity,
+                verified,
+            };
+            self.enqueue(now_ms, &own, id, body, None);
+        }
+        self.pump(now_ms);
         self.finish();
         Ok(())
     }
@@ -1410,6 +1432,7 @@ impl Client {
             .contacts
             .get(&peer)
             .is_none_or(|c| c.devices.is_empty())
+            && peer != own
         {
             // Fetch again for the next message; this one has nobody to go to.
             if let Some(c) = self.contacts.get_mut(&peer) {
@@ -1434,9 +1457,29 @@ impl Client {
         payload.sync_to = Some(peer.clone());
         let sync_plain = payload.encode();
         let client_message_id = item.id.clone();
-        let messages = self.encrypt_for(&peer, &plain, now_ms, None);
         let own_device = self.device_id;
-        let sync_messages = self.encrypt_for(&own, &sync_plain, now_ms, Some(own_device));
+        let to_self = peer == own;
+        let messages = if to_self {
+            self.encrypt_for(&own, &plain, now_ms, Some(own_device))
+        } else {
+            self.encrypt_for(&peer, &plain, now_ms, None)
+        };
+        let sync_messages = if to_self {
+            Some(Vec::new())
+        } else {
+            self.encrypt_for(&own, &sync_plain, now_ms, Some(own_device))
+        };
+        if to_self && messages.as_ref().is_some_and(|m| m.is_empty()) {
+            // No other own device: nothing to tell.
+            if self.outbox.remove(&seq).is_some() {
+                self.writes.push(StoreOp::Delete {
+                    table: tables::OUTBOX,
+                    partition: b"outbox".to_vec(),
+                    sort: seq,
+                });
+            }
+            return false;
+        }
         let (Some(messages), Some(sync_messages)) = (messages, sync_messages) else {
             return false;
         };
@@ -1954,6 +1997,38 @@ impl Client {
         let _ = now_ms;
         let user = env.source_user_id.clone();
         let own = user == self.user_id;
+        if let Body::Verified {
+            user_id,
+            identity,
+            verified,
+        } = &payload.body
+        {
+            if !own {
+                return self.dropped(env, "verification from another account");
+            }
+            let Some(key) = hex::decode(identity)
+                .ok()
+                .and_then(|b| IdentityKey::from_bytes(&b).ok())
+            else {
+                return self.dropped(env, "malformed verification");
+            };
+            if *user_id == self.user_id || DeviceAddress::new(user_id.as_str(), 1).is_err() {
+                return self.dropped(env, "invalid verification");
+            }
+            let c = self.contacts.entry(user_id.clone()).or_default();
+            match &c.identity {
+                // Only the identity our own device compared is marked; a different one is not.
+                Some(k) if *k == key => c.verified = *verified,
+                Some(_) => return,
+                None => {
+                    c.identity = Some(key);
+                    c.verified = *verified;
+                }
+            }
+            let user_id = user_id.clone();
+            self.write_contact(&user_id);
+            return;
+        }
         let conversation_peer = match (&payload.sync_to, own) {
             (Some(peer), true) if *peer != self.user_id => peer.clone(),
             (None, false) => user.clone(),
@@ -2045,7 +2120,7 @@ impl Client {
                     }
                 }
             }
-            Body::Typing { .. } => {}
+            Body::Typing { .. } | Body::Verified { .. } => {}
             Body::SenderKey { .. } | Body::GroupChange { .. } => {}
         }
     }

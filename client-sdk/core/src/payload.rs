@@ -58,6 +58,15 @@ pub enum Body {
         /// The messages' ids (each a pair sender user id, message id).
         ids: Vec<(String, String)>,
     },
+    /// To this account's other devices: a contact's identity was marked verified (or not).
+    Verified {
+        /// The contact.
+        user_id: String,
+        /// The identity key that was compared, hex.
+        identity: String,
+        /// Verified or no longer.
+        verified: bool,
+    },
     /// Typing started or stopped (sent as an ephemeral envelope, never stored).
     Typing {
         /// Started (true) or stopped.

@@ -617,7 +617,9 @@ impl SottoClient {
         user_id: &str,
         verified: bool,
     ) -> Result<(), sotto_client_core::IdentityError> {
-        self.inner.core().set_verified(user_id, verified)?;
+        self.inner
+            .core()
+            .set_verified(now_ms(), user_id, verified)?;
         self.inner.drain().await;
         Ok(())
     }

@@ -386,7 +386,10 @@ fn identity_change_can_be_accepted_automatically() {
         .send_text(net.now, "bob", "one")
         .unwrap();
     net.run();
-    net.nodes[alice].client.set_verified("bob", true).unwrap();
+    net.nodes[alice]
+        .client
+        .set_verified(net.now, "bob", true)
+        .unwrap();
     net.reinstall(bob);
     // Bob writes first from his new install: Alice is told, and reads it.
     net.nodes[bob]
@@ -576,4 +579,95 @@ fn sessions_never_answered_expire_after_30_days() {
     net.set_online(bob, true);
     net.run();
     assert_eq!(net.texts(bob), ["one", "two"]);
+}
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    /// Any delivery order, with any duplicates, shows every message exactly once.
+    #[test]
+    fn any_delivery_order_shows_each_message_once(
+        order in proptest::sample::subsequence((0..10usize).collect::<Vec<_>>(), 10).prop_shuffle(),
+        dups in proptest::collection::vec(0..10usize, 0..6),
+    ) {
+        let mut net = Net::new(99);
+        let alice = net.user("alice");
+        let bob = net.user("bob");
+        net.set_online(bob, false);
+        for i in 0..10 {
+            net.nodes[alice].client.send_text(net.now + i, "bob", &format!("p{i}")).unwrap();
+        }
+        net.run();
+        let mailbox = net.relay.mailbox("bob", 1);
+        proptest::prop_assert_eq!(mailbox.len(), 10);
+        let now = net.now;
+        for i in order.iter().chain(dups.iter()) {
+            net.nodes[bob].client.handle_envelope(now, mailbox[*i].clone());
+        }
+        let mut texts = Vec::new();
+        while let Some(e) = net.nodes[bob].client.poll_event() {
+            if let Event::Message(m) = e {
+                texts.push(m.text.unwrap());
+            }
+        }
+        texts.sort();
+        let mut want: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        want.sort();
+        proptest::prop_assert_eq!(texts, want);
+    }
+}
+
+#[test]
+fn verified_contacts_sync_to_own_devices() {
+    let mut net = Net::new(15);
+    let phone = net.user("alice");
+    let laptop = net.link("alice", phone);
+    let bob = net.user("bob");
+    net.nodes[phone]
+        .client
+        .send_text(net.now, "bob", "hi")
+        .unwrap();
+    net.run();
+    net.nodes[bob]
+        .client
+        .send_text(net.now, "alice", "hello")
+        .unwrap();
+    net.run();
+    assert!(
+        !net.nodes[laptop]
+            .client
+            .safety_number("bob")
+            .unwrap()
+            .verified
+    );
+    net.take_events(laptop);
+    net.nodes[phone]
+        .client
+        .set_verified(net.now, "bob", true)
+        .unwrap();
+    net.run();
+    assert!(
+        net.nodes[laptop]
+            .client
+            .safety_number("bob")
+            .unwrap()
+            .verified
+    );
+    // Nothing of it went to Bob.
+    assert!(net.relay.mailbox("bob", 1).is_empty());
+    assert_eq!(net.texts(bob), ["hi"]);
+    // A single-device account has nobody to tell: the item is dropped, nothing is sent.
+    net.nodes[bob]
+        .client
+        .set_verified(net.now, "alice", true)
+        .unwrap();
+    net.run();
+    assert!(
+        net.nodes[bob]
+            .client
+            .safety_number("alice")
+            .unwrap()
+            .verified
+    );
 }

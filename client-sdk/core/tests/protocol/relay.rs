@@ -260,24 +260,27 @@ impl Relay {
                         }
                     }
                 };
+                let to_self = req.recipient_id == from.0;
                 check(
                     self,
                     &req.recipient_id,
-                    None,
+                    to_self.then_some(from.1),
                     &req.messages,
                     &mut missing,
                     &mut extra,
                     &mut stale,
                 );
-                check(
-                    self,
-                    from.0,
-                    Some(from.1),
-                    &req.sync_messages,
-                    &mut missing,
-                    &mut extra,
-                    &mut stale,
-                );
+                if !to_self {
+                    check(
+                        self,
+                        from.0,
+                        Some(from.1),
+                        &req.sync_messages,
+                        &mut missing,
+                        &mut extra,
+                        &mut stale,
+                    );
+                }
                 if !missing.is_empty() || !extra.is_empty() {
                     return Err(reject(
                         409,
