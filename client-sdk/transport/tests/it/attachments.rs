@@ -37,7 +37,8 @@ fn chunk(index: usize, len: usize) -> Bytes {
 // arenas keep freed memory resident and the measurement would show the allocator, not us.
 #[tokio::test]
 async fn fifty_megabytes_streamed_both_ways() {
-    let relay = Relay::start().await;
+    // The resident-memory figure is this whole process's: no other test may run meanwhile.
+    let relay = Relay::start_alone().await;
     let alice = device(&relay, "alice").await;
     let bob = device(&relay, "bob").await;
 

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand_chacha::rand_core::SeedableRng as _;
@@ -44,8 +44,22 @@ fn server_bin() -> PathBuf {
     .clone()
 }
 
+/// Tests that measure this process's memory run alone: every other test holds a shared guard
+/// for as long as its relay lives, a measuring test the exclusive one.
+fn memory_gate() -> Arc<tokio::sync::RwLock<()>> {
+    static GATE: OnceLock<Arc<tokio::sync::RwLock<()>>> = OnceLock::new();
+    GATE.get_or_init(Default::default).clone()
+}
+
+#[allow(dead_code)] // held, never read
+enum Gate {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
 /// A running (or stopped) relay process and its database.
 pub struct Relay {
+    _gate: Gate,
     pub url: String,
     port: u16,
     dir: tempfile::TempDir,
@@ -62,6 +76,17 @@ impl Relay {
 
     /// A relay with extra flags (rate limits are off unless a `--rate-limit` flag turns one on).
     pub async fn start_with(args: &[&str]) -> Self {
+        let gate = Gate::Shared(memory_gate().read_owned().await);
+        Self::start_gated(args, gate).await
+    }
+
+    /// A relay for a test that measures this process's memory: no other test runs meanwhile.
+    pub async fn start_alone() -> Self {
+        let gate = Gate::Alone(memory_gate().write_owned().await);
+        Self::start_gated(&[], gate).await
+    }
+
+    async fn start_gated(args: &[&str], gate: Gate) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
@@ -69,6 +94,7 @@ impl Relay {
             .unwrap()
             .port();
         let mut relay = Self {
+            _gate: gate,
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir,
@@ -82,6 +108,7 @@ impl Relay {
 
     /// A relay serving HTTPS and WSS with a freshly generated certificate for `localhost`.
     pub async fn start_tls() -> Self {
+        let gate = Gate::Shared(memory_gate().read_owned().await);
         let dir = tempfile::tempdir().unwrap();
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = dir.path().join("cert.pem");
@@ -94,6 +121,7 @@ impl Relay {
             .unwrap()
             .port();
         let mut relay = Self {
+            _gate: gate,
             url: format!("https://localhost:{port}"),
             port,
             args: vec![

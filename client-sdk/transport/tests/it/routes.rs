@@ -19,7 +19,8 @@ fn now_ms() -> u64 {
 
 #[tokio::test]
 async fn groups() {
-    let relay = Relay::start().await;
+    // Adds take effect at once (no invitation step): this test is about the calls, not consent.
+    let relay = Relay::start_with(&["--open-group-adds"]).await;
     let alice = device(&relay, "alice").await;
     let bob = device(&relay, "bob").await;
     let carol = device(&relay, "carol").await;
@@ -106,9 +107,18 @@ async fn groups() {
 
 #[tokio::test]
 async fn presence_and_typing() {
-    let relay = Relay::start().await;
+    // Presence is shown to contacts and co-members only: alice and bob share a group.
+    let relay = Relay::start_with(&["--open-group-adds"]).await;
     let alice = device(&relay, "alice").await;
     let bob = device(&relay, "bob").await;
+    alice
+        .client
+        .create_group(&wire::CreateGroupRequest {
+            members: vec![bob.user_id.clone()],
+            metadata: wire::Base64(b"sealed name".to_vec()),
+        })
+        .await
+        .unwrap();
     let status = alice.client.status(&bob.user_id).await.unwrap();
     assert_eq!(status.status, wire::PresenceStatus::Offline);
     let err = bob
