@@ -50,8 +50,10 @@ def main():
         took = asyncio.run(python_rounds(relay.url))
         print(f"python: {ROUNDS} round trips in {took:.3f} s, {took * 1000 / ROUNDS:.2f} ms each")
         exe = os.path.join(ROOT, "target", "debug", "examples", "overhead")
-        out = subprocess.run([exe, relay.url, str(ROUNDS)], check=True, capture_output=True, text=True)
-        print(out.stdout.strip())
+        out = subprocess.run([exe, relay.url, str(ROUNDS)], capture_output=True, text=True, timeout=300)
+        print(out.stdout.strip() or out.stderr.strip())
+        if out.returncode != 0:
+            sys.exit(f"the Rust loop failed (exit {out.returncode})")
     finally:
         relay.stop()
 
