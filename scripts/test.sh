@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 export SOTTO_TEST_POSTGRES_URL="${SOTTO_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-# The SDK's end-to-end tests (tests/) start the real relay binary: build it first.
-cargo build --locked -p sotto-server
+# `cargo test --workspace` builds every binary before running any test: the SDK's end-to-end
+# tests (tests/) start the `sotto-server` and `sotto` binaries it leaves in target/debug.
 cargo test --workspace --locked

@@ -115,3 +115,20 @@ impl Device {
         self.events.clear();
     }
 }
+
+/// Links a new device to `existing`'s account over the provisioning channel.
+pub async fn link(relay: &Relay, existing: &Device) -> Device {
+    let pending = SottoClient::begin_link(&relay.url).await.unwrap();
+    let code = pending.code();
+    let backend = Arc::new(MemoryBackend::new());
+    let opts = options(&relay.url, &backend);
+    let finishing = tokio::spawn(SottoClient::finish_link(pending, opts, 30));
+    existing.client.link_device(&code).await.unwrap();
+    let client = finishing.await.unwrap().unwrap();
+    Device {
+        client,
+        backend,
+        url: relay.url.clone(),
+        events: Vec::new(),
+    }
+}

@@ -162,3 +162,51 @@ async fn login_errors_are_clear(db: Db) {
     relay.finish().await;
 }
 both!(login_errors_are_clear);
+
+async fn multi_device_on_both_sides(db: Db) {
+    let relay = relay(db).await;
+    let mut phone = user(&relay, "alice").await;
+    let mut laptop = crate::common::link(&relay, &phone).await;
+    assert_eq!(laptop.id(), phone.id());
+    assert_ne!(laptop.client.device_id(), phone.client.device_id());
+    let mut bob = user(&relay, "bob").await;
+    let mut tablet = crate::common::link(&relay, &bob).await;
+    let (a, b) = (phone.id(), bob.id());
+
+    phone.client.send_text(&b, "from the phone").await.unwrap();
+    bob.wait_texts(1).await;
+    tablet.wait_texts(1).await;
+    // The laptop sees what the phone sent, as its own outgoing message.
+    laptop
+        .wait(30, "synced sent message", |ev| {
+            ev.iter().any(|e| matches!(e, ClientEvent::Event(Event::Message(m)) if m.outgoing && m.text.as_deref() == Some("from the phone")))
+        })
+        .await;
+    tablet
+        .client
+        .send_text(&a, "from the tablet")
+        .await
+        .unwrap();
+    phone.wait_texts(1).await;
+    laptop.wait_texts(1).await;
+    bob.wait(30, "tablet's sent message", |ev| {
+        ev.iter()
+            .any(|e| matches!(e, ClientEvent::Event(Event::Message(m)) if m.outgoing))
+    })
+    .await;
+    // Reading on the phone clears the laptop's unread count.
+    let conv = ConversationId::Direct(b.clone());
+    phone.client.mark_read(&conv).await;
+    laptop
+        .wait(30, "read sync", |ev| {
+            ev.iter().any(|e| matches!(e, ClientEvent::Event(Event::ConversationUpdated(c)) if c.id == conv && c.unread_count == 0))
+        })
+        .await;
+    let devices = phone.client.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    for d in [&phone, &laptop, &bob, &tablet] {
+        d.close().await;
+    }
+    relay.finish().await;
+}
+both!(multi_device_on_both_sides);

@@ -6,5 +6,8 @@
     clippy::indexing_slicing
 )]
 
+mod attachments;
+mod cli;
 mod common;
 mod direct;
+mod resilience;

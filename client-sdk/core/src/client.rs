@@ -663,6 +663,15 @@ impl Client {
             .map(IdentityKey::to_bytes)
     }
 
+    /// Whether a prekey upload is still under way or waiting for a retry.
+    pub fn uploads_pending(&self) -> bool {
+        self.upload_retry.is_some()
+            || self
+                .pending
+                .values()
+                .any(|p| matches!(p, Pending::UploadKeys(_)))
+    }
+
     /// One-time prekey secrets held locally: (X25519, ML-KEM).
     pub fn local_prekey_counts(&self) -> (usize, usize) {
         self.prekeys.local_counts()

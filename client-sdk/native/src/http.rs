@@ -184,6 +184,20 @@ impl Http {
         }
     }
 
+    /// A GET whose body the caller reads chunk by chunk; `Err(status)` (0: unreachable).
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, u16> {
+        let mut req = self.client.get(format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = req.send().await.map_err(|_| 0u16)?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(resp.status().as_u16())
+        }
+    }
+
     pub async fn json<T: DeserializeOwned>(
         &self,
         method: Method,

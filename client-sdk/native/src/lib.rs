@@ -24,13 +24,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attachments;
 mod http;
+mod linking;
 mod runtime;
 mod storage;
 
 use std::path::PathBuf;
 
-pub use runtime::SottoClient;
+pub use attachments::{AttachmentError, MAX_ATTACHMENT_BYTES};
+pub use linking::PROVISIONING_INFO;
+pub use runtime::{PendingLink, SottoClient};
 pub use sotto_client_core::{
     AttachmentPointer, Conversation, ConversationId, Event, IdentityPolicy, Message,
     MessagePreview, MessageStatus, ReceiptKind, SafetyNumberInfo, SendFailure,
@@ -243,10 +247,17 @@ pub enum QueryError {
     Invalid(&'static str),
 }
 
-/// The SQLite backend for a profile file.
+/// The SQLite backend for a profile file (WAL; a commit is durable when it returns).
 async fn sqlite_backend(
     path: &std::path::Path,
 ) -> Result<std::sync::Arc<dyn sotto_store::Backend>, String> {
-    let _ = path;
-    Err("the SQLite store is not available in this build".into())
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    let backend = sotto_store::sqlite::SqliteBackend::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(std::sync::Arc::new(backend))
 }

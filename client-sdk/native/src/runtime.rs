@@ -104,9 +104,16 @@ async fn open_store(options: &ClientOptions) -> Result<EncryptedStore, LoginErro
     let backend: Arc<dyn Backend> = match &options.store {
         StoreLocation::Memory => Arc::new(MemoryBackend::new()),
         StoreLocation::Backend(b) => Arc::clone(b),
-        StoreLocation::Sqlite(path) => crate::sqlite_backend(path)
-            .await
-            .map_err(LoginError::Store)?,
+        StoreLocation::Sqlite(path) => {
+            // SqliteBackend::open's future is not `Send` for every lifetime (sqlx's executor
+            // bounds); opened on a blocking thread, the login future stays `Send` and spawnable.
+            let path = path.clone();
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(crate::sqlite_backend(&path)))
+                .await
+                .map_err(|e| LoginError::Store(e.to_string()))?
+                .map_err(LoginError::Store)?
+        }
     };
     let (key, params) = store_key(&options.store_secret);
     let mut rng = rand::rngs::OsRng;
@@ -194,6 +201,16 @@ impl SottoClient {
                 })
             }
         };
+        Self::new_device(options, http, login, registration_id, None).await
+    }
+
+    async fn new_device(
+        options: ClientOptions,
+        http: Http,
+        login: LoginResponse,
+        registration_id: u32,
+        identity: Option<sotto_crypto::keys::IdentityKeyPair>,
+    ) -> Result<Self, LoginError> {
         let store = open_store(&options).await?;
         let config = Config {
             identity_policy: options.identity_policy,
@@ -204,7 +221,7 @@ impl SottoClient {
                 user_id: login.user_id.clone(),
                 device_id: login.device_id,
                 registration_id,
-                identity: None,
+                identity,
             },
             config,
             now_ms(),
@@ -228,8 +245,152 @@ impl SottoClient {
             .map_err(|e| LoginError::Store(e.to_string()))?;
         let client = Self::start(core, store, http.with_token(&login.token));
         client.inner.drain().await;
-        client.idle().await;
+        // Others can only reach this device once its prekeys are on the relay.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            client.idle().await;
+            if !client.inner.core().uploads_pending() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LoginError::Unreachable);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.inner.core().handle_timeout(now_ms());
+            client.inner.drain().await;
+        }
         Ok(client)
+    }
+
+    /// New device, step 1: opens a provisioning channel. Show [`PendingLink::code`] to the
+    /// existing device (as text or a QR code), then call [`SottoClient::finish_link`].
+    pub async fn begin_link(server_url: &str) -> Result<PendingLink, LoginError> {
+        let http = Http::new(server_url).map_err(|_| LoginError::InvalidUrl)?;
+        let channel: sotto_wire::ProvisioningChannel = http
+            .json(Method::POST, "/api/provisioning", None::<&()>)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable => LoginError::Unreachable,
+                e => LoginError::Rejected(relay_message(&e)),
+            })?;
+        let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        Ok(PendingLink {
+            http,
+            address: channel.address,
+            secret,
+        })
+    }
+
+    /// New device, step 2: waits (up to `wait_secs`) for the existing device's provisioning
+    /// message, links, uploads prekeys under the account identity, connects.
+    pub async fn finish_link(
+        pending: PendingLink,
+        options: ClientOptions,
+        wait_secs: u64,
+    ) -> Result<Self, LoginError> {
+        let PendingLink {
+            http,
+            address,
+            secret,
+        } = pending;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+        let sealed = loop {
+            let path = format!("/api/provisioning/{}?waitSecs=10", segment(&address));
+            match http.raw(Method::GET, &path, None).await {
+                Ok(a) if a.status == 200 => {
+                    let m: sotto_wire::ProvisioningMessage = serde_json::from_slice(&a.body)
+                        .map_err(|_| {
+                            LoginError::Rejected("malformed provisioning answer".into())
+                        })?;
+                    break m.message.into_bytes();
+                }
+                Ok(_) => {}
+                Err(CallError::Unreachable) => return Err(LoginError::Unreachable),
+                Err(e) => return Err(LoginError::Rejected(relay_message(&e))),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LoginError::Rejected(
+                    "no provisioning message arrived".into(),
+                ));
+            }
+        };
+        let plain = crate::linking::open(&secret, &address, &sealed)
+            .ok_or_else(|| LoginError::Rejected("the provisioning message does not open".into()))?;
+        let provision: crate::linking::Provision = serde_json::from_slice(&plain)
+            .map_err(|_| LoginError::Rejected("malformed provisioning message".into()))?;
+        let identity_bytes = Zeroizing::new(
+            hex::decode(&provision.identity)
+                .map_err(|_| LoginError::Rejected("malformed identity".into()))?,
+        );
+        let identity = sotto_crypto::keys::IdentityKeyPair::from_bytes(&identity_bytes)
+            .map_err(|_| LoginError::Rejected("malformed identity".into()))?;
+        let registration_id = rand::rngs::OsRng.gen_range(1..=16380u32);
+        let login: LoginResponse = http
+            .json(
+                Method::POST,
+                "/api/devices/link",
+                Some(&sotto_wire::LinkDeviceRequest {
+                    code: provision.code.clone(),
+                    registration_id,
+                }),
+            )
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable => LoginError::Unreachable,
+                e => LoginError::Rejected(relay_message(&e)),
+            })?;
+        if login.user_id != provision.user_id {
+            return Err(LoginError::Rejected("linked to another account".into()));
+        }
+        let mut options = options;
+        options.server_url = http.base().to_owned();
+        Self::new_device(options, http, login, registration_id, Some(identity)).await
+    }
+
+    /// Existing device: links the new device that shows `code` (from [`PendingLink::code`]):
+    /// the account identity goes to it end-to-end encrypted over the provisioning channel.
+    pub async fn link_device(&self, code: &str) -> Result<(), QueryError> {
+        let (address, key) = code
+            .rsplit_once(':')
+            .ok_or(QueryError::Invalid("link code is address:key"))?;
+        let key: [u8; 32] = hex::decode(key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(QueryError::Invalid("link code key"))?;
+        let linking: sotto_wire::LinkingCode = self
+            .inner
+            .http
+            .json(Method::POST, "/api/devices/linking-codes", None::<&()>)
+            .await
+            .map_err(query_error)?;
+        let (user_id, identity) = {
+            let c = self.inner.core();
+            (
+                c.user_id().to_owned(),
+                Zeroizing::new(hex::encode(&c.identity_key_pair().to_bytes()[..])),
+            )
+        };
+        let plain = Zeroizing::new(
+            serde_json::to_vec(&crate::linking::Provision {
+                user_id,
+                identity: (*identity).clone(),
+                code: linking.code.clone(),
+            })
+            .unwrap_or_default(),
+        );
+        let sealed = crate::linking::seal(&key, address, &plain)
+            .ok_or(QueryError::Invalid("link code key"))?;
+        self.inner
+            .http
+            .empty(
+                Method::PUT,
+                &format!("/api/provisioning/{}", segment(address)),
+                Some(&sotto_wire::ProvisioningMessage {
+                    message: sotto_wire::Base64(sealed),
+                }),
+            )
+            .await
+            .map_err(query_error)
     }
 
     /// Opens an existing profile (after a login on this device) and connects.
@@ -346,6 +507,44 @@ impl SottoClient {
         }
     }
 
+    /// Encrypts `path` as it is read, uploads it as it is encrypted, and sends the key and
+    /// digest to the user in an end-to-end encrypted message; returns once the relay accepted it.
+    pub async fn send_attachment(
+        &self,
+        to_user_id: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<SentMessage, crate::AttachmentError> {
+        let pointer = crate::attachments::upload(&self.inner.http, path, content_type).await?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut core = self.inner.core();
+            let id = core
+                .send_attachment(now_ms(), to_user_id, pointer, None)
+                .map_err(|e| crate::AttachmentError::Send(e.to_string()))?;
+            self.inner.waiters().insert(id.clone(), tx);
+            id
+        };
+        self.inner.drain().await;
+        match rx.await {
+            Ok(Ok(server_timestamp)) => Ok(SentMessage {
+                id,
+                server_timestamp,
+            }),
+            Ok(Err(f)) => Err(crate::AttachmentError::Send(format!("{f:?}"))),
+            Err(_) => Err(crate::AttachmentError::Send("the client stopped".into())),
+        }
+    }
+
+    /// Downloads, verifies and decrypts a received attachment into `dest`; returns its size.
+    pub async fn download_attachment(
+        &self,
+        attachment: &sotto_client_core::AttachmentPointer,
+        dest: &std::path::Path,
+    ) -> Result<u64, crate::AttachmentError> {
+        crate::attachments::download(&self.inner.http, attachment, dest).await
+    }
+
     /// Queues a text message without waiting for the relay; returns its id.
     pub async fn queue_text(&self, to_user_id: &str, text: &str) -> Result<String, SendTextError> {
         let id = self
@@ -353,7 +552,8 @@ impl SottoClient {
             .core()
             .send_text(now_ms(), to_user_id, text)
             .map_err(|e| SendTextError::Invalid(e.to_string()))?;
-        self.inner.drain().await;
+        // Not awaited: messages queued back to back share one commit and one request batch.
+        tokio::spawn(self.inner.drain());
         Ok(id)
     }
 
@@ -505,11 +705,57 @@ impl SottoClient {
         Ok(presence_record(s))
     }
 
+    /// What the relay holds queued for this device right now (ciphertext only; nothing is
+    /// acked or deleted): `(seq, kind, content)`, oldest first, at most 100.
+    pub async fn relay_queue(&self) -> Result<Vec<(u64, String, Vec<u8>)>, QueryError> {
+        let page: sotto_wire::EnvelopePage = self
+            .inner
+            .http
+            .json(Method::GET, "/api/messages?after=0&limit=100", None::<&()>)
+            .await
+            .map_err(query_error)?;
+        Ok(page
+            .envelopes
+            .into_iter()
+            .map(|e| {
+                let kind = format!("{:?}", e.kind);
+                (
+                    e.seq,
+                    kind,
+                    e.content.map(|c| c.into_bytes()).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
     /// Stops the client: closes the connection, finishes the drain in progress.
     pub async fn close(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.shutdown.notify_waiters();
         let _guard = self.inner.commit_lock.lock().await;
+    }
+}
+
+/// A new device waiting to be linked.
+pub struct PendingLink {
+    http: Http,
+    address: String,
+    secret: x25519_dalek::StaticSecret,
+}
+
+impl std::fmt::Debug for PendingLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingLink {
+    /// What the existing device needs: the channel address and this device's public key.
+    pub fn code(&self) -> String {
+        let public = x25519_dalek::PublicKey::from(&self.secret);
+        format!("{}:{}", self.address, hex::encode(public.as_bytes()))
     }
 }
 

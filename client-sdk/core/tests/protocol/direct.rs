@@ -577,3 +577,40 @@ fn sessions_never_answered_expire_after_30_days() {
     net.run();
     assert_eq!(net.texts(bob), ["one", "two"]);
 }
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    /// Any delivery order, with any duplicates, shows every message exactly once.
+    #[test]
+    fn any_delivery_order_shows_each_message_once(
+        order in proptest::sample::subsequence((0..10usize).collect::<Vec<_>>(), 10).prop_shuffle(),
+        dups in proptest::collection::vec(0..10usize, 0..6),
+    ) {
+        let mut net = Net::new(99);
+        let alice = net.user("alice");
+        let bob = net.user("bob");
+        net.set_online(bob, false);
+        for i in 0..10 {
+            net.nodes[alice].client.send_text(net.now + i, "bob", &format!("p{i}")).unwrap();
+        }
+        net.run();
+        let mailbox = net.relay.mailbox("bob", 1);
+        proptest::prop_assert_eq!(mailbox.len(), 10);
+        let now = net.now;
+        for i in order.iter().chain(dups.iter()) {
+            net.nodes[bob].client.handle_envelope(now, mailbox[*i].clone());
+        }
+        let mut texts = Vec::new();
+        while let Some(e) = net.nodes[bob].client.poll_event() {
+            if let Event::Message(m) = e {
+                texts.push(m.text.unwrap());
+            }
+        }
+        texts.sort();
+        let mut want: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        want.sort();
+        proptest::prop_assert_eq!(texts, want);
+    }
+}
