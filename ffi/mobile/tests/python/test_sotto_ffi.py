@@ -285,6 +285,31 @@ class ErrorTest(RelayTest):
                 s.Sotto(config(self.relay.url, store_path=path))
 
 
+class StoreTest(RelayTest):
+    async def test_sqlite_store_reopens_with_the_right_key_only(self):
+        _, bob, bob_ev = await self.user()
+        with tempfile.TemporaryDirectory(prefix="sotto-ffi-store-") as d:
+            path = os.path.join(d, "profile", "store.sqlite")
+            key = s.StoreKey.KEY(bytes=bytes(range(32)))
+            sotto = s.Sotto(config(self.relay.url, store_path=path, store_key=key))
+            name = f"u{uuid.uuid4().hex[:12]}"
+            user_id = await sotto.register(name, f"{name}@example.com", "pw-pw-pw-pw")
+            alice = await sotto.login(name, "pw-pw-pw-pw")
+            await alice.send_text(bob.user_id(), "persisted")
+            await bob_ev.wait("persisted", is_message("persisted"))
+            await alice.shutdown()
+            del alice
+            gc.collect()
+            with self.assertRaises(s.LoginError.WrongStoreKey):
+                await s.Sotto(config(self.relay.url, store_path=path,
+                                     store_key=s.StoreKey.KEY(bytes=bytes(32)))).open()
+            again = await sotto.open()
+            self.addAsyncCleanup(again.shutdown)
+            self.assertEqual(again.user_id(), user_id)
+            page = await again.history(s.ConversationId.DIRECT(user_id=bob.user_id()), None, 10)
+            self.assertEqual([m.text for m in page.messages], ["persisted"])
+
+
 class ListenerTest(RelayTest):
     async def test_events_arrive_on_a_rust_thread_and_callbacks_may_reenter(self):
         _, alice, _ = await self.user()
