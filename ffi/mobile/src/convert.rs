@@ -32,6 +32,19 @@ impl From<core::ConversationId> for ConversationId {
     }
 }
 
+impl From<Attachment> for core::AttachmentPointer {
+    fn from(a: Attachment) -> Self {
+        Self {
+            attachment_id: a.attachment_id,
+            key: a.key,
+            digest: a.digest,
+            size: a.size,
+            file_name: a.file_name,
+            content_type: a.content_type,
+        }
+    }
+}
+
 impl From<core::MessageStatus> for MessageStatus {
     fn from(s: core::MessageStatus) -> Self {
         use core::MessageStatus as S;
@@ -57,9 +70,10 @@ impl From<core::Message> for Message {
             sent_at: m.sent_at,
             server_timestamp: m.server_timestamp,
             text: m.text,
-            // The key and digest stay in the SDK: they open the blob and nothing else needs them.
             attachment: m.attachment.map(|a| Attachment {
                 attachment_id: a.attachment_id,
+                key: a.key,
+                digest: a.digest,
                 size: a.size,
                 file_name: a.file_name,
                 content_type: a.content_type,

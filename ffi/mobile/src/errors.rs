@@ -85,6 +85,9 @@ pub enum LoginError {
     /// The account already has a device: link this one from it.
     #[error("this account already has a device")]
     DeviceExists,
+    /// This pending link was already finished (or is being finished).
+    #[error("this pending link was already used")]
+    LinkAlreadyUsed,
     /// The store key or passphrase is wrong.
     #[error("wrong store key or passphrase")]
     WrongStoreKey,
@@ -284,4 +287,61 @@ pub enum SubscribeError {
         /// The OS error.
         reason: String,
     },
+}
+
+/// Why an attachment was not sent or fetched.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum AttachmentError {
+    /// Empty, or over 50 MB.
+    #[error("attachments must be 1 byte to 50 MB")]
+    Size,
+    /// The local file could not be read or written.
+    #[error("file: {reason}")]
+    File {
+        /// What failed.
+        reason: String,
+    },
+    /// The relay cannot be reached.
+    #[error("the relay cannot be reached")]
+    Unreachable,
+    /// The relay refused (HTTP status).
+    #[error("the relay refused the attachment (HTTP {status})")]
+    Rejected {
+        /// The status.
+        status: u16,
+    },
+    /// The blob does not match the message's key and digest.
+    #[error("the attachment failed verification")]
+    Corrupt,
+    /// This build streams uploads only to an http:// loopback relay.
+    #[error("streamed upload is not supported for this relay URL")]
+    Unsupported,
+    /// The message carrying it could not be sent.
+    #[error("not sent: {reason}")]
+    NotSent {
+        /// Why.
+        reason: String,
+    },
+    /// The task did not finish (the runtime stopped).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl From<sotto_client::AttachmentError> for AttachmentError {
+    fn from(e: sotto_client::AttachmentError) -> Self {
+        use sotto_client::AttachmentError as E;
+        match e {
+            E::Size => Self::Size,
+            E::File(reason) => Self::File { reason },
+            E::Unreachable => Self::Unreachable,
+            E::Rejected(status) => Self::Rejected { status },
+            E::Corrupt => Self::Corrupt,
+            E::Unsupported => Self::Unsupported,
+            E::Send(reason) => Self::NotSent { reason },
+            e => Self::NotSent {
+                reason: e.to_string(),
+            },
+        }
+    }
 }

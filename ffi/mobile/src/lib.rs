@@ -40,7 +40,8 @@ mod errors;
 mod records;
 
 pub use errors::{
-    ConfigError, IdentityError, LoginError, QueryError, RegisterError, SendError, SubscribeError,
+    AttachmentError, ConfigError, IdentityError, LoginError, QueryError, RegisterError, SendError,
+    SubscribeError,
 };
 pub use records::{
     Attachment, ClientConfig, ConnectionState, Conversation, ConversationId, Device, Event,
@@ -199,6 +200,45 @@ impl Sotto {
         Ok(Client::new(client, self.handle.clone()))
     }
 
+    /// New device, step 1: opens a provisioning channel. Show `code()` to the existing device
+    /// (text or QR), which calls `Client.link_device(code)`; then `finish_link`.
+    pub async fn begin_link(&self) -> Result<Arc<PendingLink>, LoginError> {
+        let url = self.server_url.clone();
+        let pending = on_runtime(
+            &self.handle,
+            async move { SottoClient::begin_link(&url).await },
+        )
+        .await
+        .map_err(|Interrupted| LoginError::Interrupted)??;
+        Ok(Arc::new(PendingLink {
+            code: pending.code(),
+            pending: Mutex::new(Some(pending)),
+        }))
+    }
+
+    /// New device, step 2: waits up to `wait_secs` (at most 300) for the existing device, links
+    /// this one into the store and connects. A pending link is used once.
+    pub async fn finish_link(
+        &self,
+        pending: Arc<PendingLink>,
+        wait_secs: u64,
+    ) -> Result<Arc<Client>, LoginError> {
+        let taken = pending
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(LoginError::LinkAlreadyUsed)?;
+        let options = self.options();
+        let wait = wait_secs.min(300);
+        let client = on_runtime(&self.handle, async move {
+            SottoClient::finish_link(taken, options, wait).await
+        })
+        .await
+        .map_err(|Interrupted| LoginError::Interrupted)??;
+        Ok(Client::new(client, self.handle.clone()))
+    }
+
     /// Opens the profile in the store (after a `login` on this device) and connects.
     pub async fn open(&self) -> Result<Arc<Client>, LoginError> {
         let options = self.options();
@@ -209,6 +249,27 @@ impl Sotto {
         .await
         .map_err(|Interrupted| LoginError::Interrupted)??;
         Ok(Client::new(client, self.handle.clone()))
+    }
+}
+
+/// A new device waiting to be linked (from `Sotto.begin_link`).
+#[derive(uniffi::Object)]
+pub struct PendingLink {
+    code: String,
+    pending: Mutex<Option<sotto_client::PendingLink>>,
+}
+
+impl std::fmt::Debug for PendingLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl PendingLink {
+    /// What the existing device enters or scans: the channel address and this device's public key.
+    pub fn code(&self) -> String {
+        self.code.clone()
     }
 }
 
@@ -436,6 +497,62 @@ impl Client {
         .await
         .map_err(|Interrupted| IdentityError::Interrupted)?
         .map_err(IdentityError::from)
+    }
+
+    /// Links a new device of this account: `code` is what its `PendingLink.code()` shows.
+    pub async fn link_device(&self, code: String) -> Result<(), QueryError> {
+        let client = self.inner.clone();
+        on_runtime(&self.handle, async move { client.link_device(&code).await })
+            .await
+            .map_err(|Interrupted| QueryError::Interrupted)?
+            .map_err(QueryError::from)
+    }
+
+    /// Encrypts the file at `path` while uploading it (1 byte to 50 MB) and sends it to a user;
+    /// returns once the relay accepted the message.
+    pub async fn send_attachment(
+        &self,
+        to_user_id: String,
+        path: String,
+        content_type: String,
+    ) -> Result<SentMessage, AttachmentError> {
+        if path.is_empty() || path.contains('\0') || path.len() > MAX_PATH_BYTES {
+            return Err(AttachmentError::File {
+                reason: "invalid path".into(),
+            });
+        }
+        let client = self.inner.clone();
+        let sent = on_runtime(&self.handle, async move {
+            client
+                .send_attachment(&to_user_id, std::path::Path::new(&path), &content_type)
+                .await
+        })
+        .await
+        .map_err(|Interrupted| AttachmentError::Interrupted)??;
+        Ok(sent.into())
+    }
+
+    /// Downloads, verifies and decrypts a received attachment into `dest_path`; returns its size.
+    pub async fn download_attachment(
+        &self,
+        attachment: Attachment,
+        dest_path: String,
+    ) -> Result<u64, AttachmentError> {
+        if dest_path.is_empty() || dest_path.contains('\0') || dest_path.len() > MAX_PATH_BYTES {
+            return Err(AttachmentError::File {
+                reason: "invalid path".into(),
+            });
+        }
+        let client = self.inner.clone();
+        let pointer = attachment.into();
+        on_runtime(&self.handle, async move {
+            client
+                .download_attachment(&pointer, std::path::Path::new(&dest_path))
+                .await
+        })
+        .await
+        .map_err(|Interrupted| AttachmentError::Interrupted)?
+        .map_err(AttachmentError::from)
     }
 
     /// This account's devices.

@@ -84,17 +84,33 @@ pub enum MessageStatus {
     Received,
 }
 
-/// An attachment a message carries (what the app shows; the key stays inside the SDK).
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+/// An attachment a message carries. `key` opens the blob: keep it as secret as the message
+/// (it is left out of Debug output).
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Attachment {
     /// The relay's attachment id.
     pub attachment_id: String,
+    /// The 32-byte attachment key, hex.
+    pub key: String,
+    /// SHA-256 of the encrypted blob, hex.
+    pub digest: String,
     /// Plaintext size in bytes.
     pub size: u64,
     /// The sender's file name.
     pub file_name: String,
     /// The sender's MIME type.
     pub content_type: String,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("attachment_id", &self.attachment_id)
+            .field("size", &self.size)
+            .field("file_name", &self.file_name)
+            .field("content_type", &self.content_type)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One message.

@@ -285,6 +285,60 @@ class ErrorTest(RelayTest):
                 s.Sotto(config(self.relay.url, store_path=path))
 
 
+class DeviceAndAttachmentTest(RelayTest):
+    async def test_link_a_second_device(self):
+        _, alice, _ = await self.user()
+        _, bob, bob_ev = await self.user()
+        sotto = s.Sotto(config(self.relay.url))
+        pending = await sotto.begin_link()
+        self.assertIn(":", pending.code())
+        linked, _ = await asyncio.wait_for(asyncio.gather(
+            sotto.finish_link(pending, 30), alice.link_device(pending.code())), WAIT * 2)
+        self.addAsyncCleanup(linked.shutdown)
+        self.assertEqual(linked.user_id(), alice.user_id())
+        self.assertNotEqual(linked.device_id(), alice.device_id())
+        self.assertEqual(len(await alice.devices()), 2)
+        with self.assertRaises(s.LoginError.LinkAlreadyUsed):
+            await sotto.finish_link(pending, 1)
+        with self.assertRaises(s.QueryError):
+            await alice.link_device("not-a-code")
+        # Bob's message reaches both of alice's devices.
+        events = Collector(asyncio.get_running_loop())
+        sub = linked.subscribe(events)
+        self.addCleanup(sub.cancel)
+        await bob.send_text(alice.user_id(), "to both devices")
+        await events.wait("on the linked device", is_message("to both devices"))
+
+    async def test_send_and_receive_an_attachment(self):
+        _, alice, _ = await self.user()
+        _, bob, bob_ev = await self.user()
+        with tempfile.TemporaryDirectory(prefix="sotto-ffi-att-") as d:
+            src = os.path.join(d, "photo.bin")
+            data = os.urandom(300_000)
+            with open(src, "wb") as f:
+                f.write(data)
+            sent = await asyncio.wait_for(alice.send_attachment(bob.user_id(), src, "image/jpeg"), WAIT)
+            got = await bob_ev.wait("attachment", lambda e: e.is_MESSAGE_RECEIVED() and e.message.id == sent.id)
+            att = got.message.attachment
+            self.assertEqual((att.size, att.file_name, att.content_type), (len(data), "photo.bin", "image/jpeg"))
+            self.assertNotIn(att.key, repr(att))
+            dest = os.path.join(d, "out.bin")
+            self.assertEqual(await bob.download_attachment(att, dest), len(data))
+            with open(dest, "rb") as f:
+                self.assertEqual(f.read(), data)
+            # Typed errors: empty file, missing file, tampered key.
+            empty = os.path.join(d, "empty")
+            open(empty, "wb").close()
+            with self.assertRaises(s.AttachmentError.Size):
+                await alice.send_attachment(bob.user_id(), empty, "text/plain")
+            with self.assertRaises(s.AttachmentError.File):
+                await alice.send_attachment(bob.user_id(), os.path.join(d, "missing"), "text/plain")
+            bad = s.Attachment(attachment_id=att.attachment_id, key="00" * 32, digest=att.digest,
+                               size=att.size, file_name=att.file_name, content_type=att.content_type)
+            with self.assertRaises(s.AttachmentError):
+                await bob.download_attachment(bad, os.path.join(d, "bad.bin"))
+
+
 class StoreTest(RelayTest):
     async def test_sqlite_store_reopens_with_the_right_key_only(self):
         _, bob, bob_ev = await self.user()
@@ -375,7 +429,7 @@ class ListenerTest(RelayTest):
 
 HUGE = "x" * 1_000_000
 HOSTILE = ["", " ", "\0", "../../etc/passwd", "%2e%2e/%00", "😀" * 2000, HUGE]
-ANY_ERROR = (s.SendError, s.QueryError, s.IdentityError, s.RegisterError, s.LoginError, s.ConfigError)
+ANY_ERROR = (s.AttachmentError, s.SendError, s.QueryError, s.IdentityError, s.RegisterError, s.LoginError, s.ConfigError)
 
 
 class HostileArgumentsTest(RelayTest):
@@ -413,6 +467,13 @@ class HostileArgumentsTest(RelayTest):
             await expect_error(sotto.login, bad, bad)
             await expect_error(sotto.register, bad, bad, bad)
             await expect_error(s.Sotto, config(bad))
+            await expect_error(alice.link_device, bad)
+            # The app names the file (a real path is read and sent, as asked): hostile names here
+            # point into a directory that does not exist.
+            await expect_error(alice.send_attachment, bob.user_id(), "/nonexistent-dir/" + bad, bad)
+            await expect_error(alice.send_attachment, bad, "/nonexistent-dir/x", "text/plain")
+            await expect_error(alice.download_attachment, s.Attachment(
+                attachment_id=bad, key=bad, digest=bad, size=0, file_name=bad, content_type=bad), "/nonexistent/x")
             # Not errors by contract, but must not crash or change anything visible.
             await alice.mark_read(s.ConversationId.DIRECT(user_id=bad))
             await alice.mark_read(s.ConversationId.GROUP(group_id=bad))
@@ -436,7 +497,7 @@ class HostileArgumentsTest(RelayTest):
             await alice.remove_device(-1)
         with self.assertRaises((TypeError, ValueError)):
             await alice.history(s.ConversationId.DIRECT(user_id=bob.user_id()), None, 2**32)
-        self.assertGreaterEqual(outcomes, len(HOSTILE) * 9 + 12)
+        self.assertGreaterEqual(outcomes, len(HOSTILE) * 13 + 12)
         for message_id in queued:
             await alice_ev.wait(f"failure of {message_id}", lambda e: e.is_SEND_FAILED() and e.message_id == message_id)
         page = await alice.history(s.ConversationId.DIRECT(user_id=bob.user_id()), None, 10)
