@@ -8,3 +8,10 @@ export SOTTO_TEST_POSTGRES_URL="${SOTTO_TEST_POSTGRES_URL:-postgres://postgres@1
 # `cargo test --workspace` builds every binary before running any test: the SDK's end-to-end
 # tests (tests/) start the `sotto-server` and `sotto` binaries it leaves in target/debug.
 cargo test --workspace --locked
+
+# The mobile binding: build it, generate Kotlin/Swift/Python, and test it from Python and the JVM
+# against the real relay binary.
+bash scripts/setup-bindings.sh
+bash scripts/build-bindings.sh
+python3 ffi/mobile/tests/python/test_sotto_ffi.py
+bash ffi/mobile/tests/kotlin/run.sh
