@@ -32,6 +32,9 @@ use crate::requests::{RelayAnswer, RelayCall, RelayFailure, Request, RequestId};
 use crate::store::{tables, StoreOp};
 use crate::trust::{self, DecryptFailure, InitiateFailure};
 
+mod groups;
+pub use groups::{GroupError, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS};
+
 /// How a send is retried after the relay corrects the device list, before giving up.
 const MAX_SEND_ATTEMPTS: u32 = 5;
 /// Wait before retrying after the relay was unreachable or failed (ms).
@@ -210,6 +213,15 @@ struct OutboxItem {
     in_flight: bool,
     #[serde(skip)]
     not_before: u64,
+    /// The group this item belongs to (a group message, or a 1:1 change/sender key about it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    /// A Sender-Key message to the whole group (rather than a 1:1 item).
+    #[serde(default)]
+    fan_out: bool,
+    /// The group message's ciphertext, sealed once so retries repeat the same request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Base64>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +284,8 @@ pub struct Client {
     outbox: BTreeMap<u64, OutboxItem>,
     outbox_seq: u64,
     quarantine: BTreeMap<u64, Envelope>,
+    groups: BTreeMap<String, groups::Group>,
+    sender_keys: HashMap<(String, String, u32), sotto_crypto::sender_key::SenderKeyRecord>,
     pending: HashMap<RequestId, Pending>,
     fetching: BTreeSet<(String, Option<u32>)>,
     key_count_pending: bool,
@@ -448,6 +462,8 @@ impl Client {
             outbox: BTreeMap::new(),
             outbox_seq: 0,
             quarantine: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            sender_keys: HashMap::new(),
             pending: HashMap::new(),
             fetching: BTreeSet::new(),
             key_count_pending: false,
@@ -568,6 +584,9 @@ impl Client {
                     let env: Envelope =
                         serde_json::from_slice(value).map_err(|_| corrupt.clone())?;
                     c.quarantine.insert(env.seq, env);
+                }
+                tables::GROUPS | tables::SENDER_KEYS if !c.restore_group_row(table, value) => {
+                    return Err(corrupt)
                 }
                 _ => {}
             }
@@ -775,6 +794,9 @@ impl Client {
             attempts: 0,
             in_flight: false,
             not_before: 0,
+            group: None,
+            fan_out: false,
+            sealed: None,
         };
         self.writes.push(StoreOp::Put {
             table: tables::OUTBOX,
@@ -1073,7 +1095,8 @@ impl Client {
         match envelope.kind {
             EnvelopeKind::Message => self.incoming_message(now_ms, &envelope),
             EnvelopeKind::DeliveryReceipt => self.delivery_receipt(now_ms, &envelope),
-            EnvelopeKind::GroupMessage | EnvelopeKind::GroupEvent => {}
+            EnvelopeKind::GroupMessage => self.incoming_group_message(now_ms, &envelope),
+            EnvelopeKind::GroupEvent => self.relay_group_event(&envelope),
         }
         self.acks.push(envelope.seq);
         self.pump(now_ms);
@@ -1369,6 +1392,18 @@ impl Client {
     }
 
     fn pump(&mut self, now_ms: u64) {
+        // A group message queues its sender-key distributions while being tried: try those
+        // right away too.
+        for _ in 0..3 {
+            let before = self.outbox_seq;
+            self.pump_once(now_ms);
+            if self.outbox_seq == before {
+                break;
+            }
+        }
+    }
+
+    fn pump_once(&mut self, now_ms: u64) {
         let mut in_flight = self.outbox.values().filter(|i| i.in_flight).count();
         let ready: Vec<u64> = self
             .outbox
@@ -1410,6 +1445,20 @@ impl Client {
         let Some(item) = self.outbox.get(&seq) else {
             return false;
         };
+        if item.fan_out {
+            return self.try_send_group(now_ms, seq);
+        }
+        // Items about a group reach each peer in order (roster before sender key): the relay
+        // orders what it accepted, so the next waits for the one before.
+        if let Some(group) = &item.group {
+            let earlier = self
+                .outbox
+                .range(..seq)
+                .any(|(_, i)| !i.fan_out && i.group.as_ref() == Some(group) && i.peer == item.peer);
+            if earlier {
+                return false;
+            }
+        }
         let peer = item.peer.clone();
         let own = self.user_id.clone();
         let own_ready = self.devices_ready(&own);
@@ -1654,6 +1703,9 @@ impl Client {
                         }
                     }
                     self.retry_later(seq, now_ms, 0, true);
+                }
+                404 if self.outbox.get(&seq).is_some_and(|i| i.fan_out) => {
+                    self.fail(seq, SendFailure::Rejected { code })
                 }
                 404 => self.fail(seq, SendFailure::UnknownUser),
                 429 => {
@@ -1995,6 +2047,9 @@ impl Client {
 
     fn direct_content(&mut self, now_ms: u64, env: &Envelope, payload: Payload) {
         let _ = now_ms;
+        if self.group_content(env, &payload) {
+            return;
+        }
         let user = env.source_user_id.clone();
         let own = user == self.user_id;
         if let Body::Verified {

@@ -66,8 +66,9 @@ pub mod store;
 pub mod trust;
 
 pub use client::{
-    Client, Config, CreateError, IdentityError, IdentityPolicy, NewAccount, RestoreError,
-    SendError, TypingError, TYPING_TIMEOUT_MS,
+    Client, Config, CreateError, GroupError, IdentityError, IdentityPolicy, NewAccount,
+    RestoreError, SendError, TypingError, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS,
+    TYPING_TIMEOUT_MS,
 };
 pub use model::*;
 pub use requests::{RelayAnswer, RelayCall, RelayFailure, Request, RequestId};

@@ -305,3 +305,30 @@ pub struct SafetyNumberInfo {
     /// Whether the contact is marked verified.
     pub verified: bool,
 }
+
+/// A member of a group's verified roster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMemberInfo {
+    /// The member's user id.
+    pub user_id: String,
+    /// Whether the member is an admin.
+    pub admin: bool,
+}
+
+/// A group as this device knows it: the roster and name announced end to end by an admin (the
+/// relay's own membership list is used for routing only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    /// The relay's group id.
+    pub group_id: String,
+    /// The name (end-to-end encrypted; never sent to the relay in the clear).
+    pub name: String,
+    /// The verified roster, this account included while it is a member.
+    pub members: Vec<GroupMemberInfo>,
+    /// The end-to-end revision of the roster (grows with every admin change).
+    pub revision: u64,
+    /// Whether this account is still a member (false after leaving or being removed).
+    pub active: bool,
+}

@@ -7,6 +7,7 @@
 )]
 
 mod direct;
+mod groups;
 mod hostile;
 mod net;
 mod relay;

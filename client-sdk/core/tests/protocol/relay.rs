@@ -35,6 +35,9 @@ pub struct Relay {
     pub next_message: u64,
     /// Every ciphertext accepted, with its destination (for "what the relay stored").
     pub log: Vec<(String, u32, Vec<u8>)>,
+    /// Group routing: group id → member user ids (set by the tests, as the relay's group routes
+    /// would).
+    pub groups: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 fn reject(status: u16, code: &str, body: serde_json::Value) -> RelayFailure {
@@ -335,7 +338,59 @@ impl Relay {
                     duplicate: false,
                 }))
             }
-            RelayCall::Ephemeral(_) | RelayCall::SendGroup { .. } => Ok(RelayAnswer::NoContent),
+            RelayCall::SendGroup { group_id, request } => {
+                let members = self
+                    .groups
+                    .get(group_id)
+                    .filter(|m| m.contains(from.0))
+                    .cloned()
+                    .ok_or_else(|| reject(404, "unknown_group", json!({})))?;
+                let key = (from.0.to_owned(), from.1, request.client_message_id.clone());
+                if !self.sent_ids.insert(key) {
+                    return Ok(RelayAnswer::Sent(SendMessageResponse {
+                        server_message_id: "dup".into(),
+                        server_timestamp: self.now,
+                        duplicate: true,
+                    }));
+                }
+                self.next_message += 1;
+                let server_message_id = format!("srv-{}", self.next_message);
+                let mut targets = Vec::new();
+                for user in &members {
+                    if let Some(u) = self.users.get(user) {
+                        for d in u.devices.keys() {
+                            if !(user == from.0 && *d == from.1) {
+                                targets.push((user.clone(), *d));
+                            }
+                        }
+                    }
+                }
+                for (user, device) in targets {
+                    self.log
+                        .push((user.clone(), device, request.content.as_bytes().to_vec()));
+                    self.enqueue(
+                        &user,
+                        device,
+                        Envelope {
+                            seq: 0,
+                            kind: EnvelopeKind::GroupMessage,
+                            source_user_id: from.0.to_owned(),
+                            source_device_id: from.1,
+                            server_message_id: server_message_id.clone(),
+                            client_message_id: request.client_message_id.clone(),
+                            server_timestamp: self.now,
+                            content: Some(request.content.clone()),
+                            group_id: Some(group_id.clone()),
+                        },
+                    );
+                }
+                Ok(RelayAnswer::Sent(SendMessageResponse {
+                    server_message_id,
+                    server_timestamp: self.now,
+                    duplicate: false,
+                }))
+            }
+            RelayCall::Ephemeral(_) => Ok(RelayAnswer::NoContent),
             _ => Err(reject(400, "unsupported", json!({}))),
         }
     }

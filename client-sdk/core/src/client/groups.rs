@@ -1,0 +1,977 @@
+//! Groups: a verified roster announced end to end by admins, Sender Keys for the messages.
+//!
+//! The relay keeps a group's membership for routing and fans one Sender-Key ciphertext out to
+//! every member device. What a device *trusts* is separate: the roster, roles and name arrive only
+//! as [`GroupChange`] contents inside 1:1 sessions, from a member the device's roster already
+//! lists as admin (or, for a group the device does not know yet, from the admin the change itself
+//! names). Sender keys go only to that roster's members; a user only the relay lists gets the
+//! fanned-out ciphertext but no key. Rotation: whenever someone leaves the roster, every remaining
+//! member's device starts a fresh sender-key chain and hands it to the remaining members only.
+//! The format is in `docs/sdk.md` ("Groups").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sotto_crypto::address::DeviceAddress;
+use sotto_crypto::sender_key::{
+    GroupId, SenderKeyDistributionMessage, SenderKeyMessage, SenderKeyRecord, SenderKeyState,
+};
+use sotto_wire::{Base64, Envelope, GroupChange as RelayChange, GroupEvent, GroupSendRequest};
+use zeroize::Zeroizing;
+
+use super::{json, seen_key, Client, OutboxItem, Pending, MAX_CLOCK_SKEW_MS};
+use crate::model::{
+    Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, Message, MessageStatus,
+    SendFailure,
+};
+use crate::payload::{check_text, Body, Payload, VERSION};
+use crate::requests::RelayCall;
+use crate::store::{tables, StoreOp};
+
+/// Most members of a roster (the relay's default group size limit).
+pub const MAX_GROUP_MEMBERS: usize = 1_000;
+/// Most sender keys kept for groups this device does not know (yet).
+const MAX_STRAY_SENDER_KEYS: usize = 256;
+/// Most characters of a group name.
+pub const MAX_GROUP_NAME_CHARS: usize = 100;
+
+/// Why a group operation was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// This device knows no such group (or this account is no longer a member).
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Only admins may change the roster, roles or name.
+    #[error("only a group admin can do this")]
+    NotAdmin,
+    /// A group name must be 1-100 characters.
+    #[error("a group name must be 1 to 100 characters")]
+    InvalidName,
+    /// A member id is not a valid user id, is this account, or the roster would be too big.
+    #[error("invalid member list")]
+    InvalidMembers,
+    /// The user is not in the roster.
+    #[error("not a member of this group")]
+    UnknownMember,
+    /// The group id is not a valid relay group id.
+    #[error("invalid group id")]
+    InvalidGroupId,
+}
+
+/// A group change as it travels inside a 1:1 session (`Body::GroupChange.change`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub(crate) enum GroupChange {
+    /// The whole roster after an admin's change (create, add, remove, role, rename).
+    State {
+        /// The group.
+        group_id: String,
+        /// Strictly greater than the receiver's current revision.
+        revision: u64,
+        /// 1-100 characters.
+        name: String,
+        /// Every member with its role (`true` = admin), at most [`MAX_GROUP_MEMBERS`].
+        members: Vec<(String, bool)>,
+    },
+    /// The sender leaves the group.
+    Leave {
+        /// The group.
+        group_id: String,
+    },
+}
+
+/// One group's state on this device.
+// No Debug: it holds this device's sender-key secret.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Group {
+    pub(crate) group_id: String,
+    pub(crate) name: String,
+    pub(crate) revision: u64,
+    /// Verified roster: user id → admin.
+    pub(crate) members: BTreeMap<String, bool>,
+    pub(crate) active: bool,
+    /// This device's outbound sender-key state (secret; sealed by the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sender_key: Option<Base64>,
+    /// Users (this account included) who were handed the current chain.
+    #[serde(default)]
+    pub(crate) distributed: BTreeSet<String>,
+}
+
+fn valid_group_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && GroupId::new(id.as_bytes().to_vec()).is_ok()
+}
+
+fn valid_name(name: &str) -> bool {
+    let n = name.chars().count();
+    n > 0 && n <= MAX_GROUP_NAME_CHARS
+}
+
+pub(super) fn sender_key_partition(group: &str, user: &str, device: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(group.len() + user.len() + 6);
+    p.extend_from_slice(group.as_bytes());
+    p.push(0);
+    p.extend_from_slice(user.as_bytes());
+    p.push(0);
+    p.extend_from_slice(&device.to_be_bytes());
+    p
+}
+
+/// A stored received sender key: whose it is, and the record.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SenderKeyRow {
+    pub(crate) group_id: String,
+    pub(crate) user_id: String,
+    pub(crate) device_id: u32,
+    pub(crate) record: Base64,
+}
+
+impl Group {
+    fn info(&self) -> GroupInfo {
+        GroupInfo {
+            group_id: self.group_id.clone(),
+            name: self.name.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|(u, admin)| GroupMemberInfo {
+                    user_id: u.clone(),
+                    admin: *admin,
+                })
+                .collect(),
+            revision: self.revision,
+            active: self.active,
+        }
+    }
+}
+
+impl Client {
+    /// The groups this device knows, with their verified rosters.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        self.groups.values().map(Group::info).collect()
+    }
+
+    /// One group.
+    pub fn group(&self, group_id: &str) -> Option<GroupInfo> {
+        self.groups.get(group_id).map(Group::info)
+    }
+
+    /// The relay created the group `group_id` with this account as admin (the runtime called
+    /// `POST /api/groups`): records the roster (this account as admin plus `members`) and
+    /// announces it, end to end, to every member and to this account's other devices.
+    pub fn group_created(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        members: &[String],
+        name: &str,
+    ) -> Result<(), GroupError> {
+        if !valid_group_id(group_id) {
+            return Err(GroupError::InvalidGroupId);
+        }
+        if !valid_name(name) {
+            return Err(GroupError::InvalidName);
+        }
+        let roster = self.checked_members(members)?;
+        let mut g = Group {
+            group_id: group_id.to_owned(),
+            name: name.to_owned(),
+            revision: 1,
+            members: roster.into_iter().map(|u| (u, false)).collect(),
+            active: true,
+            ..Group::default()
+        };
+        g.members.insert(self.user_id.clone(), true);
+        self.groups.insert(group_id.to_owned(), g);
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
+    /// The relay added `users` (this account is admin): announces the new roster.
+    pub fn group_members_added(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        users: &[String],
+    ) -> Result<(), GroupError> {
+        self.require_admin(group_id)?;
+        let users = self.checked_members(users)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        if g.members.len() + users.len() > MAX_GROUP_MEMBERS {
+            return Err(GroupError::InvalidMembers);
+        }
+        for u in users {
+            g.members.entry(u).or_insert(false);
+        }
+        g.revision += 1;
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
+    /// The relay removed `user` (this account is admin): announces the roster without them (to
+    /// them too, so their devices know) and rotates this device's sender key.
+    pub fn group_member_removed(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        user: &str,
+    ) -> Result<(), GroupError> {
+        self.require_admin(group_id)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        if user == self.user_id || g.members.remove(user).is_none() {
+            return Err(GroupError::UnknownMember);
+        }
+        g.revision += 1;
+        self.rotate_sender_key(group_id);
+        self.announce(now_ms, group_id, &[user.to_owned()]);
+        Ok(())
+    }
+
+    /// The relay changed `user`'s role (this account is admin): announces it.
+    pub fn group_role_set(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        user: &str,
+        admin: bool,
+    ) -> Result<(), GroupError> {
+        self.require_admin(group_id)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        let Some(role) = g.members.get_mut(user) else {
+            return Err(GroupError::UnknownMember);
+        };
+        *role = admin;
+        g.revision += 1;
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
+    /// Renames the group (admins only). The name travels only end to end.
+    pub fn rename_group(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        name: &str,
+    ) -> Result<(), GroupError> {
+        if !valid_name(name) {
+            return Err(GroupError::InvalidName);
+        }
+        self.require_admin(group_id)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        g.name = name.to_owned();
+        g.revision += 1;
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
+    /// This account left the group (the runtime called `DELETE .../leave`): tells the members
+    /// and this account's other devices, and forgets the sender keys.
+    pub fn group_left(&mut self, now_ms: u64, group_id: &str) -> Result<(), GroupError> {
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        if !g.active {
+            return Err(GroupError::UnknownGroup);
+        }
+        g.active = false;
+        let me = self.user_id.clone();
+        g.members.remove(&me);
+        g.sender_key = None;
+        g.distributed.clear();
+        let others: Vec<String> = g.members.keys().cloned().collect();
+        let change = GroupChange::Leave {
+            group_id: group_id.to_owned(),
+        };
+        let body = Body::GroupChange {
+            change: serde_json::to_string(&change).unwrap_or_default(),
+        };
+        for peer in others.iter().chain(std::iter::once(&me)) {
+            let id = self.new_id();
+            self.enqueue_group_item(now_ms, peer, id, body.clone(), group_id);
+        }
+        self.forget_sender_keys(group_id);
+        self.write_group(group_id);
+        self.events.push_back(Event::GroupChanged {
+            group_id: group_id.to_owned(),
+        });
+        self.pump(now_ms);
+        self.finish();
+        Ok(())
+    }
+
+    /// Queues a text for a group (this account must be an active member); returns its id.
+    pub fn send_group_text(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        text: &str,
+    ) -> Result<String, super::SendError> {
+        check_text(text).map_err(|_| super::SendError::InvalidText)?;
+        if !self.groups.get(group_id).is_some_and(|g| g.active) {
+            return Err(super::SendError::InvalidRecipient);
+        }
+        let id = self.new_id();
+        let now_ms = now_ms.max(self.last_sent_at + 1);
+        self.last_sent_at = now_ms;
+        self.account_dirty = true;
+        let sort = self.next_sort(now_ms);
+        let message = Message {
+            id: id.clone(),
+            conversation: ConversationId::Group(group_id.to_owned()),
+            sender_user_id: self.user_id.clone(),
+            sender_device_id: self.device_id,
+            outgoing: true,
+            sent_at: now_ms,
+            server_timestamp: None,
+            text: Some(text.to_owned()),
+            attachment: None,
+            status: MessageStatus::Pending,
+            sort,
+        };
+        self.store_message(&message);
+        self.touch_conversation(&message, false);
+        self.outbox_seq += 1;
+        let item = OutboxItem {
+            seq: self.outbox_seq,
+            peer: String::new(),
+            id: id.clone(),
+            sent_at: now_ms,
+            body: Body::Text {
+                text: text.to_owned(),
+            },
+            message: Some(message),
+            attempts: 0,
+            in_flight: false,
+            not_before: 0,
+            group: Some(group_id.to_owned()),
+            fan_out: true,
+            sealed: None,
+        };
+        self.put_outbox(&item);
+        self.outbox.insert(item.seq, item);
+        self.pump(now_ms);
+        self.finish();
+        Ok(id)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals
+
+    fn checked_members(&self, members: &[String]) -> Result<BTreeSet<String>, GroupError> {
+        let mut set = BTreeSet::new();
+        for m in members {
+            if *m == self.user_id || DeviceAddress::new(m.as_str(), 1).is_err() {
+                return Err(GroupError::InvalidMembers);
+            }
+            set.insert(m.clone());
+        }
+        if set.len() + 1 > MAX_GROUP_MEMBERS {
+            return Err(GroupError::InvalidMembers);
+        }
+        Ok(set)
+    }
+
+    fn require_admin(&self, group_id: &str) -> Result<(), GroupError> {
+        let g = self.groups.get(group_id).ok_or(GroupError::UnknownGroup)?;
+        if !g.active {
+            return Err(GroupError::UnknownGroup);
+        }
+        if g.members.get(&self.user_id) != Some(&true) {
+            return Err(GroupError::NotAdmin);
+        }
+        Ok(())
+    }
+
+    /// Sends the group's current state to every member, to `also` (removed members) and to this
+    /// account's other devices; stores it; tells the app.
+    fn announce(&mut self, now_ms: u64, group_id: &str, also: &[String]) {
+        let Some(g) = self.groups.get(group_id) else {
+            return;
+        };
+        let change = GroupChange::State {
+            group_id: group_id.to_owned(),
+            revision: g.revision,
+            name: g.name.clone(),
+            members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
+        };
+        let body = Body::GroupChange {
+            change: serde_json::to_string(&change).unwrap_or_default(),
+        };
+        let me = self.user_id.clone();
+        let mut peers: Vec<String> = g.members.keys().filter(|u| **u != me).cloned().collect();
+        peers.extend(also.iter().cloned());
+        // Own other devices get the sync copy of each 1:1 send; with no other member, a send
+        // to oneself reaches them.
+        if peers.is_empty() {
+            peers.push(me);
+        }
+        for peer in peers {
+            let id = self.new_id();
+            self.enqueue_group_item(now_ms, &peer, id, body.clone(), group_id);
+        }
+        self.write_group(group_id);
+        self.group_conversation(group_id);
+        self.events.push_back(Event::GroupChanged {
+            group_id: group_id.to_owned(),
+        });
+        self.pump(now_ms);
+        self.finish();
+    }
+
+    /// A 1:1 item about a group (a change or a sender key), sent like any 1:1 content.
+    fn enqueue_group_item(&mut self, now_ms: u64, peer: &str, id: String, body: Body, group: &str) {
+        self.enqueue(now_ms, peer, id, body, None);
+        if let Some(item) = self.outbox.get_mut(&self.outbox_seq) {
+            item.group = Some(group.to_owned());
+            let item = item.clone();
+            self.put_outbox(&item);
+        }
+    }
+
+    pub(super) fn put_outbox(&mut self, item: &OutboxItem) {
+        self.writes.push(StoreOp::Put {
+            table: tables::OUTBOX,
+            partition: b"outbox".to_vec(),
+            sort: item.seq,
+            value: json(item),
+        });
+    }
+
+    pub(super) fn write_group(&mut self, group_id: &str) {
+        let Some(g) = self.groups.get(group_id) else {
+            return;
+        };
+        self.writes.push(StoreOp::Put {
+            table: tables::GROUPS,
+            partition: group_id.as_bytes().to_vec(),
+            sort: 0,
+            value: json(g),
+        });
+    }
+
+    fn write_sender_key(&mut self, group: &str, user: &str, device: u32) {
+        let key = (group.to_owned(), user.to_owned(), device);
+        let Some(record) = self.sender_keys.get(&key) else {
+            return;
+        };
+        let row = SenderKeyRow {
+            group_id: group.to_owned(),
+            user_id: user.to_owned(),
+            device_id: device,
+            record: Base64(record.to_bytes().to_vec()),
+        };
+        self.writes.push(StoreOp::Put {
+            table: tables::SENDER_KEYS,
+            partition: sender_key_partition(group, user, device),
+            sort: 0,
+            value: json(&row),
+        });
+    }
+
+    fn forget_sender_keys(&mut self, group: &str) {
+        let keys: Vec<(String, String, u32)> = self
+            .sender_keys
+            .keys()
+            .filter(|(g, _, _)| g == group)
+            .cloned()
+            .collect();
+        for k in keys {
+            self.sender_keys.remove(&k);
+            self.writes.push(StoreOp::Delete {
+                table: tables::SENDER_KEYS,
+                partition: sender_key_partition(&k.0, &k.1, k.2),
+                sort: 0,
+            });
+        }
+    }
+
+    /// Starts a fresh chain (the next send hands it to the current roster only).
+    fn rotate_sender_key(&mut self, group_id: &str) {
+        if let Some(g) = self.groups.get_mut(group_id) {
+            g.sender_key = None;
+            g.distributed.clear();
+        }
+    }
+
+    fn group_conversation(&mut self, group_id: &str) {
+        let Some(g) = self.groups.get(group_id) else {
+            return;
+        };
+        let id = ConversationId::Group(group_id.to_owned());
+        let name = Some(g.name.clone());
+        let conv = self
+            .conversations
+            .entry(id.clone())
+            .or_insert_with(|| Conversation {
+                id,
+                name: None,
+                last_message: None,
+                unread_count: 0,
+                last_sort: 0,
+                unread_ids: Vec::new(),
+            });
+        conv.name = name;
+        let conv = conv.clone();
+        self.put_conversation(&conv);
+        self.events.push_back(Event::ConversationUpdated(conv));
+    }
+
+    /// Tries to send a group message: hands the current sender key to every roster member that
+    /// lacks it first (1:1), then seals once and posts the one ciphertext.
+    pub(super) fn try_send_group(&mut self, now_ms: u64, seq: u64) -> bool {
+        let Some(item) = self.outbox.get(&seq) else {
+            return false;
+        };
+        let Some(group_id) = item.group.clone() else {
+            return false;
+        };
+        let Some(g) = self.groups.get(&group_id) else {
+            self.fail(
+                seq,
+                SendFailure::Rejected {
+                    code: "unknown_group".into(),
+                },
+            );
+            return false;
+        };
+        if !g.active {
+            self.fail(
+                seq,
+                SendFailure::Rejected {
+                    code: "unknown_group".into(),
+                },
+            );
+            return false;
+        }
+        if item.sealed.is_none() {
+            // Distribution first: every member (and this account's other devices) that lacks
+            // this device's current chain gets it over 1:1 before any message under it.
+            let Ok(gid) = GroupId::new(group_id.as_bytes().to_vec()) else {
+                return false;
+            };
+            let mut state = match g
+                .sender_key
+                .as_ref()
+                .and_then(|b| SenderKeyState::from_bytes(b.as_bytes()).ok())
+            {
+                Some(s) => s,
+                None => SenderKeyState::new(gid, &mut self.rng),
+            };
+            let me = self.user_id.clone();
+            let lacking: Vec<String> = g
+                .members
+                .keys()
+                .filter(|u| !g.distributed.contains(*u))
+                .cloned()
+                .collect();
+            let alone = g.members.len() == 1;
+            if !lacking.is_empty() {
+                let distribution = hex::encode(&*state.distribution_message().to_bytes());
+                for user in &lacking {
+                    let id = self.new_id();
+                    let body = Body::SenderKey {
+                        group_id: group_id.clone(),
+                        distribution: distribution.clone(),
+                    };
+                    // Own devices learn it from the sync copies; alone, from a send to self.
+                    if *user != me || alone {
+                        self.enqueue_group_item(now_ms, user, id, body, &group_id);
+                    }
+                }
+            }
+            let Some(item) = self.outbox.get(&seq) else {
+                return false;
+            };
+            let payload = Payload {
+                v: VERSION,
+                id: item.id.clone(),
+                ts: item.sent_at,
+                sync_to: None,
+                group: Some(group_id.clone()),
+                body: item.body.clone(),
+            };
+            let sealed = match state.encrypt(&payload.encode()) {
+                Ok(m) => m.to_bytes(),
+                Err(_) => {
+                    state.rotate(&mut self.rng);
+                    if let Some(g) = self.groups.get_mut(&group_id) {
+                        g.distributed.clear();
+                        g.sender_key = Some(Base64(state.to_bytes().to_vec()));
+                    }
+                    self.write_group(&group_id);
+                    return false;
+                }
+            };
+            if let Some(g) = self.groups.get_mut(&group_id) {
+                g.distributed.extend(lacking);
+                g.sender_key = Some(Base64(state.to_bytes().to_vec()));
+            }
+            self.write_group(&group_id);
+            if let Some(item) = self.outbox.get_mut(&seq) {
+                item.sealed = Some(Base64(sealed));
+                let item = item.clone();
+                self.put_outbox(&item);
+            }
+        }
+        // Wait until the group's changes and sender keys queued for its members were accepted,
+        // so every member holds the roster and the key before the message.
+        let waiting = self.outbox.values().any(|i| {
+            !i.fan_out
+                && i.group.as_deref() == Some(group_id.as_str())
+                && matches!(i.body, Body::SenderKey { .. } | Body::GroupChange { .. })
+        });
+        if waiting {
+            return false;
+        }
+        let Some(item) = self.outbox.get_mut(&seq) else {
+            return false;
+        };
+        let Some(content) = item.sealed.clone() else {
+            return false;
+        };
+        item.in_flight = true;
+        let request = GroupSendRequest {
+            client_message_id: item.id.clone(),
+            content,
+            messages: Vec::new(),
+        };
+        self.request(
+            RelayCall::SendGroup { group_id, request },
+            Pending::Send { seq },
+        );
+        true
+    }
+
+    /// A `groupMessage` envelope: one Sender-Key ciphertext.
+    pub(super) fn incoming_group_message(&mut self, now_ms: u64, env: &Envelope) {
+        let _ = now_ms;
+        let (Some(group_id), Some(content)) = (env.group_id.clone(), env.content.as_ref()) else {
+            return self.dropped(env, "group envelope without group or content");
+        };
+        let user = env.source_user_id.clone();
+        let device = env.source_device_id;
+        if user == self.user_id && device == self.device_id {
+            return self.dropped(env, "envelope claims to come from this device");
+        }
+        let Ok(message) = SenderKeyMessage::from_bytes(content.as_bytes()) else {
+            return self.dropped(env, "malformed group message");
+        };
+        let key = (group_id.clone(), user.clone(), device);
+        let Some(record) = self.sender_keys.get_mut(&key) else {
+            return self.dropped(env, "no sender key from this device");
+        };
+        let plain = match record.decrypt(&message) {
+            Ok(p) => Zeroizing::new(p),
+            Err(sotto_crypto::sender_key::SenderKeyDecryptError::Replay { .. }) => return,
+            Err(e) => return self.dropped(env, &e.to_string()),
+        };
+        self.write_sender_key(&group_id, &user, device);
+        let payload = match Payload::decode(&plain) {
+            Ok(p) => p,
+            Err(e) => return self.dropped(env, &e.to_string()),
+        };
+        if payload.group.as_deref() != Some(group_id.as_str()) || payload.sync_to.is_some() {
+            return self.dropped(env, "group content addressed inconsistently");
+        }
+        let own = user == self.user_id;
+        let member = self
+            .groups
+            .get(&group_id)
+            .is_some_and(|g| g.active && (own || g.members.contains_key(&user)));
+        if !member {
+            return self.dropped(env, "sender is not in the group's verified roster");
+        }
+        let seen = seen_key(&user, &payload.id);
+        if !self.seen.insert(seen) {
+            return;
+        }
+        self.writes.push(StoreOp::Put {
+            table: tables::SEEN,
+            partition: seen.to_vec(),
+            sort: 0,
+            value: Zeroizing::new(seen.to_vec()),
+        });
+        let (text, attachment) = match payload.body {
+            Body::Text { text } => (Some(text), None),
+            Body::Attachment {
+                attachment,
+                caption,
+            } => (caption, Some(attachment)),
+            _ => return self.dropped(env, "not group message content"),
+        };
+        let sent_at = payload
+            .ts
+            .min(env.server_timestamp.saturating_add(MAX_CLOCK_SKEW_MS));
+        let sort = self.next_sort(sent_at);
+        let message = Message {
+            id: payload.id,
+            conversation: ConversationId::Group(group_id),
+            sender_user_id: user,
+            sender_device_id: device,
+            outgoing: own,
+            sent_at,
+            server_timestamp: Some(env.server_timestamp),
+            text,
+            attachment,
+            status: if own {
+                MessageStatus::Sent
+            } else {
+                MessageStatus::Received
+            },
+            sort,
+        };
+        self.store_message(&message);
+        self.touch_conversation(&message, !own);
+        self.typing
+            .remove(&(message.conversation.clone(), message.sender_user_id.clone()));
+        self.events.push_back(Event::Message(message));
+    }
+
+    /// A `groupEvent` envelope, written by the relay: routing facts only. Used to rotate (the
+    /// relay no longer routes to someone) and to surface invitations; never to trust a member.
+    pub(super) fn relay_group_event(&mut self, env: &Envelope) {
+        let Some(content) = env.content.as_ref() else {
+            return;
+        };
+        let Ok(ev) = serde_json::from_slice::<GroupEvent>(content.as_bytes()) else {
+            return;
+        };
+        if !valid_group_id(&ev.group_id) {
+            return;
+        }
+        match ev.change {
+            RelayChange::MemberLeft | RelayChange::MemberRemoved
+                if self.groups.get(&ev.group_id).is_some_and(|g| g.active) =>
+            {
+                self.rotate_sender_key(&ev.group_id);
+                self.write_group(&ev.group_id);
+            }
+            RelayChange::Invited if ev.user_ids.contains(&self.user_id) => {
+                self.events.push_back(Event::GroupInvitation {
+                    group_id: ev.group_id.clone(),
+                    from_user_id: ev.actor_user_id.clone(),
+                    name: String::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A group change or sender key out of a 1:1 session from `env`'s sender. Returns `false` if
+    /// the body was not about groups.
+    pub(super) fn group_content(&mut self, env: &Envelope, payload: &Payload) -> bool {
+        let user = env.source_user_id.clone();
+        match &payload.body {
+            Body::GroupChange { change } => {
+                match serde_json::from_str::<GroupChange>(change) {
+                    Ok(c) => self.apply_change(env, &user, c),
+                    Err(_) => self.dropped(env, "malformed group change"),
+                }
+                true
+            }
+            Body::SenderKey {
+                group_id,
+                distribution,
+            } => {
+                self.install_sender_key(env, &user, group_id, distribution);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn install_sender_key(&mut self, env: &Envelope, user: &str, group_id: &str, hex_dist: &str) {
+        // A key is installed even before the roster naming its sender arrives (another admin's
+        // change may be slower); it is used only for a sender the roster lists when a message
+        // comes. Keys for groups this device does not know are capped.
+        let known = self.groups.get(group_id).is_some_and(|g| g.active);
+        if !known {
+            let strays = self
+                .sender_keys
+                .keys()
+                .filter(|(g, _, _)| !self.groups.contains_key(g))
+                .count();
+            if strays >= MAX_STRAY_SENDER_KEYS {
+                return self.dropped(env, "too many sender keys for unknown groups");
+            }
+        }
+        let Some(dist) = hex::decode(hex_dist)
+            .ok()
+            .and_then(|b| SenderKeyDistributionMessage::from_bytes(&b).ok())
+        else {
+            return self.dropped(env, "malformed sender key");
+        };
+        if dist.group_id().as_bytes() != group_id.as_bytes() {
+            return self.dropped(env, "sender key for another group");
+        }
+        let device = env.source_device_id;
+        let key = (group_id.to_owned(), user.to_owned(), device);
+        let Ok(gid) = GroupId::new(group_id.as_bytes().to_vec()) else {
+            return;
+        };
+        let record = self
+            .sender_keys
+            .entry(key)
+            .or_insert_with(|| SenderKeyRecord::new(gid));
+        if record.process_distribution(&dist).is_err() {
+            return self.dropped(env, "sender key for another group");
+        }
+        self.write_sender_key(group_id, user, device);
+    }
+
+    fn apply_change(&mut self, env: &Envelope, actor: &str, change: GroupChange) {
+        match change {
+            GroupChange::Leave { group_id } => {
+                let Some(g) = self.groups.get_mut(&group_id) else {
+                    return;
+                };
+                if actor == self.user_id {
+                    // Left on another own device.
+                    g.active = false;
+                    g.members.remove(actor);
+                    g.sender_key = None;
+                    g.distributed.clear();
+                    self.forget_sender_keys(&group_id);
+                } else {
+                    if g.members.remove(actor).is_none() {
+                        return;
+                    }
+                    self.rotate_sender_key(&group_id);
+                    let k: Vec<(String, String, u32)> = self
+                        .sender_keys
+                        .keys()
+                        .filter(|(g, u, _)| *g == group_id && u == actor)
+                        .cloned()
+                        .collect();
+                    for key in k {
+                        self.sender_keys.remove(&key);
+                        self.writes.push(StoreOp::Delete {
+                            table: tables::SENDER_KEYS,
+                            partition: sender_key_partition(&key.0, &key.1, key.2),
+                            sort: 0,
+                        });
+                    }
+                }
+                self.write_group(&group_id);
+                self.events.push_back(Event::GroupChanged { group_id });
+            }
+            GroupChange::State {
+                group_id,
+                revision,
+                name,
+                members,
+            } => {
+                if !valid_group_id(&group_id)
+                    || !valid_name(&name)
+                    || members.len() > MAX_GROUP_MEMBERS
+                    || members
+                        .iter()
+                        .any(|(u, _)| DeviceAddress::new(u.as_str(), 1).is_err())
+                {
+                    return self.dropped(env, "group change out of limits");
+                }
+                let roster: BTreeMap<String, bool> = members.into_iter().collect();
+                // Who may announce: an admin of the roster this device holds; for a group it does
+                // not know yet, an admin the change itself lists (the group's creator or any
+                // admin adding this account).
+                let allowed = match self.groups.get(&group_id) {
+                    Some(g) if g.active || actor == self.user_id => {
+                        g.members.get(actor) == Some(&true) && revision > g.revision
+                    }
+                    Some(g) => revision > g.revision && roster.get(actor) == Some(&true),
+                    None => roster.get(actor) == Some(&true),
+                };
+                if !allowed {
+                    return self.dropped(env, "group change not from an admin, or stale");
+                }
+                let me = self.user_id.clone();
+                let old = self.groups.get(&group_id).cloned().unwrap_or_default();
+                let removed: Vec<String> = old
+                    .members
+                    .keys()
+                    .filter(|u| !roster.contains_key(*u))
+                    .cloned()
+                    .collect();
+                let active = roster.contains_key(&me);
+                let mut g = Group {
+                    group_id: group_id.clone(),
+                    name,
+                    revision,
+                    members: roster,
+                    active,
+                    sender_key: old.sender_key,
+                    distributed: old.distributed,
+                };
+                if !removed.is_empty() || !active {
+                    g.sender_key = None;
+                    g.distributed.clear();
+                }
+                self.groups.insert(group_id.clone(), g);
+                if !active {
+                    self.forget_sender_keys(&group_id);
+                } else {
+                    for u in removed {
+                        let k: Vec<(String, String, u32)> = self
+                            .sender_keys
+                            .keys()
+                            .filter(|(g, su, _)| *g == group_id && *su == u)
+                            .cloned()
+                            .collect();
+                        for key in k {
+                            self.sender_keys.remove(&key);
+                            self.writes.push(StoreOp::Delete {
+                                table: tables::SENDER_KEYS,
+                                partition: sender_key_partition(&key.0, &key.1, key.2),
+                                sort: 0,
+                            });
+                        }
+                    }
+                }
+                self.write_group(&group_id);
+                self.group_conversation(&group_id);
+                self.events.push_back(Event::GroupChanged { group_id });
+            }
+        }
+    }
+
+    /// Restores one `groups` or `sender_keys` row.
+    pub(super) fn restore_group_row(&mut self, table: &str, value: &[u8]) -> bool {
+        match table {
+            tables::GROUPS => match serde_json::from_slice::<Group>(value) {
+                Ok(g) => {
+                    self.groups.insert(g.group_id.clone(), g);
+                    true
+                }
+                Err(_) => false,
+            },
+            tables::SENDER_KEYS => {
+                let Ok(row) = serde_json::from_slice::<SenderKeyRow>(value) else {
+                    return false;
+                };
+                let Ok(record) = SenderKeyRecord::from_bytes(row.record.as_bytes()) else {
+                    return false;
+                };
+                self.sender_keys
+                    .insert((row.group_id, row.user_id, row.device_id), record);
+                true
+            }
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Groups: admin-announced rosters, Sender Keys, rotation, multi-device, hostile routing.
+
+use std::collections::BTreeSet;
+
+use sotto_client_core::{ConversationId, Event, GroupError, RelayCall, SendError};
+
+use crate::net::{Faults, Net};
+
+const GROUP: &str = "7f1c2a9e-0000-4000-8000-000000000001";
+
+fn route(net: &mut Net, members: &[&str]) {
+    net.relay.groups.insert(
+        GROUP.to_owned(),
+        members
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect::<BTreeSet<_>>(),
+    );
+}
+
+fn group_texts(net: &Net, node: usize) -> Vec<String> {
+    net.nodes[node]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) if m.conversation == ConversationId::Group(GROUP.into()) => {
+                m.text.clone()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Alice (phone + laptop) creates a group with Bob and Carol.
+fn setup(net: &mut Net) -> [usize; 4] {
+    let alice = net.user("alice");
+    let laptop = net.link("alice", alice);
+    let bob = net.user("bob");
+    let carol = net.user("carol");
+    net.run();
+    route(net, &["alice", "bob", "carol"]);
+    let now = net.now;
+    net.nodes[alice]
+        .client
+        .group_created(now, GROUP, &["bob".into(), "carol".into()], "Hiking")
+        .unwrap();
+    net.run();
+    [alice, laptop, bob, carol]
+}
+
+#[test]
+fn a_group_of_three_chats_and_every_device_holds_the_roster() {
+    let mut net = Net::new(21);
+    let [alice, laptop, bob, carol] = setup(&mut net);
+    for n in [alice, laptop, bob, carol] {
+        let g = net.nodes[n].client.group(GROUP).expect("group known");
+        assert_eq!(g.name, "Hiking", "{}", net.nodes[n].name);
+        assert!(g.active);
+        let members: Vec<_> = g
+            .members
+            .iter()
+            .map(|m| (m.user_id.as_str(), m.admin))
+            .collect();
+        assert_eq!(members, [("alice", true), ("bob", false), ("carol", false)]);
+    }
+    let now = net.now;
+    net.nodes[alice]
+        .client
+        .send_group_text(now, GROUP, "trail at 9?")
+        .unwrap();
+    net.run();
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "yes")
+        .unwrap();
+    net.run();
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "count me in")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, bob), ["trail at 9?", "count me in"]);
+    assert_eq!(group_texts(&net, carol), ["trail at 9?", "yes"]);
+    assert_eq!(group_texts(&net, alice), ["yes", "count me in"]);
+    // The laptop sees its own account's message as outgoing, and the others.
+    assert_eq!(
+        group_texts(&net, laptop),
+        ["trail at 9?", "yes", "count me in"]
+    );
+    let outgoing = net.nodes[laptop].events.iter().any(|e| {
+        matches!(e, Event::Message(m) if m.outgoing && m.text.as_deref() == Some("trail at 9?"))
+    });
+    assert!(outgoing);
+    // One ciphertext per group message, whatever the group's size.
+    let group_sends = net.nodes[alice]
+        .sent
+        .iter()
+        .filter(|c| matches!(c, RelayCall::SendGroup { .. }))
+        .count();
+    assert_eq!(group_sends, 1);
+    // Conversations carry the group's name and unread counts.
+    let conv = net.nodes[carol]
+        .client
+        .conversation(&ConversationId::Group(GROUP.into()))
+        .unwrap();
+    assert_eq!(conv.name.as_deref(), Some("Hiking"));
+    assert_eq!(conv.unread_count, 2);
+    // Nothing the relay stored holds a text or the name.
+    for (_, _, ct) in &net.relay.log {
+        for needle in ["trail at 9?", "count me in", "Hiking"] {
+            assert!(!ct.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        }
+    }
+}
+
+#[test]
+fn a_removed_member_reads_nothing_after_even_if_the_relay_still_routes_to_them() {
+    let mut net = Net::new(22);
+    let [alice, _laptop, bob, carol] = setup(&mut net);
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "before")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, bob), ["before"]);
+    let now = net.now;
+    net.nodes[alice]
+        .client
+        .group_member_removed(now, GROUP, "carol")
+        .unwrap();
+    net.run();
+    assert!(!net.nodes[carol].client.group(GROUP).unwrap().active);
+    assert!(!net.nodes[bob]
+        .client
+        .group(GROUP)
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.user_id == "carol"));
+    // A relay that keeps carol on the route: the new chains never reach her.
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "after, from alice")
+        .unwrap();
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "after, from bob")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, carol), ["before"]);
+    // She got the ciphertexts and could not open them: no key for the new chains.
+    let refused = net.nodes[carol]
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(e, Event::DecryptionFailed { reason, .. }
+                if reason.contains("sender key") || reason.contains("chain"))
+        })
+        .count();
+    assert_eq!(refused, 2);
+    assert!(group_texts(&net, bob).contains(&"after, from alice".to_string()));
+    assert!(group_texts(&net, alice).contains(&"after, from bob".to_string()));
+    // And carol's own messages are no longer shown by the others.
+    let _ = net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "still here?");
+    net.run();
+    assert!(!group_texts(&net, bob).contains(&"still here?".to_string()));
+}
+
+#[test]
+fn a_member_only_the_relay_lists_gets_no_key() {
+    let mut net = Net::new(23);
+    let [alice, _laptop, bob, _carol] = setup(&mut net);
+    let mallory = net.user("mallory");
+    net.run();
+    // The relay adds mallory on its own; no admin announced her.
+    route(&mut net, &["alice", "bob", "carol", "mallory"]);
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "secret plan")
+        .unwrap();
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "agreed")
+        .unwrap();
+    net.run();
+    assert!(group_texts(&net, mallory).is_empty());
+    assert!(net.nodes[mallory].client.group(GROUP).is_none());
+    // No 1:1 message at all went to her devices: only the fanned-out group ciphertexts.
+    for n in [alice, bob] {
+        for c in &net.nodes[n].sent {
+            if let RelayCall::SendMessage(r) = c {
+                assert_ne!(r.recipient_id, "mallory");
+            }
+        }
+    }
+}
+
+#[test]
+fn only_admins_change_the_group_and_bad_input_changes_nothing() {
+    let mut net = Net::new(24);
+    let [alice, _laptop, bob, carol] = setup(&mut net);
+    let now = net.now;
+    let c = &mut net.nodes[bob].client;
+    assert_eq!(
+        c.rename_group(now, GROUP, "Mine"),
+        Err(GroupError::NotAdmin)
+    );
+    assert_eq!(
+        c.group_members_added(now, GROUP, &["mallory".into()]),
+        Err(GroupError::NotAdmin)
+    );
+    assert_eq!(
+        c.group_member_removed(now, GROUP, "carol"),
+        Err(GroupError::NotAdmin)
+    );
+    assert_eq!(
+        c.send_group_text(now, "unknown", "hi"),
+        Err(SendError::InvalidRecipient)
+    );
+    assert_eq!(
+        c.send_group_text(now, GROUP, &"x".repeat(1001)),
+        Err(SendError::InvalidText)
+    );
+    let a = &mut net.nodes[alice].client;
+    assert_eq!(a.rename_group(now, GROUP, ""), Err(GroupError::InvalidName));
+    assert_eq!(
+        a.rename_group(now, GROUP, &"n".repeat(101)),
+        Err(GroupError::InvalidName)
+    );
+    assert_eq!(
+        a.group_members_added(now, GROUP, &["alice".into()]),
+        Err(GroupError::InvalidMembers)
+    );
+    assert_eq!(
+        a.group_created(now, "", &[], "x"),
+        Err(GroupError::InvalidGroupId)
+    );
+    assert!(net.nodes[alice].client.take_writes().is_empty());
+    // The admin renames and promotes bob; bob, now admin, renames too.
+    net.nodes[alice]
+        .client
+        .rename_group(now, GROUP, "Hiking club")
+        .unwrap();
+    net.nodes[alice]
+        .client
+        .group_role_set(now, GROUP, "bob", true)
+        .unwrap();
+    net.run();
+    assert_eq!(
+        net.nodes[carol].client.group(GROUP).unwrap().name,
+        "Hiking club"
+    );
+    net.nodes[bob]
+        .client
+        .rename_group(net.now, GROUP, "Mountain club")
+        .unwrap();
+    net.run();
+    for n in [alice, carol] {
+        assert_eq!(
+            net.nodes[n].client.group(GROUP).unwrap().name,
+            "Mountain club"
+        );
+    }
+}
+
+#[test]
+fn leaving_rotates_and_history_survives_restarts_and_faults() {
+    let mut net = Net::new(25);
+    net.faults = Faults {
+        drop: 0,
+        duplicate: 200,
+        reorder: false,
+    };
+    let [alice, laptop, bob, carol] = setup(&mut net);
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "one")
+        .unwrap();
+    net.run();
+    net.restart(carol);
+    net.restart(laptop);
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "two")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, carol), ["one", "two"]);
+    assert_eq!(group_texts(&net, laptop), ["one", "two"]);
+    // Carol leaves; the relay stops routing to her; bob's next chain is not hers.
+    let now = net.now;
+    net.nodes[carol].client.group_left(now, GROUP).unwrap();
+    route(&mut net, &["alice", "bob"]);
+    net.run();
+    assert!(!net.nodes[carol].client.group(GROUP).unwrap().active);
+    assert!(!net.nodes[alice]
+        .client
+        .group(GROUP)
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.user_id == "carol"));
+    // Even routed to her again, bob's post-leave messages stay closed to her.
+    route(&mut net, &["alice", "bob", "carol"]);
+    net.nodes[bob]
+        .client
+        .send_group_text(net.now, GROUP, "three")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, carol), ["one", "two"]);
+    assert_eq!(group_texts(&net, alice), ["one", "two", "three"]);
+}
