@@ -10,4 +10,5 @@ mod attachments;
 mod cli;
 mod common;
 mod direct;
+mod groups;
 mod resilience;

@@ -36,8 +36,9 @@ pub use attachments::{AttachmentError, MAX_ATTACHMENT_BYTES};
 pub use linking::PROVISIONING_INFO;
 pub use runtime::{PendingLink, SottoClient};
 pub use sotto_client_core::{
-    AttachmentPointer, Conversation, ConversationId, Event, IdentityPolicy, Message,
-    MessagePreview, MessageStatus, ReceiptKind, SafetyNumberInfo, SendFailure,
+    AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo,
+    IdentityPolicy, Message, MessagePreview, MessageStatus, ReceiptKind, SafetyNumberInfo,
+    SendFailure,
 };
 
 /// Where the encrypted store lives.
@@ -224,6 +225,45 @@ pub enum SendTextError {
     /// The client stopped.
     #[error("the client stopped")]
     Stopped,
+}
+
+/// Why a group operation failed. Nothing changed on this device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupOpError {
+    /// This device knows no such group, or this account is not (or no longer) a member.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Only admins may do this.
+    #[error("only a group admin can do this")]
+    NotAdmin,
+    /// A group name must be 1 to 100 characters.
+    #[error("a group name must be 1 to 100 characters")]
+    InvalidName,
+    /// A member id is invalid or this account, or too many members.
+    #[error("invalid member list")]
+    InvalidMembers,
+    /// The relay does not know one of the users.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The user is not a member.
+    #[error("not a member of this group")]
+    UnknownMember,
+    /// The group reached the relay's size limit.
+    #[error("the group is full")]
+    GroupFull,
+    /// The last admin cannot step down.
+    #[error("the last admin cannot step down")]
+    LastAdmin,
+    /// Too many group changes; try again later.
+    #[error("too many group changes; try again later")]
+    RateLimited,
+    /// The relay cannot be reached.
+    #[error("the relay cannot be reached")]
+    Unreachable,
+    /// The relay refused for another reason.
+    #[error("the relay refused: {0}")]
+    Rejected(String),
 }
 
 /// Why a relay query failed.

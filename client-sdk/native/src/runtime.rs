@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::http::{segment, CallError, Http};
+
+mod groups;
 use crate::storage::{self, SESSION_TABLE};
 use crate::{
     ClientEvent, ClientOptions, ConnectionState, DeviceRecord, HistoryPage, LoginError,

@@ -1,0 +1,266 @@
+//! Group operations: the relay call that changes routing, then the core's end-to-end
+//! announcement of the new roster (admin changes) and Sender-Key messages.
+
+use reqwest::Method;
+use sotto_client_core::{GroupError, GroupInfo};
+use sotto_wire::{
+    Base64, CreateGroupRequest, GroupCreated, GroupInvitations, GroupMembers, GroupRole,
+    JoinGroupRequest, SetRoleRequest,
+};
+use tokio::sync::oneshot;
+
+use super::{now_ms, SottoClient};
+use crate::http::{segment, CallError};
+use crate::{GroupOpError, SendTextError, SentMessage};
+
+fn relay_error(e: CallError) -> GroupOpError {
+    match e {
+        CallError::Unreachable => GroupOpError::Unreachable,
+        CallError::Malformed => GroupOpError::Rejected("malformed answer".into()),
+        e => match (e.status(), e.code().as_deref()) {
+            (_, Some("unknown_user")) => GroupOpError::UnknownUser,
+            (_, Some("unknown_group" | "unknown_invitation")) => GroupOpError::UnknownGroup,
+            (_, Some("unknown_member")) => GroupOpError::UnknownMember,
+            (_, Some("not_admin")) => GroupOpError::NotAdmin,
+            (_, Some("group_full")) => GroupOpError::GroupFull,
+            (_, Some("last_admin")) => GroupOpError::LastAdmin,
+            (Some(429), _) => GroupOpError::RateLimited,
+            (Some(404), _) => GroupOpError::UnknownGroup,
+            (s, c) => {
+                GroupOpError::Rejected(format!("HTTP {} {}", s.unwrap_or(0), c.unwrap_or_default()))
+            }
+        },
+    }
+}
+
+impl From<GroupError> for GroupOpError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::NotAdmin => Self::NotAdmin,
+            GroupError::InvalidName => Self::InvalidName,
+            GroupError::InvalidMembers => Self::InvalidMembers,
+            GroupError::UnknownMember => Self::UnknownMember,
+            _ => Self::UnknownGroup,
+        }
+    }
+}
+
+fn group_path(group_id: &str, rest: &str) -> String {
+    format!("/api/groups/{}{rest}", segment(group_id))
+}
+
+impl SottoClient {
+    /// Creates a group named `name` with these members (user ids); this account is its admin.
+    /// The name and roster reach the members only end to end. Returns the group id.
+    pub async fn create_group(
+        &self,
+        member_ids: &[String],
+        name: &str,
+    ) -> Result<String, GroupOpError> {
+        let n = name.chars().count();
+        if n == 0 || n > sotto_client_core::MAX_GROUP_NAME_CHARS {
+            return Err(GroupOpError::InvalidName);
+        }
+        {
+            let core = self.inner.core();
+            let me = core.user_id();
+            if member_ids.len() >= sotto_client_core::MAX_GROUP_MEMBERS
+                || member_ids
+                    .iter()
+                    .any(|m| m.is_empty() || m.len() > 64 || m == me)
+            {
+                return Err(GroupOpError::InvalidMembers);
+            }
+        }
+        let req = CreateGroupRequest {
+            members: member_ids.to_vec(),
+            // The relay stores this opaque blob; the name travels in the encrypted roster.
+            metadata: Base64(Vec::new()),
+        };
+        let created: GroupCreated = self
+            .inner
+            .http
+            .json(Method::POST, "/api/groups", Some(&req))
+            .await
+            .map_err(relay_error)?;
+        self.inner
+            .core()
+            .group_created(now_ms(), &created.group_id, member_ids, name)?;
+        self.inner.drain().await;
+        Ok(created.group_id)
+    }
+
+    /// Adds members (admins only).
+    pub async fn add_group_members(
+        &self,
+        group_id: &str,
+        user_ids: &[String],
+    ) -> Result<(), GroupOpError> {
+        self.check_admin(group_id)?;
+        let req = JoinGroupRequest {
+            user_ids: Some(user_ids.to_vec()),
+            invite_token: None,
+        };
+        let _: GroupMembers = self
+            .inner
+            .http
+            .json(Method::POST, &group_path(group_id, "/join"), Some(&req))
+            .await
+            .map_err(relay_error)?;
+        self.inner
+            .core()
+            .group_members_added(now_ms(), group_id, user_ids)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Removes a member (admins only); this device's sender key is rotated, so the removed
+    /// member cannot read what follows.
+    pub async fn remove_group_member(
+        &self,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<(), GroupOpError> {
+        self.check_admin(group_id)?;
+        let path = group_path(group_id, &format!("/members/{}", segment(user_id)));
+        self.inner
+            .http
+            .empty(Method::DELETE, &path, None::<&()>)
+            .await
+            .map_err(relay_error)?;
+        self.inner
+            .core()
+            .group_member_removed(now_ms(), group_id, user_id)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Makes a member admin or member (admins only).
+    pub async fn set_group_role(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        admin: bool,
+    ) -> Result<(), GroupOpError> {
+        self.check_admin(group_id)?;
+        let role = if admin {
+            GroupRole::Admin
+        } else {
+            GroupRole::Member
+        };
+        let path = group_path(group_id, &format!("/members/{}", segment(user_id)));
+        self.inner
+            .http
+            .empty(Method::PUT, &path, Some(&SetRoleRequest { role }))
+            .await
+            .map_err(relay_error)?;
+        self.inner
+            .core()
+            .group_role_set(now_ms(), group_id, user_id, admin)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Renames the group (admins only); the name travels only end to end.
+    pub async fn rename_group(&self, group_id: &str, name: &str) -> Result<(), GroupOpError> {
+        self.inner.core().rename_group(now_ms(), group_id, name)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Leaves the group.
+    pub async fn leave_group(&self, group_id: &str) -> Result<(), GroupOpError> {
+        if !self.inner.core().group(group_id).is_some_and(|g| g.active) {
+            return Err(GroupOpError::UnknownGroup);
+        }
+        self.inner
+            .http
+            .empty(Method::DELETE, &group_path(group_id, "/leave"), None::<&()>)
+            .await
+            .map_err(relay_error)?;
+        self.inner.core().group_left(now_ms(), group_id)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Pending invitations to groups (someone who never wrote to this account added it).
+    pub async fn group_invitations(&self) -> Result<Vec<(String, String)>, GroupOpError> {
+        let list: GroupInvitations = self
+            .inner
+            .http
+            .json(Method::GET, "/api/groups/invitations", None::<&()>)
+            .await
+            .map_err(relay_error)?;
+        Ok(list
+            .invitations
+            .into_iter()
+            .map(|i| (i.group_id, i.inviter_user_id))
+            .collect())
+    }
+
+    /// Accepts a pending invitation: the relay starts routing the group's messages here; the
+    /// roster and keys come end to end from the group's admins and members.
+    pub async fn accept_group_invitation(&self, group_id: &str) -> Result<(), GroupOpError> {
+        let _: GroupMembers = self
+            .inner
+            .http
+            .json(
+                Method::POST,
+                &group_path(group_id, "/invitation"),
+                None::<&()>,
+            )
+            .await
+            .map_err(relay_error)?;
+        Ok(())
+    }
+
+    /// The groups this device knows, with their verified rosters.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        self.inner.core().groups()
+    }
+
+    /// One group.
+    pub fn group(&self, group_id: &str) -> Option<GroupInfo> {
+        self.inner.core().group(group_id)
+    }
+
+    /// Sends a text to a group (one Sender-Key ciphertext for every member device); returns
+    /// once the relay accepted it.
+    pub async fn send_group_text(
+        &self,
+        group_id: &str,
+        text: &str,
+    ) -> Result<SentMessage, SendTextError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut core = self.inner.core();
+            let id = core
+                .send_group_text(now_ms(), group_id, text)
+                .map_err(|e| SendTextError::Invalid(e.to_string()))?;
+            self.inner.waiters().insert(id.clone(), tx);
+            id
+        };
+        self.inner.drain().await;
+        match rx.await {
+            Ok(Ok(server_timestamp)) => Ok(SentMessage {
+                id,
+                server_timestamp,
+            }),
+            Ok(Err(f)) => Err(SendTextError::Failed(f)),
+            Err(_) => Err(SendTextError::Stopped),
+        }
+    }
+
+    fn check_admin(&self, group_id: &str) -> Result<(), GroupOpError> {
+        let core = self.inner.core();
+        let me = core.user_id().to_owned();
+        let g = core
+            .group(group_id)
+            .filter(|g| g.active)
+            .ok_or(GroupOpError::UnknownGroup)?;
+        if !g.members.iter().any(|m| m.user_id == me && m.admin) {
+            return Err(GroupOpError::NotAdmin);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Groups against the real relay: invitations, admin-announced rosters, Sender Keys, removal
+//! with rotation, a linked device, and nothing readable in the relay's database.
+
+use sotto_client::{ClientEvent, ConversationId, Event, GroupOpError, SendTextError};
+use sotto_e2e::{contains_plaintext, Db};
+
+use crate::both;
+use crate::common::{link, relay, user, Device};
+
+fn group_texts(d: &Device, group: &str) -> Vec<String> {
+    d.events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Event(Event::Message(m))
+                if m.conversation == ConversationId::Group(group.to_owned()) =>
+            {
+                m.text.clone()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_group_text(d: &mut Device, group: &str, text: &str) {
+    let (g, t) = (group.to_owned(), text.to_owned());
+    d.wait(30, &format!("group text {text:?}"), move |ev| {
+        ev.iter().any(|e| matches!(e, ClientEvent::Event(Event::Message(m))
+            if m.conversation == ConversationId::Group(g.clone()) && m.text.as_deref() == Some(t.as_str())))
+    })
+    .await;
+}
+
+async fn wait_roster(d: &mut Device, group: &str, members: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d
+        .client
+        .group(group)
+        .is_none_or(|g| g.members.len() != members)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "roster never arrived"
+        );
+        if let Ok(Some(e)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), d.client.next_event()).await
+        {
+            d.events.push(e);
+        }
+    }
+}
+
+async fn groups_create_invite_chat_remove_rotate(db: Db) {
+    let relay = relay(db).await;
+    let mut alice = user(&relay, "alice").await;
+    let mut laptop = link(&relay, &alice).await;
+    let mut bob = user(&relay, "bob").await;
+    let mut carol = user(&relay, "carol").await;
+    let (a, b, c) = (alice.id(), bob.id(), carol.id());
+
+    // Bob wrote to Alice before, so her add makes him a member at once; Carol never did, so
+    // she gets an invitation first.
+    bob.client.send_text(&a, "hi").await.unwrap();
+    alice.wait_texts(1).await;
+
+    // Bad input is refused before anything reaches the relay.
+    assert!(matches!(
+        alice.client.create_group(&[b.clone()], "").await,
+        Err(GroupOpError::InvalidName)
+    ));
+    assert!(matches!(
+        alice.client.create_group(&[a.clone()], "x").await,
+        Err(GroupOpError::InvalidMembers)
+    ));
+    assert!(matches!(
+        alice
+            .client
+            .create_group(&["no-such-user".into()], "x")
+            .await,
+        Err(GroupOpError::UnknownUser)
+    ));
+
+    let g = alice
+        .client
+        .create_group(&[b.clone(), c.clone()], "Book club")
+        .await
+        .unwrap();
+    carol
+        .wait(30, "the invitation", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, ClientEvent::Event(Event::GroupInvitation { .. })))
+        })
+        .await;
+    carol.client.accept_group_invitation(&g).await.unwrap();
+    for d in [&mut bob, &mut carol, &mut laptop] {
+        wait_roster(d, &g, 3).await;
+        let info = d.client.group(&g).unwrap();
+        assert_eq!(info.name, "Book club");
+        assert!(info.members.iter().any(|m| m.user_id == a && m.admin));
+    }
+
+    // A group of three chats, both ways; the linked laptop sees all of it.
+    alice
+        .client
+        .send_group_text(&g, "first book: Dune")
+        .await
+        .unwrap();
+    wait_group_text(&mut bob, &g, "first book: Dune").await;
+    wait_group_text(&mut carol, &g, "first book: Dune").await;
+    wait_group_text(&mut laptop, &g, "first book: Dune").await;
+    bob.client.send_group_text(&g, "great pick").await.unwrap();
+    wait_group_text(&mut alice, &g, "great pick").await;
+    wait_group_text(&mut carol, &g, "great pick").await;
+    wait_group_text(&mut laptop, &g, "great pick").await;
+
+    // Only admins remove; the admin removes Carol; what follows is closed to her.
+    assert!(matches!(
+        bob.client.remove_group_member(&g, &c).await,
+        Err(GroupOpError::NotAdmin)
+    ));
+    alice.client.remove_group_member(&g, &c).await.unwrap();
+    wait_roster(&mut bob, &g, 2).await;
+    bob.client.send_group_text(&g, "after carol").await.unwrap();
+    wait_group_text(&mut alice, &g, "after carol").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    while let Some(e) = carol.client.try_next_event().await {
+        carol.events.push(e);
+    }
+    assert!(!group_texts(&carol, &g).contains(&"after carol".to_string()));
+    assert!(!carol.client.group(&g).unwrap().active);
+    assert!(matches!(
+        carol.client.send_group_text(&g, "let me in").await,
+        Err(SendTextError::Invalid(_))
+    ));
+
+    // The relay's database holds none of the texts, nor the group's name.
+    let dump = relay.dump().await.unwrap();
+    for secret in ["first book: Dune", "great pick", "after carol", "Book club"] {
+        assert!(
+            !contains_plaintext(&dump, secret),
+            "{secret} in the relay's database"
+        );
+    }
+    relay.finish().await;
+}
+both!(groups_create_invite_chat_remove_rotate);
