@@ -64,11 +64,17 @@ async fn groups_create_invite_chat_remove_rotate(db: Db) {
 
     // Bad input is refused before anything reaches the relay.
     assert!(matches!(
-        alice.client.create_group(&[b.clone()], "").await,
+        alice
+            .client
+            .create_group(std::slice::from_ref(&b), "")
+            .await,
         Err(GroupOpError::InvalidName)
     ));
     assert!(matches!(
-        alice.client.create_group(&[a.clone()], "x").await,
+        alice
+            .client
+            .create_group(std::slice::from_ref(&a), "x")
+            .await,
         Err(GroupOpError::InvalidMembers)
     ));
     assert!(matches!(
