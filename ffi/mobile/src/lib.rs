@@ -37,12 +37,14 @@ uniffi::setup_scaffolding!();
 
 mod convert;
 mod errors;
+mod groups;
 mod records;
 
 pub use errors::{
     AttachmentError, ConfigError, IdentityError, LoginError, QueryError, RegisterError, SendError,
     SubscribeError,
 };
+pub use groups::{Group, GroupError, GroupInvitation, GroupMember};
 pub use records::{
     Attachment, ClientConfig, ConnectionState, Conversation, ConversationId, Device, Event,
     HistoryPage, IdentityPolicy, Message, MessagePreview, MessageStatus, Presence, PresenceStatus,

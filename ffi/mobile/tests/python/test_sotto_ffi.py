@@ -227,6 +227,65 @@ class MessagingTest(RelayTest):
             await bob_ev.wait(t, is_message(t))
 
 
+def is_group_message(group_id, text):
+    return lambda e: (e.is_MESSAGE_RECEIVED() and e.message.text == text
+                      and e.message.conversation == s.ConversationId.GROUP(group_id=group_id))
+
+
+class GroupTest(RelayTest):
+    async def test_a_group_of_three_chats_and_a_removed_member_is_closed_out(self):
+        _, alice, alice_ev = await self.user()
+        _, bob, bob_ev = await self.user()
+        _, carol, carol_ev = await self.user()
+        # Bob and Carol wrote to Alice before, so her adds make them members at once.
+        await asyncio.wait_for(bob.send_text(alice.user_id(), "hi from bob"), WAIT)
+        await alice_ev.wait("bob's hello", is_message("hi from bob"))
+        await asyncio.wait_for(carol.send_text(alice.user_id(), "hi from carol"), WAIT)
+        await alice_ev.wait("carol's hello", is_message("hi from carol"))
+
+        with self.assertRaises(s.GroupError.InvalidName):
+            await alice.create_group([bob.user_id()], "")
+        with self.assertRaises(s.GroupError.InvalidMembers):
+            await alice.create_group([alice.user_id()], "x")
+        group_id = await asyncio.wait_for(
+            alice.create_group([bob.user_id(), carol.user_id()], "Choir"), WAIT)
+        for client, ev in ((bob, bob_ev), (carol, carol_ev)):
+            await ev.wait("the roster", lambda e, c=client: e.is_GROUP_CHANGED()
+                          and c.group(group_id) is not None)
+            g = client.group(group_id)
+            self.assertEqual(g.name, "Choir")
+            self.assertTrue(g.active)
+            self.assertEqual(sorted((m.user_id, m.admin) for m in g.members),
+                             sorted([(alice.user_id(), True), (bob.user_id(), False),
+                                     (carol.user_id(), False)]))
+
+        await asyncio.wait_for(alice.send_group_text(group_id, "rehearsal at 7"), WAIT)
+        await bob_ev.wait("bob reads", is_group_message(group_id, "rehearsal at 7"))
+        await carol_ev.wait("carol reads", is_group_message(group_id, "rehearsal at 7"))
+        await asyncio.wait_for(bob.send_group_text(group_id, "see you there"), WAIT)
+        await alice_ev.wait("alice reads", is_group_message(group_id, "see you there"))
+        await carol_ev.wait("carol reads bob", is_group_message(group_id, "see you there"))
+        conv = [c for c in carol.conversations()
+                if c.id == s.ConversationId.GROUP(group_id=group_id)][0]
+        self.assertEqual(conv.unread_count, 2)
+
+        with self.assertRaises(s.GroupError.NotAdmin):
+            await bob.rename_group(group_id, "Mine")
+        with self.assertRaises(s.GroupError.NotAdmin):
+            await bob.remove_group_member(group_id, carol.user_id())
+        await asyncio.wait_for(alice.remove_group_member(group_id, carol.user_id()), WAIT)
+        await carol_ev.wait("carol removed", lambda e: e.is_GROUP_CHANGED()
+                            and not carol.group(group_id).active)
+        with self.assertRaises(s.SendError):
+            await carol.send_group_text(group_id, "hello?")
+        await bob_ev.wait("bob sees the removal", lambda e: e.is_GROUP_CHANGED()
+                          and len(bob.group(group_id).members) == 2)
+        await asyncio.wait_for(bob.send_group_text(group_id, "after carol"), WAIT)
+        await alice_ev.wait("alice reads", is_group_message(group_id, "after carol"))
+        await asyncio.sleep(0.5)
+        self.assertFalse(any(is_group_message(group_id, "after carol")(e) for e in carol_ev.events))
+
+
 class ErrorTest(RelayTest):
     async def test_login_errors(self):
         name, _, _ = await self.user()
@@ -429,7 +488,7 @@ class ListenerTest(RelayTest):
 
 HUGE = "x" * 1_000_000
 HOSTILE = ["", " ", "\0", "../../etc/passwd", "%2e%2e/%00", "😀" * 2000, HUGE]
-ANY_ERROR = (s.AttachmentError, s.SendError, s.QueryError, s.IdentityError, s.RegisterError, s.LoginError, s.ConfigError)
+ANY_ERROR = (s.GroupError, s.AttachmentError, s.SendError, s.QueryError, s.IdentityError, s.RegisterError, s.LoginError, s.ConfigError)
 
 
 class HostileArgumentsTest(RelayTest):
@@ -468,6 +527,14 @@ class HostileArgumentsTest(RelayTest):
             await expect_error(sotto.register, bad, bad, bad)
             await expect_error(s.Sotto, config(bad))
             await expect_error(alice.link_device, bad)
+            await expect_error(alice.send_group_text, bad, "hi")
+            await expect_error(alice.leave_group, bad)
+            await expect_error(alice.rename_group, bad, "x")
+            await expect_error(alice.remove_group_member, bad, bad)
+            await expect_error(alice.add_group_members, bad, [bad])
+            await expect_error(alice.accept_group_invitation, bad)
+            await expect_error(alice.create_group, [bad], "x")
+            self.assertIsNone(alice.group(bad))
             # The app names the file (a real path is read and sent, as asked): hostile names here
             # point into a directory that does not exist.
             await expect_error(alice.send_attachment, bob.user_id(), "/nonexistent-dir/" + bad, bad)

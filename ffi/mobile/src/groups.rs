@@ -1,0 +1,222 @@
+//! Groups for the app: create, add, remove, roles, rename, leave, invitations, group texts.
+//! The roster and name come end to end from the group's admins (the relay only routes).
+
+use crate::{check_text, on_runtime, Client, Interrupted, SendError, SentMessage};
+
+/// A member of a group's verified roster.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupMember {
+    /// The member's user id.
+    pub user_id: String,
+    /// Whether the member is an admin.
+    pub admin: bool,
+}
+
+/// A group as this device knows it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Group {
+    /// The group id.
+    pub group_id: String,
+    /// Its name (end-to-end encrypted).
+    pub name: String,
+    /// The verified roster.
+    pub members: Vec<GroupMember>,
+    /// Whether this account is still a member.
+    pub active: bool,
+}
+
+/// A pending invitation to a group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupInvitation {
+    /// The group id.
+    pub group_id: String,
+    /// Who invited.
+    pub inviter_user_id: String,
+}
+
+/// Why a group operation failed. Nothing changed.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// No such group on this device, or this account is not a member.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// Only admins may do this.
+    #[error("only a group admin can do this")]
+    NotAdmin,
+    /// A group name must be 1 to 100 characters.
+    #[error("a group name must be 1 to 100 characters")]
+    InvalidName,
+    /// A member id is invalid or this account, or too many members.
+    #[error("invalid member list")]
+    InvalidMembers,
+    /// The relay does not know one of the users.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The user is not a member.
+    #[error("not a member of this group")]
+    UnknownMember,
+    /// The group is full.
+    #[error("the group is full")]
+    GroupFull,
+    /// The last admin cannot step down.
+    #[error("the last admin cannot step down")]
+    LastAdmin,
+    /// Too many group changes; try again later.
+    #[error("too many group changes; try again later")]
+    RateLimited,
+    /// The relay cannot be reached.
+    #[error("the relay cannot be reached")]
+    Unreachable,
+    /// The relay refused.
+    #[error("the relay refused: {reason}")]
+    Rejected {
+        /// What it said.
+        reason: String,
+    },
+    /// The task did not finish (the runtime stopped).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl From<sotto_client::GroupOpError> for GroupError {
+    fn from(e: sotto_client::GroupOpError) -> Self {
+        use sotto_client::GroupOpError as E;
+        match e {
+            E::UnknownGroup => Self::UnknownGroup,
+            E::NotAdmin => Self::NotAdmin,
+            E::InvalidName => Self::InvalidName,
+            E::InvalidMembers => Self::InvalidMembers,
+            E::UnknownUser => Self::UnknownUser,
+            E::UnknownMember => Self::UnknownMember,
+            E::GroupFull => Self::GroupFull,
+            E::LastAdmin => Self::LastAdmin,
+            E::RateLimited => Self::RateLimited,
+            E::Unreachable => Self::Unreachable,
+            E::Rejected(reason) => Self::Rejected { reason },
+            e => Self::Rejected {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn group(g: sotto_client::GroupInfo) -> Group {
+    Group {
+        group_id: g.group_id,
+        name: g.name,
+        members: g
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                user_id: m.user_id,
+                admin: m.admin,
+            })
+            .collect(),
+        active: g.active,
+    }
+}
+
+macro_rules! group_call {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        let $c = $self.inner.clone();
+        on_runtime(&$self.handle, async move { $body.await })
+            .await
+            .map_err(|Interrupted| GroupError::Interrupted)?
+            .map_err(GroupError::from)
+    }};
+}
+
+#[uniffi::export]
+impl Client {
+    /// Creates a group with these members (user ids); this account is its admin. Returns the
+    /// group id. Members who never wrote to this account get an invitation to accept first.
+    pub async fn create_group(
+        &self,
+        member_ids: Vec<String>,
+        name: String,
+    ) -> Result<String, GroupError> {
+        group_call!(self, |c| c.create_group(&member_ids, &name))
+    }
+
+    /// Adds members (admins only).
+    pub async fn add_group_members(
+        &self,
+        group_id: String,
+        user_ids: Vec<String>,
+    ) -> Result<(), GroupError> {
+        group_call!(self, |c| c.add_group_members(&group_id, &user_ids))
+    }
+
+    /// Removes a member (admins only); what follows is closed to them.
+    pub async fn remove_group_member(
+        &self,
+        group_id: String,
+        user_id: String,
+    ) -> Result<(), GroupError> {
+        group_call!(self, |c| c.remove_group_member(&group_id, &user_id))
+    }
+
+    /// Makes a member admin, or member again (admins only).
+    pub async fn set_group_role(
+        &self,
+        group_id: String,
+        user_id: String,
+        admin: bool,
+    ) -> Result<(), GroupError> {
+        group_call!(self, |c| c.set_group_role(&group_id, &user_id, admin))
+    }
+
+    /// Renames the group (admins only).
+    pub async fn rename_group(&self, group_id: String, name: String) -> Result<(), GroupError> {
+        group_call!(self, |c| c.rename_group(&group_id, &name))
+    }
+
+    /// Leaves the group.
+    pub async fn leave_group(&self, group_id: String) -> Result<(), GroupError> {
+        group_call!(self, |c| c.leave_group(&group_id))
+    }
+
+    /// Pending invitations.
+    pub async fn group_invitations(&self) -> Result<Vec<GroupInvitation>, GroupError> {
+        let list = group_call!(self, |c| c.group_invitations())?;
+        Ok(list
+            .into_iter()
+            .map(|(group_id, inviter_user_id)| GroupInvitation {
+                group_id,
+                inviter_user_id,
+            })
+            .collect())
+    }
+
+    /// Accepts a pending invitation.
+    pub async fn accept_group_invitation(&self, group_id: String) -> Result<(), GroupError> {
+        group_call!(self, |c| c.accept_group_invitation(&group_id))
+    }
+
+    /// The groups this device knows.
+    pub fn groups(&self) -> Vec<Group> {
+        self.inner.groups().into_iter().map(group).collect()
+    }
+
+    /// One group, if known.
+    pub fn group(&self, group_id: String) -> Option<Group> {
+        self.inner.group(&group_id).map(group)
+    }
+
+    /// Sends a text (1-1000 characters) to a group; returns once the relay accepted it.
+    pub async fn send_group_text(
+        &self,
+        group_id: String,
+        text: String,
+    ) -> Result<SentMessage, SendError> {
+        check_text(&text)?;
+        let client = self.inner.clone();
+        let sent = on_runtime(&self.handle, async move {
+            client.send_group_text(&group_id, &text).await
+        })
+        .await
+        .map_err(|Interrupted| SendError::Interrupted)??;
+        Ok(sent.into())
+    }
+}
