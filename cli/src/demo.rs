@@ -216,8 +216,38 @@ pub(crate) async fn run(server: &str) -> Result<(), CliError> {
     }
     println!("    bob computes the same number");
 
-    step(&mut n, "groups");
-    println!("    not available in this build yet (see docs/sdk.md)");
+    step(
+        &mut n,
+        "a group: alice creates it with bob, the roster and name travel end to end",
+    );
+    let group = alice
+        .client
+        .create_group(std::slice::from_ref(&b), &format!("Lunch club {tag}"))
+        .await?;
+    println!("    the relay knows group {group} (its name never reaches the relay)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bob.client.group(&group).is_none() || laptop.client.group(&group).is_none() {
+        if tokio::time::Instant::now() > deadline {
+            return Err("bob's devices never got the group's roster".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "    bob's phone and laptop hold the roster: {:?}",
+        bob.client.group(&group).map(|g| g.name)
+    );
+    step(
+        &mut n,
+        "group messages: one Sender-Key ciphertext each, read on every device",
+    );
+    let g1 = format!("Sushi on Friday? ({tag})");
+    alice.client.send_group_text(&group, &g1).await?;
+    expect_text(&bob, &g1, false).await?;
+    expect_text(&laptop, &g1, false).await?;
+    let g2 = format!("Friday it is ({tag})");
+    laptop.client.send_group_text(&group, &g2).await?;
+    expect_text(&alice, &g2, false).await?;
+    expect_text(&bob, &g2, true).await?;
 
     for p in [&alice, &bob, &laptop] {
         p.client.close().await;

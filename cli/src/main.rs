@@ -116,14 +116,81 @@ enum Command {
         /// The contact's user id.
         user_id: String,
     },
-    /// Groups (not available in this build yet).
-    Groups,
+    /// Groups: list, create, send, history, add, remove, rename, leave, invitations.
+    Groups {
+        #[command(subcommand)]
+        command: Option<GroupCommand>,
+    },
     /// Run a scripted demo against a relay: two users (one with two devices) talk; prints
     /// what the relay stored beside what the users read. Exits 0 only if every step worked.
     Demo {
         /// Relay URL.
         #[arg(long, env = "SOTTO_SERVER")]
         server: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// List the groups this device knows (the default).
+    List,
+    /// Create a group with these members (user ids); you are its admin.
+    Create {
+        /// The group's name (1-100 characters; travels only end to end).
+        #[arg(long)]
+        name: String,
+        /// Member user ids.
+        members: Vec<String>,
+    },
+    /// Send a text to a group.
+    Send {
+        /// The group id.
+        group_id: String,
+        /// The text (1-1000 characters).
+        text: String,
+    },
+    /// Show a group's history, newest first.
+    History {
+        /// The group id.
+        group_id: String,
+        /// Messages per page (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Add members (admins).
+    Add {
+        /// The group id.
+        group_id: String,
+        /// User ids to add.
+        members: Vec<String>,
+    },
+    /// Remove a member (admins); what follows is closed to them.
+    Remove {
+        /// The group id.
+        group_id: String,
+        /// The member's user id.
+        user_id: String,
+    },
+    /// Rename a group (admins).
+    Rename {
+        /// The group id.
+        group_id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group id.
+        group_id: String,
+    },
+    /// List pending invitations, or accept one.
+    Invitations {
+        /// Accept the invitation to this group.
+        #[arg(long)]
+        accept: Option<String>,
     },
 }
 
@@ -178,6 +245,12 @@ impl From<RegisterError> for CliError {
             }
             e => e.to_string(),
         })
+    }
+}
+
+impl From<sotto_client::GroupOpError> for CliError {
+    fn from(e: sotto_client::GroupOpError) -> Self {
+        Self(e.to_string())
     }
 }
 
@@ -490,11 +563,100 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("accepted the new identity of {user_id}");
             client.close().await;
         }
-        Command::Groups => {
-            return Err("groups are not available in this build yet".into());
-        }
+        Command::Groups { command } => groups(&cli, command.as_ref()).await?,
         Command::Demo { server } => demo::run(server).await?,
     }
+    Ok(())
+}
+
+async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliError> {
+    let client = open(cli).await?;
+    catch_up(&client, 5).await;
+    match command.unwrap_or(&GroupCommand::List) {
+        GroupCommand::List => {
+            for g in client.groups() {
+                let members: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|m| format!("{}{}", m.user_id, if m.admin { " (admin)" } else { "" }))
+                    .collect();
+                println!(
+                    "{}  {:?}{}  members: {}",
+                    g.group_id,
+                    g.name,
+                    if g.active { "" } else { " (left)" },
+                    members.join(", ")
+                );
+            }
+        }
+        GroupCommand::Create { name, members } => {
+            let id = client.create_group(members, name).await?;
+            println!("created group {id}");
+        }
+        GroupCommand::Send { group_id, text } => {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.send_group_text(group_id, text),
+            )
+            .await
+            .map_err(|_| {
+                CliError::from("the relay did not accept the message in 30 s (is it reachable?)")
+            })??;
+            println!("sent {} (accepted by the relay)", short(&sent.id));
+        }
+        GroupCommand::History {
+            group_id,
+            limit,
+            before,
+        } => {
+            let page = client
+                .history(&ConversationId::Group(group_id.clone()), *before, *limit)
+                .await?;
+            for m in &page.messages {
+                let who = if m.outgoing {
+                    "you"
+                } else {
+                    m.sender_user_id.as_str()
+                };
+                println!(
+                    "{} {who}: {}",
+                    m.sent_at,
+                    m.text.as_deref().unwrap_or("(attachment)")
+                );
+            }
+            if let Some(c) = page.next_cursor {
+                println!("(older: --before {c})");
+            }
+        }
+        GroupCommand::Add { group_id, members } => {
+            client.add_group_members(group_id, members).await?;
+            println!("added {}", members.join(", "));
+        }
+        GroupCommand::Remove { group_id, user_id } => {
+            client.remove_group_member(group_id, user_id).await?;
+            println!("removed {user_id}");
+        }
+        GroupCommand::Rename { group_id, name } => {
+            client.rename_group(group_id, name).await?;
+            println!("renamed");
+        }
+        GroupCommand::Leave { group_id } => {
+            client.leave_group(group_id).await?;
+            println!("left {group_id}");
+        }
+        GroupCommand::Invitations { accept } => {
+            if let Some(g) = accept {
+                client.accept_group_invitation(g).await?;
+                println!("joined {g}");
+            } else {
+                for (g, from) in client.group_invitations().await? {
+                    println!("{g}  from {from}");
+                }
+            }
+        }
+    }
+    client.idle().await;
+    client.close().await;
     Ok(())
 }
 
