@@ -118,6 +118,41 @@ async fn groups_create_invite_chat_remove_rotate(db: Db) {
     wait_group_text(&mut carol, &g, "great pick").await;
     wait_group_text(&mut laptop, &g, "great pick").await;
 
+    // An attachment to the group: uploaded encrypted once, its key in one Sender-Key message.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("minutes.txt");
+    let minutes = b"minutes of the first meeting: we read Dune".repeat(3000);
+    std::fs::write(&src, &minutes).unwrap();
+    alice
+        .client
+        .send_group_attachment(&g, &src, "text/plain")
+        .await
+        .unwrap();
+    let gid = g.clone();
+    carol
+        .wait(30, "the group attachment", move |ev| {
+            ev.iter().any(|e| {
+                matches!(e, ClientEvent::Event(Event::Message(m))
+                if m.conversation == ConversationId::Group(gid.clone()) && m.attachment.is_some())
+            })
+        })
+        .await;
+    let pointer = carol
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Event(Event::Message(m)) => m.attachment.clone(),
+            _ => None,
+        })
+        .unwrap();
+    let dest = dir.path().join("received.txt");
+    carol
+        .client
+        .download_attachment(&pointer, &dest)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), minutes);
+
     // Only admins remove; the admin removes Carol; what follows is closed to her.
     assert!(matches!(
         bob.client.remove_group_member(&g, &c).await,

@@ -1,7 +1,10 @@
 //! Groups for the app: create, add, remove, roles, rename, leave, invitations, group texts.
 //! The roster and name come end to end from the group's admins (the relay only routes).
 
-use crate::{check_text, on_runtime, Client, Interrupted, SendError, SentMessage};
+use crate::{
+    check_text, on_runtime, AttachmentError, Client, Interrupted, SendError, SentMessage,
+    MAX_PATH_BYTES,
+};
 
 /// A member of a group's verified roster.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -217,6 +220,30 @@ impl Client {
         })
         .await
         .map_err(|Interrupted| SendError::Interrupted)??;
+        Ok(sent.into())
+    }
+
+    /// Encrypts the file at `path` while uploading it (1 byte to 50 MB) and sends it to a group;
+    /// returns once the relay accepted the message.
+    pub async fn send_group_attachment(
+        &self,
+        group_id: String,
+        path: String,
+        content_type: String,
+    ) -> Result<SentMessage, AttachmentError> {
+        if path.is_empty() || path.contains('\0') || path.len() > MAX_PATH_BYTES {
+            return Err(AttachmentError::File {
+                reason: "invalid path".into(),
+            });
+        }
+        let client = self.inner.clone();
+        let sent = on_runtime(&self.handle, async move {
+            client
+                .send_group_attachment(&group_id, std::path::Path::new(&path), &content_type)
+                .await
+        })
+        .await
+        .map_err(|Interrupted| AttachmentError::Interrupted)??;
         Ok(sent.into())
     }
 }

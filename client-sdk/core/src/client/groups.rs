@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use super::{json, seen_key, Client, OutboxItem, Pending, MAX_CLOCK_SKEW_MS};
 use crate::model::{
-    Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, Message, MessageStatus,
-    SendFailure,
+    AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, Message,
+    MessageStatus, SendFailure,
 };
 use crate::payload::{check_text, Body, Payload, VERSION};
 use crate::requests::RelayCall;
@@ -323,6 +323,42 @@ impl Client {
         text: &str,
     ) -> Result<String, super::SendError> {
         check_text(text).map_err(|_| super::SendError::InvalidText)?;
+        self.queue_group(
+            now_ms,
+            group_id,
+            Body::Text {
+                text: text.to_owned(),
+            },
+        )
+    }
+
+    /// Queues an attachment message for a group (the blob is already uploaded); returns its id.
+    pub fn send_group_attachment(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        attachment: AttachmentPointer,
+        caption: Option<String>,
+    ) -> Result<String, super::SendError> {
+        if let Some(c) = &caption {
+            check_text(c).map_err(|_| super::SendError::InvalidText)?;
+        }
+        self.queue_group(
+            now_ms,
+            group_id,
+            Body::Attachment {
+                attachment,
+                caption,
+            },
+        )
+    }
+
+    fn queue_group(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        body: Body,
+    ) -> Result<String, super::SendError> {
         if !self.groups.get(group_id).is_some_and(|g| g.active) {
             return Err(super::SendError::InvalidRecipient);
         }
@@ -331,6 +367,14 @@ impl Client {
         self.last_sent_at = now_ms;
         self.account_dirty = true;
         let sort = self.next_sort(now_ms);
+        let (text, attachment) = match &body {
+            Body::Text { text } => (Some(text.clone()), None),
+            Body::Attachment {
+                attachment,
+                caption,
+            } => (caption.clone(), Some(attachment.clone())),
+            _ => (None, None),
+        };
         let message = Message {
             id: id.clone(),
             conversation: ConversationId::Group(group_id.to_owned()),
@@ -339,8 +383,8 @@ impl Client {
             outgoing: true,
             sent_at: now_ms,
             server_timestamp: None,
-            text: Some(text.to_owned()),
-            attachment: None,
+            text,
+            attachment,
             status: MessageStatus::Pending,
             sort,
         };
@@ -352,9 +396,7 @@ impl Client {
             peer: String::new(),
             id: id.clone(),
             sent_at: now_ms,
-            body: Body::Text {
-                text: text.to_owned(),
-            },
+            body,
             message: Some(message),
             attempts: 0,
             in_flight: false,

@@ -251,6 +251,38 @@ impl SottoClient {
         }
     }
 
+    /// Encrypts and uploads `path` as it is read, then sends its key and digest to the group in
+    /// one Sender-Key message; returns once the relay accepted it.
+    pub async fn send_group_attachment(
+        &self,
+        group_id: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<SentMessage, crate::AttachmentError> {
+        if !self.inner.core().group(group_id).is_some_and(|g| g.active) {
+            return Err(crate::AttachmentError::Send("unknown group".into()));
+        }
+        let pointer = crate::attachments::upload(&self.inner.http, path, content_type).await?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut core = self.inner.core();
+            let id = core
+                .send_group_attachment(now_ms(), group_id, pointer, None)
+                .map_err(|e| crate::AttachmentError::Send(e.to_string()))?;
+            self.inner.waiters().insert(id.clone(), tx);
+            id
+        };
+        self.inner.drain().await;
+        match rx.await {
+            Ok(Ok(server_timestamp)) => Ok(SentMessage {
+                id,
+                server_timestamp,
+            }),
+            Ok(Err(f)) => Err(crate::AttachmentError::Send(format!("{f:?}"))),
+            Err(_) => Err(crate::AttachmentError::Send("the client stopped".into())),
+        }
+    }
+
     fn check_admin(&self, group_id: &str) -> Result<(), GroupOpError> {
         let core = self.inner.core();
         let me = core.user_id().to_owned();
