@@ -1636,6 +1636,7 @@ impl Client {
                 let Some(item) = self.outbox.remove(&seq) else {
                     return;
                 };
+                self.group_item_sent(&item);
                 self.writes.push(StoreOp::Delete {
                     table: tables::OUTBOX,
                     partition: b"outbox".to_vec(),
@@ -1794,6 +1795,7 @@ impl Client {
             return;
         };
         let own = user == self.user_id;
+        let mut own_added = false;
         let pinned = self.contacts.get(user).and_then(|c| c.identity.clone());
         match &pinned {
             None => {
@@ -1839,6 +1841,7 @@ impl Client {
                 continue;
             };
             let contact = self.contacts.entry(user.to_owned()).or_default();
+            let new_device = !contact.devices.contains_key(&d.device_id);
             let existing = contact.devices.get_mut(&d.device_id);
             if let Some(existing) = existing {
                 if device.is_none() && trust::has_usable_session(&existing.session, now_ms) {
@@ -1864,6 +1867,9 @@ impl Client {
                         c.devices.insert(d.device_id, peer);
                     }
                     self.write_session(user, d.device_id);
+                    if own && new_device {
+                        own_added = true;
+                    }
                 }
                 Err(InitiateFailure::Untrusted(_)) | Err(InitiateFailure::Setup(_)) => {
                     self.events.push_back(Event::UntrustedDevice {
@@ -1872,6 +1878,9 @@ impl Client {
                     });
                 }
             }
+        }
+        if own_added {
+            self.own_device_added(now_ms);
         }
     }
 

@@ -95,9 +95,10 @@ pub(crate) struct Group {
     /// This device's outbound sender-key state (secret; sealed by the store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sender_key: Option<Base64>,
-    /// Users (this account included) who were handed the current chain.
+    /// Devices (this account's included) whose relay-accepted 1:1 messages carried the current
+    /// chain.
     #[serde(default)]
-    pub(crate) distributed: BTreeSet<String>,
+    pub(crate) distributed: BTreeSet<(String, u32)>,
 }
 
 fn valid_group_id(id: &str) -> bool {
@@ -615,14 +616,49 @@ impl Client {
                 Some(s) => s,
                 None => SenderKeyState::new(gid, &mut self.rng),
             };
+            // A member lacks the chain while a device of theirs this device knows (or, none known
+            // yet, any) did not get it and no key is queued for them; this account's other
+            // devices get it from the sync copies of those sends, or alone from a send to self.
             let me = self.user_id.clone();
-            let lacking: Vec<String> = g
+            let queued: BTreeSet<&str> = self
+                .outbox
+                .values()
+                .filter(|i| {
+                    !i.fan_out
+                        && i.group.as_deref() == Some(group_id.as_str())
+                        && matches!(i.body, Body::SenderKey { .. })
+                })
+                .map(|i| i.peer.as_str())
+                .collect();
+            let lacks = |user: &str| -> bool {
+                if queued.contains(user) {
+                    return false;
+                }
+                let own = user == me;
+                match self.contacts.get(user) {
+                    Some(c) if c.fetched => {
+                        let mut devices = c
+                            .devices
+                            .keys()
+                            .filter(|d| !(own && **d == self.device_id))
+                            .peekable();
+                        if devices.peek().is_none() {
+                            return !own;
+                        }
+                        devices.any(|d| !g.distributed.contains(&(user.to_owned(), *d)))
+                    }
+                    _ => true,
+                }
+            };
+            let mut lacking: Vec<String> = g
                 .members
                 .keys()
-                .filter(|u| !g.distributed.contains(*u))
+                .filter(|u| **u != me && lacks(u))
                 .cloned()
                 .collect();
-            let alone = g.members.len() == 1;
+            if lacking.is_empty() && lacks(&me) {
+                lacking.push(me.clone());
+            }
             if !lacking.is_empty() {
                 let distribution = hex::encode(&*state.distribution_message().to_bytes());
                 for user in &lacking {
@@ -631,10 +667,7 @@ impl Client {
                         group_id: group_id.clone(),
                         distribution: distribution.clone(),
                     };
-                    // Own devices learn it from the sync copies; alone, from a send to self.
-                    if *user != me || alone {
-                        self.enqueue_group_item(now_ms, user, id, body, &group_id);
-                    }
+                    self.enqueue_group_item(now_ms, user, id, body, &group_id);
                 }
             }
             let Some(item) = self.outbox.get(&seq) else {
@@ -661,7 +694,6 @@ impl Client {
                 }
             };
             if let Some(g) = self.groups.get_mut(&group_id) {
-                g.distributed.extend(lacking);
                 g.sender_key = Some(Base64(state.to_bytes().to_vec()));
             }
             self.write_group(&group_id);
@@ -698,6 +730,79 @@ impl Client {
             Pending::Send { seq },
         );
         true
+    }
+
+    /// The relay accepted a 1:1 item about a group: a sender key now sits with every device of
+    /// the peer and of this account (the relay accepts a send only if it covers all of them).
+    pub(super) fn group_item_sent(&mut self, item: &OutboxItem) {
+        let (Some(group_id), Body::SenderKey { distribution, .. }) = (&item.group, &item.body)
+        else {
+            return;
+        };
+        let me = self.user_id.clone();
+        let mut devices: Vec<(String, u32)> = Vec::new();
+        for user in [item.peer.as_str(), me.as_str()] {
+            if let Some(c) = self.contacts.get(user) {
+                devices.extend(
+                    c.devices
+                        .keys()
+                        .filter(|d| !(user == me && **d == self.device_id))
+                        .map(|d| (user.to_owned(), *d)),
+                );
+            }
+        }
+        let Some(g) = self.groups.get_mut(group_id) else {
+            return;
+        };
+        // Only if it is still the current chain.
+        let current = g
+            .sender_key
+            .as_ref()
+            .and_then(|b| SenderKeyState::from_bytes(b.as_bytes()).ok())
+            .map(|s| hex::encode(&*s.distribution_message().to_bytes()));
+        let Some(current) = current else {
+            return;
+        };
+        let chain_of = |hex_dist: &str| {
+            hex::decode(hex_dist)
+                .ok()
+                .and_then(|b| SenderKeyDistributionMessage::from_bytes(&b).ok())
+                .map(|d| (d.chain_id(), d.signing_key()))
+        };
+        if chain_of(&current) != chain_of(distribution) {
+            return;
+        }
+        g.distributed.extend(devices);
+        let group_id = group_id.clone();
+        self.write_group(&group_id);
+    }
+
+    /// A new device of this account appeared: hand it the state of every group this account is
+    /// in (its own devices accept state from each other).
+    pub(super) fn own_device_added(&mut self, now_ms: u64) {
+        let me = self.user_id.clone();
+        let active: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.active)
+            .map(|g| g.group_id.clone())
+            .collect();
+        for group_id in active {
+            let Some(g) = self.groups.get(&group_id) else {
+                continue;
+            };
+            let change = GroupChange::State {
+                group_id: group_id.clone(),
+                revision: g.revision,
+                name: g.name.clone(),
+                members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
+            };
+            let body = Body::GroupChange {
+                change: serde_json::to_string(&change).unwrap_or_default(),
+            };
+            let id = self.new_id();
+            self.enqueue_group_item(now_ms, &me, id, body, &group_id);
+        }
     }
 
     /// A `groupMessage` envelope: one Sender-Key ciphertext.
@@ -932,8 +1037,17 @@ impl Client {
                 // Who may announce: an admin of the roster this device holds; for a group it does
                 // not know yet, an admin the change itself lists (the group's creator or any
                 // admin adding this account).
+                // This account's own devices trust each other's state (the same identity): it
+                // reaches a newly linked device that way; an old revision is no news.
                 let allowed = match self.groups.get(&group_id) {
-                    Some(g) if g.active || actor == self.user_id => {
+                    Some(g) if actor == self.user_id => {
+                        if revision <= g.revision {
+                            return;
+                        }
+                        true
+                    }
+                    None if actor == self.user_id => true,
+                    Some(g) if g.active => {
                         g.members.get(actor) == Some(&true) && revision > g.revision
                     }
                     Some(g) => revision > g.revision && roster.get(actor) == Some(&true),

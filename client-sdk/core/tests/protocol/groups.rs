@@ -311,3 +311,54 @@ fn leaving_rotates_and_history_survives_restarts_and_faults() {
     assert_eq!(group_texts(&net, carol), ["one", "two"]);
     assert_eq!(group_texts(&net, alice), ["one", "two", "three"]);
 }
+
+#[test]
+fn a_device_linked_later_gets_the_roster_and_the_keys_once_its_devices_are_known() {
+    let mut net = Net::new(26);
+    let [alice, _laptop, bob, _carol] = setup(&mut net);
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "before the tablet")
+        .unwrap();
+    net.run();
+    let tablet = net.link("bob", bob);
+    net.run();
+    assert!(net.nodes[tablet].client.group(GROUP).is_none());
+    // Bob's phone learns of the tablet on its next send (the relay's 409) and hands it the
+    // roster; Alice learns of it when she writes to Bob.
+    net.nodes[bob]
+        .client
+        .send_text(net.now, "alice", "got a tablet")
+        .unwrap();
+    net.run();
+    net.nodes[alice]
+        .client
+        .send_text(net.now, "bob", "nice")
+        .unwrap();
+    net.run();
+    let g = net.nodes[tablet]
+        .client
+        .group(GROUP)
+        .expect("roster on the tablet");
+    assert_eq!(g.name, "Hiking");
+    assert!(g.active);
+    // Alice's next group message re-hands her chain to Bob's devices, the tablet included.
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "welcome, tablet")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, tablet), ["welcome, tablet"]);
+    assert_eq!(
+        group_texts(&net, bob),
+        ["before the tablet", "welcome, tablet"]
+    );
+    // And the tablet writes to the group: everyone reads it.
+    net.nodes[tablet]
+        .client
+        .send_group_text(net.now, GROUP, "hello from the tablet")
+        .unwrap();
+    net.run();
+    assert!(group_texts(&net, alice).contains(&"hello from the tablet".to_string()));
+    assert!(group_texts(&net, bob).contains(&"hello from the tablet".to_string()));
+}
