@@ -99,6 +99,10 @@ pub(crate) struct Group {
     /// chain.
     #[serde(default)]
     pub(crate) distributed: BTreeSet<(String, u32)>,
+    /// Users the relay says it added that no admin announced (yet): reported to the app when
+    /// this device next sends to the group, if still unannounced.
+    #[serde(default)]
+    pub(crate) relay_only: BTreeSet<String>,
 }
 
 fn valid_group_id(id: &str) -> bool {
@@ -602,6 +606,32 @@ impl Client {
             );
             return false;
         }
+        if item.sealed.is_none() && !g.relay_only.is_empty() {
+            // Users the relay routes to that no admin announced get the ciphertext but no key:
+            // tell the app.
+            let unverified: Vec<String> = g
+                .relay_only
+                .iter()
+                .filter(|u| !g.members.contains_key(*u))
+                .cloned()
+                .collect();
+            if let Some(g) = self.groups.get_mut(&group_id) {
+                g.relay_only.clear();
+            }
+            self.write_group(&group_id);
+            for user_id in unverified {
+                self.events.push_back(Event::UnverifiedGroupMember {
+                    group_id: group_id.clone(),
+                    user_id,
+                });
+            }
+        }
+        let Some(item) = self.outbox.get(&seq) else {
+            return false;
+        };
+        let Some(g) = self.groups.get(&group_id) else {
+            return false;
+        };
         if item.sealed.is_none() {
             // Distribution first: every member (and this account's other devices) that lacks
             // this device's current chain gets it over 1:1 before any message under it.
@@ -909,6 +939,20 @@ impl Client {
                 self.rotate_sender_key(&ev.group_id);
                 self.write_group(&ev.group_id);
             }
+            RelayChange::Created | RelayChange::MembersAdded => {
+                let Some(g) = self.groups.get_mut(&ev.group_id).filter(|g| g.active) else {
+                    return;
+                };
+                let before = g.relay_only.len();
+                for u in &ev.user_ids {
+                    if !g.members.contains_key(u) && g.relay_only.len() < MAX_GROUP_MEMBERS {
+                        g.relay_only.insert(u.clone());
+                    }
+                }
+                if g.relay_only.len() != before {
+                    self.write_group(&ev.group_id);
+                }
+            }
             RelayChange::Invited if ev.user_ids.contains(&self.user_id) => {
                 self.events.push_back(Event::GroupInvitation {
                     group_id: ev.group_id.clone(),
@@ -1065,6 +1109,12 @@ impl Client {
                     .cloned()
                     .collect();
                 let active = roster.contains_key(&me);
+                let relay_only = old
+                    .relay_only
+                    .iter()
+                    .filter(|u| !roster.contains_key(*u))
+                    .cloned()
+                    .collect();
                 let mut g = Group {
                     group_id: group_id.clone(),
                     name,
@@ -1073,6 +1123,7 @@ impl Client {
                     active,
                     sender_key: old.sender_key,
                     distributed: old.distributed,
+                    relay_only,
                 };
                 if !removed.is_empty() || !active {
                     g.sender_key = None;

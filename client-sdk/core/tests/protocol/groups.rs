@@ -186,6 +186,45 @@ fn a_member_only_the_relay_lists_gets_no_key() {
         .unwrap();
     net.run();
     assert!(group_texts(&net, mallory).is_empty());
+    // The relay's own word about the add reaches Alice: her next send tells her app.
+    let event = sotto_wire::GroupEvent {
+        group_id: GROUP.into(),
+        revision: 2,
+        change: sotto_wire::GroupChange::MembersAdded,
+        actor_user_id: "alice".into(),
+        user_ids: vec!["mallory".into()],
+        role: None,
+    };
+    net.relay.enqueue(
+        "alice",
+        1,
+        sotto_wire::Envelope {
+            seq: 0,
+            kind: sotto_wire::EnvelopeKind::GroupEvent,
+            source_user_id: String::new(),
+            source_device_id: 0,
+            server_message_id: "ev".into(),
+            client_message_id: "ev".into(),
+            server_timestamp: net.now,
+            content: Some(sotto_wire::Base64(serde_json::to_vec(&event).unwrap())),
+            group_id: Some(GROUP.into()),
+        },
+    );
+    net.run();
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "still secret")
+        .unwrap();
+    net.run();
+    let warned: Vec<_> = net.nodes[alice]
+        .events
+        .iter()
+        .filter(
+            |e| matches!(e, Event::UnverifiedGroupMember { user_id, .. } if user_id == "mallory"),
+        )
+        .collect();
+    assert_eq!(warned.len(), 1);
+    assert!(group_texts(&net, mallory).is_empty());
     assert!(net.nodes[mallory].client.group(GROUP).is_none());
     // No 1:1 message at all went to her devices: only the fanned-out group ciphertexts.
     for n in [alice, bob] {
