@@ -821,12 +821,31 @@ impl Client {
         let conv = conv.clone();
         self.put_conversation(&conv);
         self.events.push_back(Event::ConversationUpdated(conv));
-        if let ConversationId::Direct(peer) = conversation {
-            if !ids.is_empty() {
+        match conversation {
+            ConversationId::Direct(peer) if !ids.is_empty() => {
                 let id = self.new_id();
                 let peer = peer.clone();
                 self.enqueue(now_ms, &peer, id, Body::Read { ids }, None);
             }
+            ConversationId::Group(group) if !ids.is_empty() => {
+                // One receipt per sender (1:1, naming the group); own devices get the copies.
+                let mut by_sender: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+                for (sender, id) in ids {
+                    by_sender
+                        .entry(sender.clone())
+                        .or_default()
+                        .push((sender, id));
+                }
+                let group = group.clone();
+                for (sender, ids) in by_sender {
+                    if sender == self.user_id {
+                        continue;
+                    }
+                    let id = self.new_id();
+                    self.enqueue_group_item(now_ms, &sender, id, Body::Read { ids }, &group);
+                }
+            }
+            _ => {}
         }
         self.pump(now_ms);
         self.finish();
@@ -1499,7 +1518,11 @@ impl Client {
             id: item.id.clone(),
             ts: item.sent_at,
             sync_to: None,
-            group: None,
+            // Read receipts for a group's messages name the group.
+            group: match item.body {
+                Body::Read { .. } => item.group.clone(),
+                _ => None,
+            },
             body: item.body.clone(),
         };
         let plain = payload.encode();
@@ -2093,6 +2116,15 @@ impl Client {
             self.write_contact(&user_id);
             return;
         }
+        if let Some(group) = &payload.group {
+            // Only read receipts name a group in a 1:1 message.
+            let known = self.groups.contains_key(group);
+            if !matches!(payload.body, Body::Read { .. }) || !known {
+                return self.dropped(env, "group content in a 1:1 message");
+            }
+            let conversation = ConversationId::Group(group.clone());
+            return self.read_receipt(env, conversation, payload);
+        }
         let conversation_peer = match (&payload.sync_to, own) {
             (Some(peer), true) if *peer != self.user_id => peer.clone(),
             (None, false) => user.clone(),
@@ -2139,53 +2171,62 @@ impl Client {
                     .remove(&(message.conversation.clone(), message.sender_user_id.clone()));
                 self.events.push_back(Event::Message(message));
             }
-            Body::Read { ids } => {
-                if own {
-                    // Read on another own device: clear here too.
-                    if let Some(conv) = self.conversations.get_mut(&conversation) {
-                        conv.unread_ids.retain(|i| !ids.contains(i));
-                        conv.unread_count = conv.unread_ids.len() as u32;
-                        let conv = conv.clone();
-                        self.put_conversation(&conv);
-                        self.events.push_back(Event::ConversationUpdated(conv));
-                    }
-                    self.events.push_back(Event::Read {
-                        conversation,
-                        message_ids: ids.into_iter().map(|(_, id)| id).collect(),
-                        user_id: user,
-                    });
-                } else {
-                    let mut read = Vec::new();
-                    for (sender, id) in ids {
-                        if sender != self.user_id || id.is_empty() || id.len() > 64 {
-                            continue;
-                        }
-                        let r = Receipt {
-                            message_id: id.clone(),
-                            user_id: user.clone(),
-                            device_id: 0,
-                            kind: ReceiptKind::Read,
-                            at: env.server_timestamp,
-                        };
-                        self.writes.push(StoreOp::Put {
-                            table: tables::RECEIPTS,
-                            partition: crate::store::receipts_partition(&id),
-                            sort: receipt_sort(&user, 0, ReceiptKind::Read),
-                            value: json(&r),
-                        });
-                        read.push(id);
-                    }
-                    if !read.is_empty() {
-                        self.events.push_back(Event::Read {
-                            conversation,
-                            message_ids: read,
-                            user_id: user,
-                        });
-                    }
-                }
-            }
+            Body::Read { .. } => self.read_receipt(env, conversation, payload),
             Body::Typing { .. } | Body::Verified { .. } => {}
             Body::SenderKey { .. } | Body::GroupChange { .. } => {}
+        }
+    }
+
+    /// A read receipt out of a 1:1 session: from this account's other device (clears unread
+    /// there too) or from a recipient of this account's messages.
+    fn read_receipt(&mut self, env: &Envelope, conversation: ConversationId, payload: Payload) {
+        let Body::Read { ids } = payload.body else {
+            return;
+        };
+        let user = env.source_user_id.clone();
+        let own = user == self.user_id;
+        if own {
+            // Read on another own device: clear here too.
+            if let Some(conv) = self.conversations.get_mut(&conversation) {
+                conv.unread_ids.retain(|i| !ids.contains(i));
+                conv.unread_count = conv.unread_ids.len() as u32;
+                let conv = conv.clone();
+                self.put_conversation(&conv);
+                self.events.push_back(Event::ConversationUpdated(conv));
+            }
+            self.events.push_back(Event::Read {
+                conversation,
+                message_ids: ids.into_iter().map(|(_, id)| id).collect(),
+                user_id: user,
+            });
+        } else {
+            let mut read = Vec::new();
+            for (sender, id) in ids {
+                if sender != self.user_id || id.is_empty() || id.len() > 64 {
+                    continue;
+                }
+                let r = Receipt {
+                    message_id: id.clone(),
+                    user_id: user.clone(),
+                    device_id: 0,
+                    kind: ReceiptKind::Read,
+                    at: env.server_timestamp,
+                };
+                self.writes.push(StoreOp::Put {
+                    table: tables::RECEIPTS,
+                    partition: crate::store::receipts_partition(&id),
+                    sort: receipt_sort(&user, 0, ReceiptKind::Read),
+                    value: json(&r),
+                });
+                read.push(id);
+            }
+            if !read.is_empty() {
+                self.events.push_back(Event::Read {
+                    conversation,
+                    message_ids: read,
+                    user_id: user,
+                });
+            }
         }
     }
 

@@ -482,7 +482,14 @@ impl Client {
     }
 
     /// A 1:1 item about a group (a change or a sender key), sent like any 1:1 content.
-    fn enqueue_group_item(&mut self, now_ms: u64, peer: &str, id: String, body: Body, group: &str) {
+    pub(super) fn enqueue_group_item(
+        &mut self,
+        now_ms: u64,
+        peer: &str,
+        id: String,
+        body: Body,
+        group: &str,
+    ) {
         self.enqueue(now_ms, peer, id, body, None);
         if let Some(item) = self.outbox.get_mut(&self.outbox_seq) {
             item.group = Some(group.to_owned());

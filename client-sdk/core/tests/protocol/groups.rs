@@ -105,6 +105,28 @@ fn a_group_of_three_chats_and_every_device_holds_the_roster() {
         .unwrap();
     assert_eq!(conv.name.as_deref(), Some("Hiking"));
     assert_eq!(conv.unread_count, 2);
+    // Carol reads: each sender gets an end-to-end read receipt naming the group.
+    let now = net.now;
+    net.nodes[carol]
+        .client
+        .mark_read(now, &ConversationId::Group(GROUP.into()));
+    net.run();
+    assert_eq!(
+        net.nodes[carol]
+            .client
+            .conversation(&ConversationId::Group(GROUP.into()))
+            .unwrap()
+            .unread_count,
+        0
+    );
+    for n in [alice, bob] {
+        let read = net.nodes[n].events.iter().any(|e| {
+            matches!(e, Event::Read { conversation, user_id, message_ids }
+                if *conversation == ConversationId::Group(GROUP.into())
+                    && user_id == "carol" && message_ids.len() == 1)
+        });
+        assert!(read, "{} got carol's read receipt", net.nodes[n].name);
+    }
     // Nothing the relay stored holds a text or the name.
     for (_, _, ct) in &net.relay.log {
         for needle in ["trail at 9?", "count me in", "Hiking"] {
