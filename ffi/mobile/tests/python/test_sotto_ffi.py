@@ -534,6 +534,8 @@ class HostileArgumentsTest(RelayTest):
             await expect_error(alice.add_group_members, bad, [bad])
             await expect_error(alice.accept_group_invitation, bad)
             await expect_error(alice.create_group, [bad], "x")
+            await expect_error(alice.set_group_role, bad, bad, True)
+            await expect_error(alice.send_group_attachment, bad, "/nonexistent-dir/x", "text/plain")
             self.assertIsNone(alice.group(bad))
             # The app names the file (a real path is read and sent, as asked): hostile names here
             # point into a directory that does not exist.
