@@ -61,6 +61,7 @@ mod client;
 mod keys;
 pub mod model;
 pub mod payload;
+pub mod relay_http;
 pub mod requests;
 pub mod store;
 pub mod trust;

@@ -7,7 +7,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sotto_client_core::{RelayAnswer, RelayCall, RelayFailure};
+use sotto_client_core::{relay_http, RelayAnswer, RelayCall, RelayFailure};
 
 /// Most bytes read from one JSON answer.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
@@ -227,52 +227,18 @@ impl Http {
 
     /// Performs one call the core asked for.
     pub async fn perform(&self, call: &RelayCall) -> Result<RelayAnswer, RelayFailure> {
-        const NONE: Option<&()> = None;
-        let r = match call {
-            RelayCall::UploadKeys(up) => self
-                .empty(Method::PUT, "/api/keys", Some(up))
-                .await
-                .map(|()| RelayAnswer::NoContent),
-            RelayCall::KeyCount => self
-                .json(Method::GET, "/api/keys/count", NONE)
-                .await
-                .map(RelayAnswer::KeyCount),
-            RelayCall::FetchBundles { user_id, device_id } => {
-                let path = match device_id {
-                    Some(d) => format!("/api/keys/{}/{d}", segment(user_id)),
-                    None => format!("/api/keys/{}", segment(user_id)),
-                };
-                self.json(Method::GET, &path, NONE)
-                    .await
-                    .map(RelayAnswer::Bundles)
-            }
-            RelayCall::Devices { user_id } => self
-                .json(
-                    Method::GET,
-                    &format!("/api/users/{}/devices", segment(user_id)),
-                    NONE,
-                )
-                .await
-                .map(RelayAnswer::Devices),
-            RelayCall::SendMessage(req) => self
-                .json(Method::POST, "/api/messages/send", Some(req))
-                .await
-                .map(RelayAnswer::Sent),
-            RelayCall::SendGroup { group_id, request } => self
-                .json(
-                    Method::POST,
-                    &format!("/api/groups/{}/messages", segment(group_id)),
-                    Some(request),
-                )
-                .await
-                .map(RelayAnswer::Sent),
-            RelayCall::Ephemeral(req) => self
-                .empty(Method::POST, "/api/messages/ephemeral", Some(req))
-                .await
-                .map(|()| RelayAnswer::NoContent),
-            _ => Err(CallError::Malformed),
+        let req = relay_http::request(call)?;
+        let method = match req.method {
+            relay_http::HttpMethod::Get => Method::GET,
+            relay_http::HttpMethod::Put => Method::PUT,
+            relay_http::HttpMethod::Post => Method::POST,
         };
-        r.map_err(RelayFailure::from)
+        let body = req.body.map(|b| (b, "application/json"));
+        let a = match self.raw(method, &req.path, body).await {
+            Ok(a) | Err(CallError::Status(a)) => a,
+            Err(e) => return Err(e.into()),
+        };
+        relay_http::answer(req.expect, a.status, &a.body, a.retry_after)
     }
 }
 
