@@ -118,6 +118,9 @@ impl Relay {
             .arg("--database-url")
             .arg(&database_url)
             .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+            // The generated accounts never wrote to each other: without this, a group run's adds
+            // would be pending invitations and no group message would be routed.
+            .arg("--open-group-adds")
             .args(&args.relay_args)
             .env(
                 "RUST_LOG",
