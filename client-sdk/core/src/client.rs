@@ -1057,6 +1057,9 @@ impl Client {
 
     /// An ephemeral envelope (typing) from the relay.
     pub fn handle_ephemeral(&mut self, now_ms: u64, e: EphemeralEnvelope) {
+        if e.group_id.is_some() {
+            return self.group_ephemeral(now_ms, e);
+        }
         let Some(contact) = self.contacts.get_mut(&e.source_user_id) else {
             return;
         };

@@ -2,8 +2,8 @@
 //! The roster and name come end to end from the group's admins (the relay only routes).
 
 use crate::{
-    check_text, on_runtime, AttachmentError, Client, Interrupted, SendError, SentMessage,
-    MAX_PATH_BYTES,
+    check_text, on_runtime, AttachmentError, Client, Interrupted, QueryError, SendError,
+    SentMessage, MAX_PATH_BYTES,
 };
 
 /// A member of a group's verified roster.
@@ -221,6 +221,17 @@ impl Client {
         .await
         .map_err(|Interrupted| SendError::Interrupted)??;
         Ok(sent.into())
+    }
+
+    /// Typing started or stopped in a group (send a group message first).
+    pub async fn set_group_typing(&self, group_id: String, typing: bool) -> Result<(), QueryError> {
+        let client = self.inner.clone();
+        on_runtime(&self.handle, async move {
+            client.set_group_typing(&group_id, typing).await
+        })
+        .await
+        .map_err(|Interrupted| QueryError::Interrupted)?
+        .map_err(QueryError::from)
     }
 
     /// Encrypts the file at `path` while uploading it (1 byte to 50 MB) and sends it to a group;

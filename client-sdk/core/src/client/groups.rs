@@ -842,6 +842,111 @@ impl Client {
         }
     }
 
+    /// Tells the group's members that this user started or stopped typing: one Sender-Key
+    /// ciphertext as an ephemeral (never stored). Needs this device's chain to be with every
+    /// member already (a group message was sent before), else `NoSession`.
+    pub fn set_group_typing(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        typing: bool,
+    ) -> Result<(), super::TypingError> {
+        let Some(g) = self.groups.get(group_id).filter(|g| g.active) else {
+            return Err(super::TypingError::NoSession);
+        };
+        let distributing = self.outbox.values().any(|i| {
+            i.group.as_deref() == Some(group_id) && matches!(i.body, Body::SenderKey { .. })
+        });
+        let Some(mut state) = g
+            .sender_key
+            .as_ref()
+            .and_then(|b| SenderKeyState::from_bytes(b.as_bytes()).ok())
+            .filter(|_| !distributing)
+        else {
+            return Err(super::TypingError::NoSession);
+        };
+        let payload = Payload {
+            v: VERSION,
+            id: self.new_id(),
+            ts: now_ms,
+            sync_to: None,
+            group: Some(group_id.to_owned()),
+            body: Body::Typing { typing },
+        };
+        let Ok(sealed) = state.encrypt(&payload.encode()) else {
+            return Err(super::TypingError::NoSession);
+        };
+        if let Some(g) = self.groups.get_mut(group_id) {
+            g.sender_key = Some(Base64(state.to_bytes().to_vec()));
+        }
+        self.write_group(group_id);
+        self.request(
+            RelayCall::Ephemeral(sotto_wire::EphemeralRequest {
+                recipient_id: None,
+                group_id: Some(group_id.to_owned()),
+                timestamp: now_ms,
+                messages: Vec::new(),
+                content: Some(Base64(sealed.to_bytes())),
+            }),
+            Pending::Ephemeral,
+        );
+        self.finish();
+        Ok(())
+    }
+
+    /// A group ephemeral (typing): opened with the sender's chain, shown only for a roster member.
+    pub(super) fn group_ephemeral(&mut self, now_ms: u64, e: sotto_wire::EphemeralEnvelope) {
+        let Some(group_id) = e.group_id.clone() else {
+            return;
+        };
+        let user = e.source_user_id.clone();
+        if user == self.user_id {
+            return;
+        }
+        let member = self
+            .groups
+            .get(&group_id)
+            .is_some_and(|g| g.active && g.members.contains_key(&user));
+        if !member {
+            return;
+        }
+        let Ok(message) = SenderKeyMessage::from_bytes(e.content.as_bytes()) else {
+            return;
+        };
+        let key = (group_id.clone(), user.clone(), e.source_device_id);
+        let Some(record) = self.sender_keys.get_mut(&key) else {
+            return;
+        };
+        let Ok(plain) = record.decrypt(&message).map(Zeroizing::new) else {
+            return;
+        };
+        self.write_sender_key(&group_id, &user, e.source_device_id);
+        if let Ok(Payload {
+            body: Body::Typing { typing },
+            group: Some(g),
+            sync_to: None,
+            ..
+        }) = Payload::decode(&plain)
+        {
+            if g != group_id {
+                return;
+            }
+            let conversation = ConversationId::Group(group_id);
+            let k = (conversation.clone(), user.clone());
+            if typing {
+                self.typing.insert(k, now_ms + super::TYPING_TIMEOUT_MS);
+            } else {
+                self.typing.remove(&k);
+            }
+            self.events.push_back(Event::Typing {
+                conversation,
+                user_id: user,
+                typing,
+            });
+        }
+        self.finish();
+    }
+
     /// A `groupMessage` envelope: one Sender-Key ciphertext.
     pub(super) fn incoming_group_message(&mut self, now_ms: u64, env: &Envelope) {
         let _ = now_ms;

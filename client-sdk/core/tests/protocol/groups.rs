@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use sotto_client_core::{ConversationId, Event, GroupError, RelayCall, SendError};
+use sotto_client_core::{ConversationId, Event, GroupError, RelayCall, SendError, TypingError};
 
 use crate::net::{Faults, Net};
 
@@ -422,4 +422,48 @@ fn a_device_linked_later_gets_the_roster_and_the_keys_once_its_devices_are_known
     net.run();
     assert!(group_texts(&net, alice).contains(&"hello from the tablet".to_string()));
     assert!(group_texts(&net, bob).contains(&"hello from the tablet".to_string()));
+}
+
+#[test]
+fn typing_in_a_group_reaches_the_members_and_stops_by_itself() {
+    let mut net = Net::new(27);
+    let [alice, laptop, bob, carol] = setup(&mut net);
+    let now = net.now;
+    // No chain handed out yet: nothing to encrypt typing with.
+    assert_eq!(
+        net.nodes[bob].client.set_group_typing(now, GROUP, true),
+        Err(TypingError::NoSession)
+    );
+    assert_eq!(
+        net.nodes[bob].client.set_group_typing(now, "unknown", true),
+        Err(TypingError::NoSession)
+    );
+    net.nodes[bob]
+        .client
+        .send_group_text(now, GROUP, "hi all")
+        .unwrap();
+    net.run();
+    net.nodes[bob]
+        .client
+        .set_group_typing(net.now, GROUP, true)
+        .unwrap();
+    net.run();
+    let group = ConversationId::Group(GROUP.into());
+    for n in [alice, laptop, carol] {
+        let typing = net.nodes[n].events.iter().any(|e| {
+            matches!(e, Event::Typing { conversation, user_id, typing: true }
+                if *conversation == group && user_id == "bob")
+        });
+        assert!(typing, "{} sees bob typing", net.nodes[n].name);
+    }
+    // Nothing of it was stored by the relay.
+    assert!(net.relay.mailbox("carol", 1).is_empty());
+    // It stops by itself after 5 s.
+    net.advance(5_001);
+    net.run();
+    let stopped = net.nodes[carol].events.iter().any(|e| {
+        matches!(e, Event::Typing { conversation, user_id, typing: false }
+            if *conversation == group && user_id == "bob")
+    });
+    assert!(stopped);
 }

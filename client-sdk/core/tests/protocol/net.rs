@@ -309,6 +309,24 @@ impl Net {
     }
 
     fn ephemeral(&mut self, from: &str, device: u32, e: &sotto_wire::EphemeralRequest) {
+        if let (Some(group), Some(content)) = (&e.group_id, &e.content) {
+            let members = self.relay.groups.get(group).cloned().unwrap_or_default();
+            let env = sotto_wire::EphemeralEnvelope {
+                source_user_id: from.to_owned(),
+                source_device_id: device,
+                group_id: Some(group.clone()),
+                timestamp: e.timestamp,
+                content: content.clone(),
+            };
+            let now = self.now;
+            for n in self.nodes.iter_mut() {
+                let me = n.user == from && n.device == device;
+                if members.contains(&n.user) && !me && n.online {
+                    n.client.handle_ephemeral(now, env.clone());
+                }
+            }
+            return;
+        }
         let Some(to) = e.recipient_id.clone() else {
             return;
         };

@@ -283,6 +283,21 @@ impl SottoClient {
         }
     }
 
+    /// Typing started or stopped in a group (needs this device's chain with the members: send a
+    /// group message first).
+    pub async fn set_group_typing(
+        &self,
+        group_id: &str,
+        typing: bool,
+    ) -> Result<(), crate::QueryError> {
+        self.inner
+            .core()
+            .set_group_typing(now_ms(), group_id, typing)
+            .map_err(|_| crate::QueryError::Invalid("no group chain yet (send a message first)"))?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
     fn check_admin(&self, group_id: &str) -> Result<(), GroupOpError> {
         let core = self.inner.core();
         let me = core.user_id().to_owned();

@@ -264,6 +264,10 @@ class GroupTest(RelayTest):
         await carol_ev.wait("carol reads", is_group_message(group_id, "rehearsal at 7"))
         await asyncio.wait_for(bob.send_group_text(group_id, "see you there"), WAIT)
         await alice_ev.wait("alice reads", is_group_message(group_id, "see you there"))
+        await bob.set_group_typing(group_id, True)
+        await carol_ev.wait("bob typing in the group", lambda e: e.is_TYPING()
+                            and e.conversation == s.ConversationId.GROUP(group_id=group_id)
+                            and e.user_id == bob.user_id() and e.typing)
         await carol_ev.wait("carol reads bob", is_group_message(group_id, "see you there"))
         conv = [c for c in carol.conversations()
                 if c.id == s.ConversationId.GROUP(group_id=group_id)][0]
@@ -535,6 +539,7 @@ class HostileArgumentsTest(RelayTest):
             await expect_error(alice.accept_group_invitation, bad)
             await expect_error(alice.create_group, [bad], "x")
             await expect_error(alice.set_group_role, bad, bad, True)
+            await expect_error(alice.set_group_typing, bad, True)
             await expect_error(alice.send_group_attachment, bad, "/nonexistent-dir/x", "text/plain")
             self.assertIsNone(alice.group(bad))
             # The app names the file (a real path is read and sent, as asked): hostile names here
