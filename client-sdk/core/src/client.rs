@@ -2139,45 +2139,52 @@ impl Client {
         let conversation = ConversationId::Direct(conversation_peer);
         match payload.body {
             Body::Text { .. } | Body::Attachment { .. } => {
-                let (text, attachment) = match payload.body {
-                    Body::Text { text } => (Some(text), None),
-                    Body::Attachment {
-                        attachment,
-                        caption,
-                    } => (caption, Some(attachment)),
-                    _ => (None, None),
-                };
-                let sent_at = payload
-                    .ts
-                    .min(env.server_timestamp.saturating_add(MAX_CLOCK_SKEW_MS));
-                let sort = self.next_sort(sent_at);
-                let message = Message {
-                    id: payload.id,
-                    conversation,
-                    sender_user_id: user,
-                    sender_device_id: env.source_device_id,
-                    outgoing: own,
-                    sent_at,
-                    server_timestamp: Some(env.server_timestamp),
-                    text,
-                    attachment,
-                    status: if own {
-                        MessageStatus::Sent
-                    } else {
-                        MessageStatus::Received
-                    },
-                    sort,
-                };
-                self.store_message(&message);
-                self.touch_conversation(&message, !own);
-                self.typing
-                    .remove(&(message.conversation.clone(), message.sender_user_id.clone()));
-                self.events.push_back(Event::Message(message));
+                self.show_received(env, conversation, payload)
             }
             Body::Read { .. } => self.read_receipt(env, conversation, payload),
             Body::Typing { .. } | Body::Verified { .. } => {}
             Body::SenderKey { .. } | Body::GroupChange { .. } => {}
         }
+    }
+
+    /// A text or attachment message someone (or this account on another device) sent: into
+    /// history, the conversation and the event stream.
+    fn show_received(&mut self, env: &Envelope, conversation: ConversationId, payload: Payload) {
+        let (text, attachment) = match payload.body {
+            Body::Text { text } => (Some(text), None),
+            Body::Attachment {
+                attachment,
+                caption,
+            } => (caption, Some(attachment)),
+            _ => return,
+        };
+        let own = env.source_user_id == self.user_id;
+        let sent_at = payload
+            .ts
+            .min(env.server_timestamp.saturating_add(MAX_CLOCK_SKEW_MS));
+        let sort = self.next_sort(sent_at);
+        let message = Message {
+            id: payload.id,
+            conversation,
+            sender_user_id: env.source_user_id.clone(),
+            sender_device_id: env.source_device_id,
+            outgoing: own,
+            sent_at,
+            server_timestamp: Some(env.server_timestamp),
+            text,
+            attachment,
+            status: if own {
+                MessageStatus::Sent
+            } else {
+                MessageStatus::Received
+            },
+            sort,
+        };
+        self.store_message(&message);
+        self.touch_conversation(&message, !own);
+        self.typing
+            .remove(&(message.conversation.clone(), message.sender_user_id.clone()));
+        self.events.push_back(Event::Message(message));
     }
 
     /// A read receipt out of a 1:1 session: from this account's other device (clears unread

@@ -44,6 +44,36 @@ fn seed() -> [u8; 32] {
 
 type Waiter = oneshot::Sender<Result<u64, SendFailure>>;
 
+/// Why a message queued with [`SottoClient::send_and_wait`] was not accepted.
+pub(crate) enum NotSent<E> {
+    /// The core refused to queue it.
+    Refused(E),
+    /// Given up (the reason the core gave).
+    Failed(SendFailure),
+    /// The client stopped first.
+    Stopped,
+}
+
+impl From<NotSent<sotto_client_core::SendError>> for SendTextError {
+    fn from(e: NotSent<sotto_client_core::SendError>) -> Self {
+        match e {
+            NotSent::Refused(e) => Self::Invalid(e.to_string()),
+            NotSent::Failed(f) => Self::Failed(f),
+            NotSent::Stopped => Self::Stopped,
+        }
+    }
+}
+
+impl From<NotSent<sotto_client_core::SendError>> for crate::AttachmentError {
+    fn from(e: NotSent<sotto_client_core::SendError>) -> Self {
+        Self::Send(match e {
+            NotSent::Refused(e) => e.to_string(),
+            NotSent::Failed(f) => format!("{f:?}"),
+            NotSent::Stopped => "the client stopped".into(),
+        })
+    }
+}
+
 struct Inner {
     core: Mutex<Client>,
     commit_lock: tokio::sync::Mutex<()>,
@@ -489,24 +519,9 @@ impl SottoClient {
         to_user_id: &str,
         text: &str,
     ) -> Result<SentMessage, SendTextError> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut core = self.inner.core();
-            let id = core
-                .send_text(now_ms(), to_user_id, text)
-                .map_err(|e| SendTextError::Invalid(e.to_string()))?;
-            self.inner.waiters().insert(id.clone(), tx);
-            id
-        };
-        self.inner.drain().await;
-        match rx.await {
-            Ok(Ok(server_timestamp)) => Ok(SentMessage {
-                id,
-                server_timestamp,
-            }),
-            Ok(Err(f)) => Err(SendTextError::Failed(f)),
-            Err(_) => Err(SendTextError::Stopped),
-        }
+        self.send_and_wait(|core, now| core.send_text(now, to_user_id, text))
+            .await
+            .map_err(Into::into)
     }
 
     /// Encrypts `path` as it is read, uploads it as it is encrypted, and sends the key and
@@ -518,24 +533,9 @@ impl SottoClient {
         content_type: &str,
     ) -> Result<SentMessage, crate::AttachmentError> {
         let pointer = crate::attachments::upload(&self.inner.http, path, content_type).await?;
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut core = self.inner.core();
-            let id = core
-                .send_attachment(now_ms(), to_user_id, pointer, None)
-                .map_err(|e| crate::AttachmentError::Send(e.to_string()))?;
-            self.inner.waiters().insert(id.clone(), tx);
-            id
-        };
-        self.inner.drain().await;
-        match rx.await {
-            Ok(Ok(server_timestamp)) => Ok(SentMessage {
-                id,
-                server_timestamp,
-            }),
-            Ok(Err(f)) => Err(crate::AttachmentError::Send(format!("{f:?}"))),
-            Err(_) => Err(crate::AttachmentError::Send("the client stopped".into())),
-        }
+        self.send_and_wait(|core, now| core.send_attachment(now, to_user_id, pointer, None))
+            .await
+            .map_err(Into::into)
     }
 
     /// Downloads, verifies and decrypts a received attachment into `dest`; returns its size.
@@ -545,6 +545,29 @@ impl SottoClient {
         dest: &std::path::Path,
     ) -> Result<u64, crate::AttachmentError> {
         crate::attachments::download(&self.inner.http, attachment, dest).await
+    }
+
+    /// Queues a message with `queue` and waits until the relay accepted it (or it was given up).
+    pub(crate) async fn send_and_wait<E>(
+        &self,
+        queue: impl FnOnce(&mut Client, u64) -> Result<String, E>,
+    ) -> Result<SentMessage, NotSent<E>> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut core = self.inner.core();
+            let id = queue(&mut core, now_ms()).map_err(NotSent::Refused)?;
+            self.inner.waiters().insert(id.clone(), tx);
+            id
+        };
+        self.inner.drain().await;
+        match rx.await {
+            Ok(Ok(server_timestamp)) => Ok(SentMessage {
+                id,
+                server_timestamp,
+            }),
+            Ok(Err(f)) => Err(NotSent::Failed(f)),
+            Err(_) => Err(NotSent::Stopped),
+        }
     }
 
     /// Queues a text message without waiting for the relay; returns its id.

@@ -19,7 +19,7 @@ use sotto_crypto::sender_key::{
 use sotto_wire::{Base64, Envelope, GroupChange as RelayChange, GroupEvent, GroupSendRequest};
 use zeroize::Zeroizing;
 
-use super::{json, seen_key, Client, OutboxItem, Pending, MAX_CLOCK_SKEW_MS};
+use super::{json, seen_key, Client, OutboxItem, Pending};
 use crate::model::{
     AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, Message,
     MessageStatus, SendFailure,
@@ -539,10 +539,15 @@ impl Client {
     }
 
     fn forget_sender_keys(&mut self, group: &str) {
+        self.forget_keys_where(|g, _| g == group);
+    }
+
+    /// Deletes the received sender keys whose (group, sender) match.
+    fn forget_keys_where(&mut self, matches: impl Fn(&str, &str) -> bool) {
         let keys: Vec<(String, String, u32)> = self
             .sender_keys
             .keys()
-            .filter(|(g, _, _)| g == group)
+            .filter(|(g, u, _)| matches(g, u))
             .cloned()
             .collect();
         for k in keys {
@@ -996,40 +1001,10 @@ impl Client {
             sort: 0,
             value: Zeroizing::new(seen.to_vec()),
         });
-        let (text, attachment) = match payload.body {
-            Body::Text { text } => (Some(text), None),
-            Body::Attachment {
-                attachment,
-                caption,
-            } => (caption, Some(attachment)),
-            _ => return self.dropped(env, "not group message content"),
-        };
-        let sent_at = payload
-            .ts
-            .min(env.server_timestamp.saturating_add(MAX_CLOCK_SKEW_MS));
-        let sort = self.next_sort(sent_at);
-        let message = Message {
-            id: payload.id,
-            conversation: ConversationId::Group(group_id),
-            sender_user_id: user,
-            sender_device_id: device,
-            outgoing: own,
-            sent_at,
-            server_timestamp: Some(env.server_timestamp),
-            text,
-            attachment,
-            status: if own {
-                MessageStatus::Sent
-            } else {
-                MessageStatus::Received
-            },
-            sort,
-        };
-        self.store_message(&message);
-        self.touch_conversation(&message, !own);
-        self.typing
-            .remove(&(message.conversation.clone(), message.sender_user_id.clone()));
-        self.events.push_back(Event::Message(message));
+        if !matches!(payload.body, Body::Text { .. } | Body::Attachment { .. }) {
+            return self.dropped(env, "not group message content");
+        }
+        self.show_received(env, ConversationId::Group(group_id), payload);
     }
 
     /// A `groupEvent` envelope, written by the relay: routing facts only. Used to rotate (the
@@ -1156,20 +1131,7 @@ impl Client {
                         return;
                     }
                     self.rotate_sender_key(&group_id);
-                    let k: Vec<(String, String, u32)> = self
-                        .sender_keys
-                        .keys()
-                        .filter(|(g, u, _)| *g == group_id && u == actor)
-                        .cloned()
-                        .collect();
-                    for key in k {
-                        self.sender_keys.remove(&key);
-                        self.writes.push(StoreOp::Delete {
-                            table: tables::SENDER_KEYS,
-                            partition: sender_key_partition(&key.0, &key.1, key.2),
-                            sort: 0,
-                        });
-                    }
+                    self.forget_keys_where(|g, u| g == group_id && u == actor);
                 }
                 self.write_group(&group_id);
                 self.events.push_back(Event::GroupChanged { group_id });
@@ -1246,20 +1208,7 @@ impl Client {
                     self.forget_sender_keys(&group_id);
                 } else {
                     for u in removed {
-                        let k: Vec<(String, String, u32)> = self
-                            .sender_keys
-                            .keys()
-                            .filter(|(g, su, _)| *g == group_id && *su == u)
-                            .cloned()
-                            .collect();
-                        for key in k {
-                            self.sender_keys.remove(&key);
-                            self.writes.push(StoreOp::Delete {
-                                table: tables::SENDER_KEYS,
-                                partition: sender_key_partition(&key.0, &key.1, key.2),
-                                sort: 0,
-                            });
-                        }
+                        self.forget_keys_where(|g, su| g == group_id && su == u);
                     }
                 }
                 self.write_group(&group_id);

@@ -7,7 +7,6 @@ use sotto_wire::{
     Base64, CreateGroupRequest, GroupCreated, GroupInvitations, GroupMembers, GroupRole,
     JoinGroupRequest, SetRoleRequest,
 };
-use tokio::sync::oneshot;
 
 use super::{now_ms, SottoClient};
 use crate::http::{segment, CallError};
@@ -231,24 +230,9 @@ impl SottoClient {
         group_id: &str,
         text: &str,
     ) -> Result<SentMessage, SendTextError> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut core = self.inner.core();
-            let id = core
-                .send_group_text(now_ms(), group_id, text)
-                .map_err(|e| SendTextError::Invalid(e.to_string()))?;
-            self.inner.waiters().insert(id.clone(), tx);
-            id
-        };
-        self.inner.drain().await;
-        match rx.await {
-            Ok(Ok(server_timestamp)) => Ok(SentMessage {
-                id,
-                server_timestamp,
-            }),
-            Ok(Err(f)) => Err(SendTextError::Failed(f)),
-            Err(_) => Err(SendTextError::Stopped),
-        }
+        self.send_and_wait(|core, now| core.send_group_text(now, group_id, text))
+            .await
+            .map_err(Into::into)
     }
 
     /// Encrypts and uploads `path` as it is read, then sends its key and digest to the group in
@@ -263,24 +247,9 @@ impl SottoClient {
             return Err(crate::AttachmentError::Send("unknown group".into()));
         }
         let pointer = crate::attachments::upload(&self.inner.http, path, content_type).await?;
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut core = self.inner.core();
-            let id = core
-                .send_group_attachment(now_ms(), group_id, pointer, None)
-                .map_err(|e| crate::AttachmentError::Send(e.to_string()))?;
-            self.inner.waiters().insert(id.clone(), tx);
-            id
-        };
-        self.inner.drain().await;
-        match rx.await {
-            Ok(Ok(server_timestamp)) => Ok(SentMessage {
-                id,
-                server_timestamp,
-            }),
-            Ok(Err(f)) => Err(crate::AttachmentError::Send(format!("{f:?}"))),
-            Err(_) => Err(crate::AttachmentError::Send("the client stopped".into())),
-        }
+        self.send_and_wait(|core, now| core.send_group_attachment(now, group_id, pointer, None))
+            .await
+            .map_err(Into::into)
     }
 
     /// Typing started or stopped in a group (needs this device's chain with the members: send a
