@@ -467,3 +467,81 @@ fn typing_in_a_group_reaches_the_members_and_stops_by_itself() {
     });
     assert!(stopped);
 }
+
+#[test]
+fn a_hostile_relay_cannot_forge_replay_or_misattribute_group_messages() {
+    let mut net = Net::new(28);
+    let [alice, _laptop, bob, carol] = setup(&mut net);
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "genuine")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, bob), ["genuine"]);
+    // The ciphertext the relay fanned out to bob.
+    let (_, _, ct) = net
+        .relay
+        .log
+        .iter()
+        .rev()
+        .find(|(u, _, _)| u == "bob")
+        .cloned()
+        .unwrap();
+    let envelope =
+        |source: &str, device: u32, group: Option<&str>, content: Vec<u8>| sotto_wire::Envelope {
+            seq: 0,
+            kind: sotto_wire::EnvelopeKind::GroupMessage,
+            source_user_id: source.into(),
+            source_device_id: device,
+            server_message_id: "x".into(),
+            client_message_id: "x".into(),
+            server_timestamp: 1,
+            content: Some(sotto_wire::Base64(content)),
+            group_id: group.map(Into::into),
+        };
+    let mut flipped = ct.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    let hostile = vec![
+        envelope("alice", 1, Some(GROUP), ct.clone()), // replay
+        envelope("carol", 1, Some(GROUP), ct.clone()), // claimed from another member
+        envelope("alice", 2, Some(GROUP), ct.clone()), // from another device of the sender
+        envelope("alice", 1, Some("other-group"), ct.clone()), // another group
+        envelope("alice", 1, None, ct.clone()),
+        envelope("alice", 1, Some(GROUP), flipped),
+        envelope("alice", 1, Some(GROUP), ct[..ct.len() / 2].to_vec()),
+        envelope("alice", 1, Some(GROUP), vec![0xff; 200]),
+        envelope("alice", 1, Some(GROUP), Vec::new()),
+        envelope("", 0, Some(GROUP), ct.clone()),
+    ];
+    for env in hostile {
+        net.relay.enqueue("bob", 1, env);
+    }
+    // Garbage relay group events change nothing either.
+    for content in [
+        b"{}".to_vec(),
+        b"not json".to_vec(),
+        br#"{"groupId":"","revision":1,"change":"memberRemoved","actorUserId":"x","userIds":[]}"#
+            .to_vec(),
+    ] {
+        let mut env = envelope("", 0, Some(GROUP), content);
+        env.kind = sotto_wire::EnvelopeKind::GroupEvent;
+        net.relay.enqueue("carol", 1, env);
+    }
+    net.run();
+    assert_eq!(group_texts(&net, bob), ["genuine"]);
+    let g = net.nodes[carol].client.group(GROUP).unwrap();
+    assert_eq!(g.members.len(), 3);
+    assert!(
+        net.relay.mailbox("bob", 1).is_empty(),
+        "every envelope acked"
+    );
+    // Still working afterwards.
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "still fine")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, bob), ["genuine", "still fine"]);
+    assert_eq!(group_texts(&net, carol), ["genuine", "still fine"]);
+}
