@@ -68,7 +68,7 @@ pub mod trust;
 
 pub use client::{
     Client, Config, CreateError, GroupError, IdentityError, IdentityPolicy, NewAccount,
-    RestoreError, SendError, TypingError, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS,
+    RestoreError, SendError, TypingError, MAX_GROUPS, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS,
     TYPING_TIMEOUT_MS,
 };
 pub use model::*;

@@ -30,6 +30,9 @@ use crate::store::{tables, StoreOp};
 
 /// Most members of a roster (the relay's default group size limit).
 pub const MAX_GROUP_MEMBERS: usize = 1_000;
+/// Most groups a device keeps (a stranger can name this account in a group; past this, changes
+/// about groups it does not know yet are dropped).
+pub const MAX_GROUPS: usize = 1_000;
 /// Most sender keys kept for groups this device does not know (yet).
 const MAX_STRAY_SENDER_KEYS: usize = 256;
 /// Most characters of a group name.
@@ -1157,6 +1160,9 @@ impl Client {
                 // admin adding this account).
                 // This account's own devices trust each other's state (the same identity): it
                 // reaches a newly linked device that way; an old revision is no news.
+                if !self.groups.contains_key(&group_id) && self.groups.len() >= MAX_GROUPS {
+                    return self.dropped(env, "too many groups");
+                }
                 let allowed = match self.groups.get(&group_id) {
                     Some(g) if actor == self.user_id => {
                         if revision <= g.revision {

@@ -545,3 +545,35 @@ fn a_hostile_relay_cannot_forge_replay_or_misattribute_group_messages() {
     assert_eq!(group_texts(&net, bob), ["genuine", "still fine"]);
     assert_eq!(group_texts(&net, carol), ["genuine", "still fine"]);
 }
+
+#[test]
+fn a_stranger_cannot_make_a_device_keep_unbounded_groups() {
+    let mut net = Net::new(29);
+    let alice = net.user("alice");
+    let bob = net.user("bob");
+    net.run();
+    let n = sotto_client_core::MAX_GROUPS + 3;
+    for i in 0..n {
+        let id = format!("g-{i}");
+        route(&mut net, &["alice", "bob"]);
+        let now = net.now;
+        net.nodes[bob]
+            .client
+            .group_created(now, &id, &["alice".into()], "spam")
+            .unwrap();
+    }
+    net.run();
+    assert_eq!(net.nodes[bob].client.groups().len(), n);
+    assert_eq!(
+        net.nodes[alice].client.groups().len(),
+        sotto_client_core::MAX_GROUPS
+    );
+    let refused = net.nodes[alice]
+        .events
+        .iter()
+        .filter(
+            |e| matches!(e, Event::DecryptionFailed { reason, .. } if reason == "too many groups"),
+        )
+        .count();
+    assert_eq!(refused, 3);
+}
