@@ -409,8 +409,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Some(p) => p.clone(),
                 None => prompt("password")?,
             };
+            // Everything asked for first: a missing passphrase must not leave an account behind
+            // with no profile to log in from.
+            let options = options(&cli, server)?;
             let user_id = SottoClient::register(server, username, email, &password).await?;
-            let client = SottoClient::login(options(&cli, server)?, username, &password).await?;
+            let client = SottoClient::login(options, username, &password).await?;
             println!(
                 "registered {username}: user id {user_id}, device {}",
                 client.device_id()
