@@ -510,22 +510,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let page = client
                 .history(&ConversationId::Direct(user_id.clone()), *before, *limit)
                 .await?;
-            for m in &page.messages {
-                let who = if m.outgoing {
-                    "you"
-                } else {
-                    m.sender_user_id.as_str()
-                };
-                println!(
-                    "{} {who}: {} [{:?}]",
-                    m.sent_at,
-                    m.text.as_deref().unwrap_or("(attachment)"),
-                    m.status
-                );
-            }
-            if let Some(c) = page.next_cursor {
-                println!("(older: --before {c})");
-            }
+            print_history(&page, true);
             client.close().await;
         }
         Command::Conversations => {
@@ -572,6 +557,26 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     Ok(())
 }
 
+/// One page of history, newest first (with each message's status when `status`).
+fn print_history(page: &sotto_client::HistoryPage, status: bool) {
+    for m in &page.messages {
+        let who = if m.outgoing {
+            "you"
+        } else {
+            m.sender_user_id.as_str()
+        };
+        let text = m.text.as_deref().unwrap_or("(attachment)");
+        if status {
+            println!("{} {who}: {text} [{:?}]", m.sent_at, m.status);
+        } else {
+            println!("{} {who}: {text}", m.sent_at);
+        }
+    }
+    if let Some(c) = page.next_cursor {
+        println!("(older: --before {c})");
+    }
+}
+
 async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliError> {
     let client = open(cli).await?;
     catch_up(&client, 5).await;
@@ -615,21 +620,7 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
             let page = client
                 .history(&ConversationId::Group(group_id.clone()), *before, *limit)
                 .await?;
-            for m in &page.messages {
-                let who = if m.outgoing {
-                    "you"
-                } else {
-                    m.sender_user_id.as_str()
-                };
-                println!(
-                    "{} {who}: {}",
-                    m.sent_at,
-                    m.text.as_deref().unwrap_or("(attachment)")
-                );
-            }
-            if let Some(c) = page.next_cursor {
-                println!("(older: --before {c})");
-            }
+            print_history(&page, false);
         }
         GroupCommand::Add { group_id, members } => {
             client.add_group_members(group_id, members).await?;

@@ -737,8 +737,12 @@ impl Client {
             return Err(SendError::ToSelf);
         }
         DeviceAddress::new(to, 1).map_err(|_| SendError::InvalidRecipient)?;
+        Ok(self.queue_message(now_ms, ConversationId::Direct(to.to_owned()), body))
+    }
+
+    /// Stores an outgoing text or attachment as pending and queues it for its conversation.
+    fn queue_message(&mut self, now_ms: u64, conversation: ConversationId, body: Body) -> String {
         let id = self.new_id();
-        let conversation = ConversationId::Direct(to.to_owned());
         // Strictly increasing per device, so two messages in one millisecond keep their order
         // on every receiver (history sorts by the sender's clock).
         let now_ms = now_ms.max(self.last_sent_at + 1);
@@ -768,10 +772,18 @@ impl Client {
         };
         self.store_message(&message);
         self.touch_conversation(&message, false);
-        self.enqueue(now_ms, to, id.clone(), body, Some(message));
+        match conversation {
+            ConversationId::Direct(to) => {
+                self.enqueue_item(now_ms, &to, id.clone(), body, Some(message), None)
+            }
+            // One Sender-Key message to the whole group.
+            ConversationId::Group(group) => {
+                self.enqueue_item(now_ms, "", id.clone(), body, Some(message), Some(group))
+            }
+        }
         self.pump(now_ms);
         self.finish();
-        Ok(id)
+        id
     }
 
     fn enqueue(
@@ -782,8 +794,23 @@ impl Client {
         body: Body,
         message: Option<Message>,
     ) {
+        self.enqueue_item(now_ms, peer, id, body, message, None);
+    }
+
+    /// Queues one outbox item: 1:1 to `peer`, or (`peer` empty, a message, `fan_out`) a
+    /// Sender-Key message to `group`. A 1:1 item with `group` set is about that group.
+    fn enqueue_item(
+        &mut self,
+        now_ms: u64,
+        peer: &str,
+        id: String,
+        body: Body,
+        message: Option<Message>,
+        group: Option<String>,
+    ) {
         self.outbox_seq += 1;
         self.account_dirty = true;
+        let fan_out = peer.is_empty() && group.is_some();
         let item = OutboxItem {
             seq: self.outbox_seq,
             peer: peer.to_owned(),
@@ -794,16 +821,11 @@ impl Client {
             attempts: 0,
             in_flight: false,
             not_before: 0,
-            group: None,
-            fan_out: false,
+            group,
+            fan_out,
             sealed: None,
         };
-        self.writes.push(StoreOp::Put {
-            table: tables::OUTBOX,
-            partition: b"outbox".to_vec(),
-            sort: item.seq,
-            value: json(&item),
-        });
+        self.put_outbox(&item);
         self.outbox.insert(item.seq, item);
     }
 

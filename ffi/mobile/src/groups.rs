@@ -2,8 +2,8 @@
 //! The roster and name come end to end from the group's admins (the relay only routes).
 
 use crate::{
-    check_text, on_runtime, AttachmentError, Client, Interrupted, QueryError, SendError,
-    SentMessage, MAX_PATH_BYTES,
+    check_attachment_path, check_text, on_runtime, AttachmentError, Client, Interrupted,
+    QueryError, SendError, SentMessage,
 };
 
 /// A member of a group's verified roster.
@@ -242,11 +242,7 @@ impl Client {
         path: String,
         content_type: String,
     ) -> Result<SentMessage, AttachmentError> {
-        if path.is_empty() || path.contains('\0') || path.len() > MAX_PATH_BYTES {
-            return Err(AttachmentError::File {
-                reason: "invalid path".into(),
-            });
-        }
+        check_attachment_path(&path)?;
         let client = self.inner.clone();
         let sent = on_runtime(&self.handle, async move {
             client

@@ -370,6 +370,16 @@ impl Drop for Client {
     }
 }
 
+/// Rejects a file path the SDK could not open, before anything is uploaded.
+fn check_attachment_path(path: &str) -> Result<(), AttachmentError> {
+    if path.is_empty() || path.contains('\0') || path.len() > MAX_PATH_BYTES {
+        return Err(AttachmentError::File {
+            reason: "invalid path".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Rejects text the relay would refuse, before it is queued, with the case the app shows.
 fn check_text(text: &str) -> Result<(), SendError> {
     let length = text.chars().count();
@@ -518,11 +528,7 @@ impl Client {
         path: String,
         content_type: String,
     ) -> Result<SentMessage, AttachmentError> {
-        if path.is_empty() || path.contains('\0') || path.len() > MAX_PATH_BYTES {
-            return Err(AttachmentError::File {
-                reason: "invalid path".into(),
-            });
-        }
+        check_attachment_path(&path)?;
         let client = self.inner.clone();
         let sent = on_runtime(&self.handle, async move {
             client

@@ -21,8 +21,7 @@ use zeroize::Zeroizing;
 
 use super::{json, seen_key, Client, OutboxItem, Pending};
 use crate::model::{
-    AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, Message,
-    MessageStatus, SendFailure,
+    AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo, SendFailure,
 };
 use crate::payload::{check_text, Body, Payload, VERSION};
 use crate::requests::RelayCall;
@@ -370,54 +369,7 @@ impl Client {
         if !self.groups.get(group_id).is_some_and(|g| g.active) {
             return Err(super::SendError::InvalidRecipient);
         }
-        let id = self.new_id();
-        let now_ms = now_ms.max(self.last_sent_at + 1);
-        self.last_sent_at = now_ms;
-        self.account_dirty = true;
-        let sort = self.next_sort(now_ms);
-        let (text, attachment) = match &body {
-            Body::Text { text } => (Some(text.clone()), None),
-            Body::Attachment {
-                attachment,
-                caption,
-            } => (caption.clone(), Some(attachment.clone())),
-            _ => (None, None),
-        };
-        let message = Message {
-            id: id.clone(),
-            conversation: ConversationId::Group(group_id.to_owned()),
-            sender_user_id: self.user_id.clone(),
-            sender_device_id: self.device_id,
-            outgoing: true,
-            sent_at: now_ms,
-            server_timestamp: None,
-            text,
-            attachment,
-            status: MessageStatus::Pending,
-            sort,
-        };
-        self.store_message(&message);
-        self.touch_conversation(&message, false);
-        self.outbox_seq += 1;
-        let item = OutboxItem {
-            seq: self.outbox_seq,
-            peer: String::new(),
-            id: id.clone(),
-            sent_at: now_ms,
-            body,
-            message: Some(message),
-            attempts: 0,
-            in_flight: false,
-            not_before: 0,
-            group: Some(group_id.to_owned()),
-            fan_out: true,
-            sealed: None,
-        };
-        self.put_outbox(&item);
-        self.outbox.insert(item.seq, item);
-        self.pump(now_ms);
-        self.finish();
-        Ok(id)
+        Ok(self.queue_message(now_ms, ConversationId::Group(group_id.to_owned()), body))
     }
 
     // ----------------------------------------------------------------------------------------
@@ -493,12 +445,7 @@ impl Client {
         body: Body,
         group: &str,
     ) {
-        self.enqueue(now_ms, peer, id, body, None);
-        if let Some(item) = self.outbox.get_mut(&self.outbox_seq) {
-            item.group = Some(group.to_owned());
-            let item = item.clone();
-            self.put_outbox(&item);
-        }
+        self.enqueue_item(now_ms, peer, id, body, None, Some(group.to_owned()));
     }
 
     pub(super) fn put_outbox(&mut self, item: &OutboxItem) {
