@@ -180,6 +180,11 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_MAX_DEVICES")]
     pub max_devices: Option<u32>,
 
+    /// Serve the bundled web chat page (the folder `scripts/build-web.sh` writes,
+    /// `target/web/site`) at `/` [default: off].
+    #[arg(long, env = "SOTTO_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
     /// Rate limits in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
     /// `bundle-fetch = "1000/hour"`, `login = "off"`, …). Defaults: see `docs/operator.md`.
     #[arg(skip)]
@@ -309,6 +314,8 @@ pub struct Config {
     /// Adding a user who never wrote to the adder (or accepts invitations only) makes a pending
     /// invitation (the default); `false` with `--open-group-adds`.
     pub group_consent: bool,
+    /// The web chat page's folder, served at `/` when set.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -409,6 +416,7 @@ impl Config {
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),
             group_consent: !(cli.open_group_adds || file.open_group_adds),
+            web_dir: cli.web_dir.or(file.web_dir),
         }
     }
 

@@ -41,6 +41,7 @@ pub mod realtime;
 pub mod serve;
 pub mod services;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 pub use config::Config;
@@ -176,7 +177,7 @@ pub fn now_ms() -> i64 {
 /// The relay's routes.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().max_request_bytes;
-    Router::new()
+    let router = Router::new()
         .route("/api/users/register", post(api::users::register))
         .route("/api/users/login", post(api::users::login))
         .route("/api/users/logout", post(api::users::logout))
@@ -247,8 +248,12 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))
-        .route("/openapi.json", get(openapi::document))
-        .fallback(error::not_found)
+        .route("/openapi.json", get(openapi::document));
+    let router = match &state.config().web_dir {
+        Some(dir) => router.merge(web::site(dir)),
+        None => router.fallback(error::not_found),
+    };
+    router
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
