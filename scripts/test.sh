@@ -15,3 +15,6 @@ bash scripts/setup-bindings.sh
 bash scripts/build-bindings.sh
 python3 ffi/mobile/tests/python/test_sotto_ffi.py
 bash ffi/mobile/tests/kotlin/run.sh
+
+# The web package: wasm tests under Node and in headless Chromium, and the chat page end to end.
+bash scripts/test-web.sh

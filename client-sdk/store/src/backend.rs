@@ -183,9 +183,12 @@ pub trait Backend: MaybeSendSync {
     async fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), BackendError>;
 }
 
-/// The behaviour every backend must show, run against each of them in their tests.
-#[cfg(test)]
-pub(crate) mod conformance {
+/// The behaviour every backend must show, run against each of them in their tests (the browser's
+/// IndexedDB backend in `sotto-web` included, through the `conformance` feature).
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+pub mod conformance {
     use super::*;
 
     fn put(table: &str, partition: &[u8], sort: u64, value: &[u8]) -> WriteOp {
@@ -197,7 +200,8 @@ pub(crate) mod conformance {
         }
     }
 
-    pub(crate) async fn run(b: &dyn Backend) {
+    /// Runs every check against an empty backend `b`.
+    pub async fn run(b: &dyn Backend) {
         assert_eq!(b.get("t", b"p", 1).await.unwrap(), None);
         assert!(b.scan_table("t").await.unwrap().is_empty());
         assert!(b

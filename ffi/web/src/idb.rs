@@ -324,6 +324,14 @@ impl IndexedDbBackend {
     }
 }
 
+impl Drop for IndexedDbBackend {
+    /// Closes the connection at once (not when the JS garbage collector gets to it), so a
+    /// `deleteDatabase` or a version change elsewhere is not blocked by it.
+    fn drop(&mut self) {
+        self.db.close();
+    }
+}
+
 #[async_trait(?Send)]
 impl Backend for IndexedDbBackend {
     async fn get(
