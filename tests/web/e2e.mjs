@@ -3,7 +3,7 @@
 //
 //   node tests/web/e2e.mjs          (after scripts/build-web.sh and `cargo build -p sotto-server -p sotto-cli`)
 //
-// Checks: 1:1 text both ways, typing shown, delivered and read ticks, unread badge, an attachment
+// Checks: 1:1 text both ways, a second browser linked as a new device, typing shown, delivered and read ticks, unread badge, an attachment
 // downloaded and verified, a group of three (two pages + the CLI) chatting both ways, a page reload
 // that keeps history (IndexedDB, unlocked with the passphrase), and the relay's database holding no
 // plaintext. Screenshots go to target/web/screenshots/.
@@ -71,7 +71,13 @@ async function browser(name) {
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error" && !/Failed to load resource/.test(m.text())) errors.push(m.text()); });
   // Every failed HTTP answer, with what it was for (the console line above does not say).
-  page.on("response", (r) => { if (r.status() >= 400) errors.push(`${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`); });
+  // A 409 on a send is the protocol's "your device list is stale" (the client refreshes and retries).
+  page.on("response", async (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.status() >= 400 && !(r.status() === 409 && path === "/api/messages/send")) {
+      errors.push(`${r.status()} ${r.request().method()} ${path} ${await r.text().catch(() => "")} request: ${(r.request().postData() || "").slice(0, 300)} auth: ${(await r.request().headerValue("authorization") || "").slice(0, 20)}`);
+    }
+  });
   return { context, page, errors, name };
 }
 
@@ -125,6 +131,7 @@ async function until(what, f, timeout = 30000) {
 const relay = await startRelay();
 const alice = await browser("alice");
 const bob = await browser("bob");
+let laptop = null;
 let failed = false;
 try {
   step("the relay serves the page with a strict Content-Security-Policy");
@@ -219,6 +226,31 @@ try {
   await shot(alice, "05-group");
   await shot(bob, "06-group-bob");
 
+  step("bob links a second browser as a new device; alice's next message reaches both");
+  laptop = await browser("bob-laptop");
+  await laptop.page.goto(relay.url);
+  await laptop.page.click('.tab[data-tab="link"]');
+  await laptop.page.fill("#auth-passphrase", "bob laptop passphrase");
+  await laptop.page.click("#auth-submit");
+  await laptop.page.waitForSelector("#link-code-box:not([hidden])", { timeout: 30000 });
+  const code = (await laptop.page.textContent("#link-code")).trim();
+  await bob.page.click("#devices");
+  await bob.page.waitForSelector("#d-link");
+  await bob.page.fill("#d-link", code);
+  await bob.page.click("#dialog-ok");
+  await laptop.page.waitForSelector("#app:not([hidden])", { timeout: 90000 });
+  assert.equal(await laptop.page.getAttribute("#me-id", "data-user-id"), bobId);
+  await bob.page.waitForSelector("#dialog[open]");
+  await bob.page.click("#dialog-ok");
+  await alice.page.click(`.conversation[data-conversation="direct:${bobId}"]`);
+  await send(alice, "For both of your devices, Bob");
+  await bob.page.click(`.conversation[data-conversation="direct:${aliceId}"]`);
+  await bob.page.waitForSelector(theirs("For both of your devices, Bob"), { timeout: 30000 });
+  await laptop.page.waitForSelector(`.conversation[data-conversation="direct:${aliceId}"]`, { timeout: 30000 });
+  await laptop.page.click(`.conversation[data-conversation="direct:${aliceId}"]`);
+  await laptop.page.waitForSelector(theirs("For both of your devices, Bob"));
+  await shot(laptop, "07-linked-device");
+
   step("alice reloads the page: unlocks her store, and the history is still there");
   await alice.page.reload();
   await alice.page.waitForSelector("#unlock-form:not([hidden])");
@@ -234,9 +266,12 @@ try {
   await alice.page.click(`.conversation[data-conversation="group:${groupId}"]`);
   await alice.page.waitForSelector(theirs("Carol from the CLI in the group"));
   step("after the reload the session still works both ways");
+  await alice.page.click(`.conversation[data-conversation="direct:${bobId}"]`);
   await send(bob, "Still there after your reload?");
   await alice.page.waitForSelector(theirs("Still there after your reload?"), { timeout: 30000 });
-  await shot(alice, "07-after-reload");
+  await send(alice, "Yes, and my history too");
+  await bob.page.waitForSelector(theirs("Yes, and my history too"), { timeout: 30000 });
+  await shot(alice, "08-after-reload");
 
   step("the relay's database holds no plaintext");
   const dbBytes = Buffer.concat(readdirSync(work).filter((f) => f.startsWith("relay.sqlite")).map((f) => readFileSync(join(work, f))));
@@ -244,13 +279,13 @@ try {
     assert.equal(dbBytes.includes(Buffer.from(text)), false, `the relay stored "${text}" in the clear`);
   }
 
-  const pageErrors = [...alice.errors, ...bob.errors].filter((e) => !/favicon/.test(e));
+  const pageErrors = [...alice.errors, ...bob.errors, ...laptop.errors].filter((e) => !/favicon/.test(e));
   assert.deepEqual(pageErrors, [], "the pages logged errors");
   console.log("== web e2e ok");
 } catch (e) {
   failed = true;
   console.error(e);
-  for (const p of [alice, bob]) {
+  for (const p of [alice, bob, laptop].filter(Boolean)) {
     await shot(p, `failure-${p.name}`).catch(() => {});
     console.error(`${p.name} page errors:`, p.errors);
   }
@@ -258,7 +293,8 @@ try {
 } finally {
   await alice.context.close().catch(() => {});
   await bob.context.close().catch(() => {});
+  if (laptop) await laptop.context.close().catch(() => {});
   relay.child.kill("SIGKILL");
-  rmSync(work, { recursive: true, force: true });
+  if (process.env.SOTTO_KEEP_E2E) console.error(`kept ${work}`); else rmSync(work, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

@@ -654,6 +654,16 @@ impl Client {
         &self.identity
     }
 
+    /// A key upload that names the identity the keys are signed by. Every upload carries it, so
+    /// a replenishment that overtakes the device's first upload on the way to the relay (they are
+    /// independent requests) is still verifiable there, instead of being refused.
+    fn keys_upload(&self) -> KeysUpload {
+        KeysUpload {
+            identity_key: Some(Base64(self.identity.public().to_bytes())),
+            ..KeysUpload::default()
+        }
+    }
+
     /// Conversations, newest first.
     pub fn conversations(&self) -> Vec<Conversation> {
         let mut list: Vec<Conversation> = self.conversations.values().cloned().collect();
@@ -1048,7 +1058,7 @@ impl Client {
             }
         }
         if now_ms.saturating_sub(self.prekeys.rotated_at) >= ROTATE_AFTER_MS {
-            let mut upload = KeysUpload::default();
+            let mut upload = self.keys_upload();
             let mut ops = Vec::new();
             self.prekeys
                 .rotate(&self.identity, now_ms, &mut self.rng, &mut upload, &mut ops);
@@ -1167,7 +1177,7 @@ impl Client {
                 self.key_count_pending = false;
                 if let Ok(RelayAnswer::KeyCount(count)) = result {
                     self.consumed_since_count = 0;
-                    let mut upload = KeysUpload::default();
+                    let mut upload = self.keys_upload();
                     let mut ops = Vec::new();
                     if count.count < LOW_WATER {
                         self.prekeys

@@ -59,6 +59,7 @@
 
 mod client;
 mod keys;
+pub mod linking;
 pub mod model;
 pub mod payload;
 pub mod relay_http;

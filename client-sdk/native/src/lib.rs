@@ -26,15 +26,14 @@
 
 mod attachments;
 mod http;
-mod linking;
 mod runtime;
 mod storage;
 
 use std::path::PathBuf;
 
 pub use attachments::{AttachmentError, MAX_ATTACHMENT_BYTES};
-pub use linking::PROVISIONING_INFO;
 pub use runtime::{PendingLink, SottoClient};
+pub use sotto_client_core::linking::PROVISIONING_INFO;
 pub use sotto_client_core::{
     AttachmentPointer, Conversation, ConversationId, Event, GroupInfo, GroupMemberInfo,
     IdentityPolicy, Message, MessagePreview, MessageStatus, ReceiptKind, SafetyNumberInfo,

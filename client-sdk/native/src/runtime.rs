@@ -346,9 +346,9 @@ impl SottoClient {
                 ));
             }
         };
-        let plain = crate::linking::open(&secret, &address, &sealed)
+        let plain = sotto_client_core::linking::open(&secret, &address, &sealed)
             .ok_or_else(|| LoginError::Rejected("the provisioning message does not open".into()))?;
-        let provision: crate::linking::Provision = serde_json::from_slice(&plain)
+        let provision: sotto_client_core::linking::Provision = serde_json::from_slice(&plain)
             .map_err(|_| LoginError::Rejected("malformed provisioning message".into()))?;
         let identity_bytes = Zeroizing::new(
             hex::decode(&provision.identity)
@@ -403,15 +403,16 @@ impl SottoClient {
             )
         };
         let plain = Zeroizing::new(
-            serde_json::to_vec(&crate::linking::Provision {
+            serde_json::to_vec(&sotto_client_core::linking::Provision {
                 user_id,
                 identity: (*identity).clone(),
                 code: linking.code.clone(),
             })
             .unwrap_or_default(),
         );
-        let sealed = crate::linking::seal(&key, address, &plain)
-            .ok_or(QueryError::Invalid("link code key"))?;
+        let sealed =
+            sotto_client_core::linking::seal(&mut rand::rngs::OsRng, &key, address, &plain)
+                .ok_or(QueryError::Invalid("link code key"))?;
         self.inner
             .http
             .empty(

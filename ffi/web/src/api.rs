@@ -197,6 +197,103 @@ async fn open_store(o: &StoreOptions) -> Result<EncryptedStore, JsValue> {
         .map_err(store_error)
 }
 
+/// A new device of `login`'s account: the core, the stored session, the prekey upload.
+async fn new_device(
+    store: EncryptedStore,
+    identity_policy: IdentityPolicy,
+    http: &Http,
+    login: LoginResponse,
+    registration_id: u32,
+    identity: Option<sotto_crypto::keys::IdentityKeyPair>,
+) -> Result<Rc<Inner>, JsValue> {
+    let config = Config {
+        identity_policy,
+        ..Config::default()
+    };
+    let core = Client::create(
+        NewAccount {
+            user_id: login.user_id.clone(),
+            device_id: login.device_id,
+            registration_id,
+            identity,
+        },
+        config,
+        now_ms(),
+        seed(),
+    )
+    .map_err(|e| error("rejected", e))?;
+    let row = SessionRow {
+        server_url: http.base().to_owned(),
+        token: login.token.clone(),
+    };
+    let mut tx = store.transaction();
+    tx.put(
+        SESSION_TABLE,
+        b"session",
+        0,
+        &serde_json::to_vec(&row).unwrap_or_default(),
+    );
+    store.commit(tx).await.map_err(store_error)?;
+    let inner = Inner::start(core, store, http.with_token(&login.token));
+    inner.drain().await;
+    // Others can only reach this device once its prekeys are on the relay.
+    let deadline = now_ms() + 30_000;
+    while inner.with_core(|c| c.uploads_pending()) {
+        if now_ms() > deadline {
+            inner.close().await;
+            return Err(error("unreachable", "the prekey upload did not finish"));
+        }
+        sleep(100).await;
+        inner.with_core(|c| c.handle_timeout(now_ms()));
+        inner.drain().await;
+    }
+    Ok(inner)
+}
+
+async fn fresh_store(o: &StoreOptions) -> Result<EncryptedStore, JsValue> {
+    let store = open_store(o).await?;
+    if store
+        .get(SESSION_TABLE, b"session", 0)
+        .await
+        .map_err(store_error)?
+        .is_some()
+    {
+        return Err(error(
+            "profileExists",
+            "this store already holds an account: open it, or use another store name",
+        ));
+    }
+    Ok(store)
+}
+
+/// A new device waiting to be linked: show [`PendingLink::code`] on the existing device (as
+/// text or a QR code), then call `SottoClient.finishLink`.
+#[wasm_bindgen]
+pub struct PendingLink {
+    http: Http,
+    address: String,
+    secret: x25519_dalek::StaticSecret,
+}
+
+impl std::fmt::Debug for PendingLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLink")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+#[wasm_bindgen]
+impl PendingLink {
+    /// What the existing device enters in `linkDevice`: the channel address and this device's
+    /// public key.
+    #[wasm_bindgen(getter)]
+    pub fn code(&self) -> String {
+        let public = x25519_dalek::PublicKey::from(&self.secret);
+        format!("{}:{}", self.address, hex::encode(public.as_bytes()))
+    }
+}
+
 /// A running client: one account on this browser profile.
 #[wasm_bindgen]
 pub struct SottoClient {
@@ -256,18 +353,7 @@ impl SottoClient {
             let identity_policy = policy(&o.identity_policy)?;
             let http = Http::new(&o.server_url)
                 .ok_or_else(|| error("invalidUrl", "invalid server URL"))?;
-            let store = open_store(&o.store).await?;
-            if store
-                .get(SESSION_TABLE, b"session", 0)
-                .await
-                .map_err(store_error)?
-                .is_some()
-            {
-                return Err(error(
-                    "profileExists",
-                    "this store already holds an account: open it, or use another store name",
-                ));
-            }
+            let store = fresh_store(&o.store).await?;
             let registration_id = random_u32(1..=16380);
             let req = LoginRequest {
                 username: o.username,
@@ -290,47 +376,8 @@ impl SottoClient {
                     })
                 }
             };
-            let config = Config {
-                identity_policy,
-                ..Config::default()
-            };
-            let core = Client::create(
-                NewAccount {
-                    user_id: login.user_id.clone(),
-                    device_id: login.device_id,
-                    registration_id,
-                    identity: None,
-                },
-                config,
-                now_ms(),
-                seed(),
-            )
-            .map_err(|e| error("rejected", e))?;
-            let row = SessionRow {
-                server_url: http.base().to_owned(),
-                token: login.token.clone(),
-            };
-            let mut tx = store.transaction();
-            tx.put(
-                SESSION_TABLE,
-                b"session",
-                0,
-                &serde_json::to_vec(&row).unwrap_or_default(),
-            );
-            store.commit(tx).await.map_err(store_error)?;
-            let inner = Inner::start(core, store, http.with_token(&login.token));
-            inner.drain().await;
-            // Others can only reach this device once its prekeys are on the relay.
-            let deadline = now_ms() + 30_000;
-            while inner.with_core(|c| c.uploads_pending()) {
-                if now_ms() > deadline {
-                    inner.close().await;
-                    return Err(error("unreachable", "the prekey upload did not finish"));
-                }
-                sleep(100).await;
-                inner.with_core(|c| c.handle_timeout(now_ms()));
-                inner.drain().await;
-            }
+            let inner =
+                new_device(store, identity_policy, &http, login, registration_id, None).await?;
             Ok(SottoClient { inner }.into())
         })
     }
@@ -371,6 +418,148 @@ impl SottoClient {
             inner.with_core(|c| c.handle_timeout(now_ms()));
             inner.drain().await;
             Ok(SottoClient { inner }.into())
+        })
+    }
+
+    /// New device, step 1: opens a provisioning channel on the relay.
+    #[wasm_bindgen(js_name = beginLink, unchecked_return_type = "Promise<PendingLink>")]
+    pub fn begin_link(server_url: String) -> Promise {
+        promise(async move {
+            let http =
+                Http::new(&server_url).ok_or_else(|| error("invalidUrl", "invalid server URL"))?;
+            let channel: sotto_wire::ProvisioningChannel = http
+                .json("POST", "/api/provisioning", None::<&()>)
+                .await
+                .map_err(|e| relay_error(&e))?;
+            let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+            Ok(PendingLink {
+                http,
+                address: channel.address,
+                secret,
+            }
+            .into())
+        })
+    }
+
+    /// New device, step 2: waits (up to `waitSecs`, at most 600) for the existing device's
+    /// provisioning message, links, uploads prekeys under the account identity, connects.
+    #[wasm_bindgen(js_name = finishLink, unchecked_return_type = "Promise<SottoClient>")]
+    pub fn finish_link(
+        pending: PendingLink,
+        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options_: JsValue,
+        wait_secs: u32,
+    ) -> Promise {
+        promise(async move {
+            let o: OpenOptions = options(&options_)?;
+            let identity_policy = policy(&o.identity_policy)?;
+            let store = fresh_store(&o.store).await?;
+            let PendingLink {
+                http,
+                address,
+                secret,
+            } = pending;
+            let deadline = now_ms() + u64::from(wait_secs.min(600)) * 1000;
+            let sealed = loop {
+                let path = format!("/api/provisioning/{}?waitSecs=10", segment(&address));
+                match http.raw("GET", &path, None).await {
+                    Ok(a) if a.status == 200 => {
+                        let m: sotto_wire::ProvisioningMessage = serde_json::from_slice(&a.body)
+                            .map_err(|_| error("rejected", "malformed provisioning answer"))?;
+                        break m.message.into_bytes();
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(relay_error(&e)),
+                }
+                if now_ms() > deadline {
+                    return Err(error("linkTimedOut", "no provisioning message arrived"));
+                }
+            };
+            let plain = sotto_client_core::linking::open(&secret, &address, &sealed)
+                .ok_or_else(|| error("rejected", "the provisioning message does not open"))?;
+            let provision: sotto_client_core::linking::Provision =
+                serde_json::from_slice(&plain)
+                    .map_err(|_| error("rejected", "malformed provisioning message"))?;
+            let identity_bytes = Zeroizing::new(
+                hex::decode(&provision.identity)
+                    .map_err(|_| error("rejected", "malformed identity"))?,
+            );
+            let identity = sotto_crypto::keys::IdentityKeyPair::from_bytes(&identity_bytes)
+                .map_err(|_| error("rejected", "malformed identity"))?;
+            let registration_id = random_u32(1..=16380);
+            let login: LoginResponse = http
+                .json(
+                    "POST",
+                    "/api/devices/link",
+                    Some(&sotto_wire::LinkDeviceRequest {
+                        code: provision.code.clone(),
+                        registration_id,
+                    }),
+                )
+                .await
+                .map_err(|e| relay_error(&e))?;
+            if login.user_id != provision.user_id {
+                return Err(error("rejected", "linked to another account"));
+            }
+            let inner = new_device(
+                store,
+                identity_policy,
+                &http,
+                login,
+                registration_id,
+                Some(identity),
+            )
+            .await?;
+            Ok(SottoClient { inner }.into())
+        })
+    }
+
+    /// Existing device: links the new device that shows `code` (its `PendingLink.code`); the
+    /// account identity goes to it end-to-end encrypted over the provisioning channel.
+    #[wasm_bindgen(js_name = linkDevice, unchecked_return_type = "Promise<void>")]
+    pub fn link_device(&self, code: String) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        promise(async move {
+            let bad = || {
+                error(
+                    "invalidArgument",
+                    "a link code is address:key (64 hex digits)",
+                )
+            };
+            let (address, key) = code.rsplit_once(':').ok_or_else(bad)?;
+            let key: [u8; 32] = hex::decode(key)
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(bad)?;
+            let linking: sotto_wire::LinkingCode = inner
+                .http
+                .json("POST", "/api/devices/linking-codes", None::<&()>)
+                .await
+                .map_err(|e| relay_error(&e))?;
+            let plain = inner.with_core(|c| {
+                Zeroizing::new(
+                    serde_json::to_vec(&sotto_client_core::linking::Provision {
+                        user_id: c.user_id().to_owned(),
+                        identity: hex::encode(&c.identity_key_pair().to_bytes()[..]),
+                        code: linking.code.clone(),
+                    })
+                    .unwrap_or_default(),
+                )
+            });
+            let sealed =
+                sotto_client_core::linking::seal(&mut rand_core::OsRng, &key, address, &plain)
+                    .ok_or_else(bad)?;
+            inner
+                .http
+                .empty(
+                    "PUT",
+                    &format!("/api/provisioning/{}", segment(address)),
+                    Some(&sotto_wire::ProvisioningMessage {
+                        message: sotto_wire::Base64(sealed),
+                    }),
+                )
+                .await
+                .map_err(|e| relay_error(&e))?;
+            Ok(JsValue::UNDEFINED)
         })
     }
 

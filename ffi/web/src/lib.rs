@@ -35,7 +35,7 @@ mod net;
 mod runtime;
 
 #[cfg(target_arch = "wasm32")]
-pub use api::{SottoClient, MAX_ATTACHMENT_BYTES};
+pub use api::{PendingLink, SottoClient, MAX_ATTACHMENT_BYTES};
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(typescript_custom_section)]
@@ -140,6 +140,6 @@ export interface SottoError extends Error {
     | "deviceExists" | "invalidText" | "invalidRecipient" | "unknownUser" | "noVerifiedDevices"
     | "deviceListUnresolved" | "stopped" | "noSession" | "unknownContact" | "nothingPending"
     | "unknownDevice" | "tooLarge" | "corrupt" | "unknownAttachment" | "unknownGroup" | "notAdmin"
-    | "invalidName" | "invalidMembers" | "unknownMember" | "groupFull" | "lastAdmin";
+    | "invalidName" | "invalidMembers" | "unknownMember" | "groupFull" | "lastAdmin" | "linkTimedOut";
 }
 "#;

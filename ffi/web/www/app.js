@@ -78,7 +78,12 @@ for (const tab of document.querySelectorAll(".tab")) {
     authMode = tab.dataset.tab;
     for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
     $("email-row").hidden = authMode !== "register";
-    $("auth-submit").textContent = authMode === "register" ? "Create account" : "Sign in";
+    $("username-row").hidden = authMode === "link";
+    $("password-row").hidden = authMode === "link";
+    $("auth-username").required = authMode !== "link";
+    $("auth-password").required = authMode !== "link";
+    $("link-help").hidden = authMode !== "link";
+    $("auth-submit").textContent = { register: "Create account", login: "Sign in", link: "Show link code" }[authMode];
   });
 }
 
@@ -88,6 +93,7 @@ $("auth-form").addEventListener("submit", async (ev) => {
   const password = $("auth-password").value;
   const passphrase = $("auth-passphrase").value;
   busy(true);
+  if (authMode === "link") { await linkThisBrowser(passphrase); return; }
   try {
     if (authMode === "register") {
       const email = $("auth-email").value.trim() || `${username}@example.invalid`;
@@ -105,6 +111,25 @@ $("auth-form").addEventListener("submit", async (ev) => {
     busy(false, describe(e));
   }
 });
+
+async function linkThisBrowser(passphrase) {
+  try {
+    const pending = await SottoClient.beginLink(SERVER);
+    $("link-code").textContent = pending.code;
+    $("link-code-box").hidden = false;
+    $("auth-busy").hidden = true;
+    const name = `sotto-linked-${Date.now()}`;
+    client = await SottoClient.finishLink(pending, { store: { name, passphrase } }, 600);
+    profile = { name, username: `device ${client.deviceId}`, userId: client.userId };
+    localStorage.setItem(PROFILE_KEY, JSON.stringify(profile));
+    $("link-code-box").hidden = true;
+    busy(false);
+    startApp();
+  } catch (e) {
+    $("link-code-box").hidden = true;
+    busy(false, describe(e));
+  }
+}
 
 $("unlock-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -512,6 +537,25 @@ $("chat-safety").addEventListener("click", async () => {
 $("identity-approve").addEventListener("click", async () => {
   if (!current) return;
   try { await client.approveIdentity(current.id); identityPending.delete(current.id); renderHeader(); } catch (e) { notice(describe(e)); }
+});
+
+$("devices").addEventListener("click", async () => {
+  let list = [];
+  try { list = await client.devices(); } catch (e) { notice(describe(e)); return; }
+  const ul = document.createElement("ul");
+  ul.className = "devices";
+  for (const d of list) {
+    const li = document.createElement("li");
+    li.append(Object.assign(document.createElement("span"), {
+      textContent: `Device ${d.deviceId}${d.thisDevice ? " (this browser)" : ""} · since ${new Date(d.createdAt).toLocaleDateString()}`,
+    }));
+    ul.append(li);
+  }
+  const ok = await dialog("Devices", () => [ul,
+    field("Link a device: the code it shows", "d-link", { autocomplete: "off", placeholder: "address:key" })]);
+  const code = ok && $("d-link").value.trim();
+  if (!code) return;
+  try { await client.linkDevice(code); notice("Linked. The new device is getting ready."); } catch (e) { notice(`Not linked: ${describe(e)}`); }
 });
 
 $("chat-members").addEventListener("click", () => {

@@ -1,4 +1,5 @@
-//! Linking a new device over the relay's provisioning channel.
+//! Linking a new device over the relay's provisioning channel: the sealed box that carries the
+//! account identity from the existing device to the new one (pure; every runtime uses it).
 //!
 //! ```text
 //!  new device                                   existing device (same account)
@@ -20,7 +21,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
-use rand::RngCore as _;
+use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -29,12 +30,30 @@ use zeroize::Zeroizing;
 /// The KDF label of the provisioning box.
 pub const PROVISIONING_INFO: &[u8] = b"Sotto_Provisioning_v1";
 
+/// What the existing device sends the new one (JSON inside the sealed box).
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct Provision {
+pub struct Provision {
+    /// The account.
     pub user_id: String,
+    /// The account's identity key pair, hex (secret).
     pub identity: String,
+    /// The relay's one-time linking code.
     pub code: String,
+}
+
+impl core::fmt::Debug for Provision {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Provision")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Provision {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.identity);
+    }
 }
 
 fn key(shared: &[u8; 32], sender: &[u8; 32], receiver: &[u8; 32]) -> Zeroizing<[u8; 32]> {
@@ -48,14 +67,19 @@ fn key(shared: &[u8; 32], sender: &[u8; 32], receiver: &[u8; 32]) -> Zeroizing<[
 }
 
 /// Seals `plaintext` for the new device's public key.
-pub(crate) fn seal(receiver: &[u8; 32], address: &str, plaintext: &[u8]) -> Option<Vec<u8>> {
-    let e = StaticSecret::random_from_rng(rand::rngs::OsRng);
+pub fn seal(
+    rng: &mut (impl RngCore + CryptoRng),
+    receiver: &[u8; 32],
+    address: &str,
+    plaintext: &[u8],
+) -> Option<Vec<u8>> {
+    let e = StaticSecret::random_from_rng(&mut *rng);
     let big_e = PublicKey::from(&e).to_bytes();
     let shared = Zeroizing::new(e.diffie_hellman(&PublicKey::from(*receiver)).to_bytes());
     let k = key(&shared, &big_e, receiver);
     let cipher = Aes256Gcm::new_from_slice(&k[..]).ok()?;
     let mut nonce = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    rng.fill_bytes(&mut nonce);
     let ct = cipher
         .encrypt(
             Nonce::from_slice(&nonce),
@@ -72,11 +96,7 @@ pub(crate) fn seal(receiver: &[u8; 32], address: &str, plaintext: &[u8]) -> Opti
 }
 
 /// Opens a sealed box with the new device's secret.
-pub(crate) fn open(
-    secret: &StaticSecret,
-    address: &str,
-    sealed: &[u8],
-) -> Option<Zeroizing<Vec<u8>>> {
+pub fn open(secret: &StaticSecret, address: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let big_e: [u8; 32] = sealed.get(..32)?.try_into().ok()?;
     let nonce = sealed.get(32..44)?;
     let ct = sealed.get(44..)?;
@@ -99,12 +119,14 @@ pub(crate) fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_chacha::rand_core::SeedableRng as _;
 
     #[test]
     fn seal_open_round_trip_and_tamper() {
-        let n = StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([9; 32]);
+        let n = StaticSecret::random_from_rng(&mut rng);
         let big_n = PublicKey::from(&n).to_bytes();
-        let mut sealed = seal(&big_n, "addr", b"identity").unwrap();
+        let mut sealed = seal(&mut rng, &big_n, "addr", b"identity").unwrap();
         assert_eq!(&open(&n, "addr", &sealed).unwrap()[..], b"identity");
         assert!(open(&n, "other", &sealed).is_none());
         sealed[40] ^= 1;
