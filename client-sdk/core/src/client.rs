@@ -1927,6 +1927,10 @@ impl Client {
                     self.write_session(user, d.device_id);
                     if own && new_device {
                         own_added = true;
+                        // Signed by this account's identity: a device the user linked.
+                        self.events.push_back(Event::DeviceLinked {
+                            device_id: d.device_id,
+                        });
                     }
                 }
                 Err(InitiateFailure::Untrusted(_)) | Err(InitiateFailure::Setup(_)) => {

@@ -40,6 +40,16 @@ fn one_to_one_both_ways_with_fan_out_to_every_device() {
     assert_eq!(synced.len(), 1);
     assert!(synced[0].outgoing);
     assert_eq!(synced[0].conversation, direct("bob"));
+    // The phone learned of the laptop (signed by the account identity) on this first send.
+    let linked: Vec<u32> = net.nodes[alice]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DeviceLinked { device_id } => Some(*device_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(linked, [net.nodes[laptop].client.device_id()]);
 
     // Bob answers from his second device; every device of both sides has it.
     net.nodes[bob2]
