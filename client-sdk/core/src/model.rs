@@ -288,8 +288,8 @@ pub enum Event {
         /// The group's name from the invitation.
         name: String,
     },
-    /// A new device of this account, signed by its identity, became known to this device (on the
-    /// first send after the link, or the new device's first message).
+    /// A new device of this account, signed by its identity, became known to this device (when a
+    /// send finds it in the relay's device list: the first send after the link).
     DeviceLinked {
         /// Its id.
         device_id: u32,
