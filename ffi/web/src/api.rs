@@ -313,7 +313,7 @@ impl SottoClient {
     /// Creates an account on the relay; resolves to its user id.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn register(
-        server_url: String,
+        #[wasm_bindgen(js_name = serverUrl)] server_url: String,
         username: String,
         email: String,
         password: String,
@@ -346,7 +346,7 @@ impl SottoClient {
     /// its prekeys and connects.
     #[wasm_bindgen(unchecked_return_type = "Promise<SottoClient>")]
     pub fn login(
-        #[wasm_bindgen(unchecked_param_type = "LoginOptions")] options_: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "LoginOptions", js_name = options)] options_: JsValue,
     ) -> Promise {
         promise(async move {
             let o: LoginOptions = options(&options_)?;
@@ -385,7 +385,7 @@ impl SottoClient {
     /// Opens the profile in a store (after a login in this browser) and connects.
     #[wasm_bindgen(unchecked_return_type = "Promise<SottoClient>")]
     pub fn open(
-        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options_: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "OpenOptions", js_name = options)] options_: JsValue,
     ) -> Promise {
         promise(async move {
             let o: OpenOptions = options(&options_)?;
@@ -423,7 +423,7 @@ impl SottoClient {
 
     /// New device, step 1: opens a provisioning channel on the relay.
     #[wasm_bindgen(js_name = beginLink, unchecked_return_type = "Promise<PendingLink>")]
-    pub fn begin_link(server_url: String) -> Promise {
+    pub fn begin_link(#[wasm_bindgen(js_name = serverUrl)] server_url: String) -> Promise {
         promise(async move {
             let http =
                 Http::new(&server_url).ok_or_else(|| error("invalidUrl", "invalid server URL"))?;
@@ -446,8 +446,8 @@ impl SottoClient {
     #[wasm_bindgen(js_name = finishLink, unchecked_return_type = "Promise<SottoClient>")]
     pub fn finish_link(
         pending: PendingLink,
-        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options_: JsValue,
-        wait_secs: u32,
+        #[wasm_bindgen(unchecked_param_type = "OpenOptions", js_name = options)] options_: JsValue,
+        #[wasm_bindgen(js_name = waitSecs)] wait_secs: u32,
     ) -> Promise {
         promise(async move {
             let o: OpenOptions = options(&options_)?;
@@ -652,13 +652,21 @@ impl SottoClient {
 
     /// Sends a text (1-1000 characters) to a user; resolves once the relay accepted it.
     #[wasm_bindgen(js_name = sendText, unchecked_return_type = "Promise<SentMessage>")]
-    pub fn send_text(&self, user_id: String, text: String) -> Promise {
+    pub fn send_text(
+        &self,
+        #[wasm_bindgen(js_name = userId)] user_id: String,
+        text: String,
+    ) -> Promise {
         self.send_and_wait(move |c, now| c.send_text(now, &user_id, &text))
     }
 
     /// Sends a text to a group (one Sender-Key ciphertext for every member device).
     #[wasm_bindgen(js_name = sendGroupText, unchecked_return_type = "Promise<SentMessage>")]
-    pub fn send_group_text(&self, group_id: String, text: String) -> Promise {
+    pub fn send_group_text(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+        text: String,
+    ) -> Promise {
         self.send_and_wait(move |c, now| c.send_group_text(now, &group_id, &text))
     }
 
@@ -670,8 +678,8 @@ impl SottoClient {
         #[wasm_bindgen(unchecked_param_type = "{ userId: string } | { groupId: string }")]
         to: JsValue,
         data: Uint8Array,
-        file_name: String,
-        content_type: String,
+        #[wasm_bindgen(js_name = fileName)] file_name: String,
+        #[wasm_bindgen(js_name = contentType)] content_type: String,
     ) -> Promise {
         let inner = Rc::clone(&self.inner);
         let client = SottoClient {
@@ -820,7 +828,10 @@ impl SottoClient {
     /// The safety number with a contact (60 digits), its QR payload (hex) and whether it is
     /// marked verified.
     #[wasm_bindgen(js_name = safetyNumber, unchecked_return_type = "SafetyNumber")]
-    pub fn safety_number(&self, user_id: String) -> Result<JsValue, JsValue> {
+    pub fn safety_number(
+        &self,
+        #[wasm_bindgen(js_name = userId)] user_id: String,
+    ) -> Result<JsValue, JsValue> {
         let s = self
             .inner
             .with_core(|c| c.safety_number(&user_id))
@@ -832,7 +843,11 @@ impl SottoClient {
 
     /// Marks a contact verified (after comparing safety numbers) or not.
     #[wasm_bindgen(js_name = setVerified, unchecked_return_type = "Promise<void>")]
-    pub fn set_verified(&self, user_id: String, verified: bool) -> Promise {
+    pub fn set_verified(
+        &self,
+        #[wasm_bindgen(js_name = userId)] user_id: String,
+        verified: bool,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             inner
@@ -845,7 +860,7 @@ impl SottoClient {
 
     /// Accepts a contact's changed identity.
     #[wasm_bindgen(js_name = approveIdentity, unchecked_return_type = "Promise<void>")]
-    pub fn approve_identity(&self, user_id: String) -> Promise {
+    pub fn approve_identity(&self, #[wasm_bindgen(js_name = userId)] user_id: String) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             inner
@@ -890,7 +905,7 @@ impl SottoClient {
 
     /// Removes one of this account's other devices (from the first device).
     #[wasm_bindgen(js_name = removeDevice, unchecked_return_type = "Promise<void>")]
-    pub fn remove_device(&self, device_id: u32) -> Promise {
+    pub fn remove_device(&self, #[wasm_bindgen(js_name = deviceId)] device_id: u32) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             inner
@@ -926,7 +941,7 @@ impl SottoClient {
 
     /// A user's presence (contacts and co-members only; others look offline).
     #[wasm_bindgen(unchecked_return_type = "Promise<Presence>")]
-    pub fn presence(&self, user_id: String) -> Promise {
+    pub fn presence(&self, #[wasm_bindgen(js_name = userId)] user_id: String) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             let s: UserStatus = inner
@@ -967,7 +982,11 @@ impl SottoClient {
     /// Creates a group named `name` (1-100 characters) with these members; this account is its
     /// admin. The name and roster reach the members only end to end. Resolves to the group id.
     #[wasm_bindgen(js_name = createGroup, unchecked_return_type = "Promise<string>")]
-    pub fn create_group(&self, member_ids: Vec<String>, name: String) -> Promise {
+    pub fn create_group(
+        &self,
+        #[wasm_bindgen(js_name = memberIds)] member_ids: Vec<String>,
+        name: String,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             let n = name.chars().count();
@@ -1002,7 +1021,11 @@ impl SottoClient {
 
     /// Adds members (admins only).
     #[wasm_bindgen(js_name = addGroupMembers, unchecked_return_type = "Promise<void>")]
-    pub fn add_group_members(&self, group_id: String, user_ids: Vec<String>) -> Promise {
+    pub fn add_group_members(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+        #[wasm_bindgen(js_name = userIds)] user_ids: Vec<String>,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             check_admin(&inner, &group_id)?;
@@ -1026,7 +1049,11 @@ impl SottoClient {
     /// Removes a member (admins only); this device's sender key is rotated, so the removed
     /// member cannot read what follows.
     #[wasm_bindgen(js_name = removeGroupMember, unchecked_return_type = "Promise<void>")]
-    pub fn remove_group_member(&self, group_id: String, user_id: String) -> Promise {
+    pub fn remove_group_member(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+        #[wasm_bindgen(js_name = userId)] user_id: String,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             check_admin(&inner, &group_id)?;
@@ -1046,7 +1073,12 @@ impl SottoClient {
 
     /// Makes a member admin or plain member (admins only).
     #[wasm_bindgen(js_name = setGroupRole, unchecked_return_type = "Promise<void>")]
-    pub fn set_group_role(&self, group_id: String, user_id: String, admin: bool) -> Promise {
+    pub fn set_group_role(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+        #[wasm_bindgen(js_name = userId)] user_id: String,
+        admin: bool,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             check_admin(&inner, &group_id)?;
@@ -1071,7 +1103,11 @@ impl SottoClient {
 
     /// Renames the group (admins only); the name travels only end to end.
     #[wasm_bindgen(js_name = renameGroup, unchecked_return_type = "Promise<void>")]
-    pub fn rename_group(&self, group_id: String, name: String) -> Promise {
+    pub fn rename_group(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+        name: String,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             inner
@@ -1084,7 +1120,7 @@ impl SottoClient {
 
     /// Leaves the group.
     #[wasm_bindgen(js_name = leaveGroup, unchecked_return_type = "Promise<void>")]
-    pub fn leave_group(&self, group_id: String) -> Promise {
+    pub fn leave_group(&self, #[wasm_bindgen(js_name = groupId)] group_id: String) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             if !inner.with_core(|c| c.group(&group_id).is_some_and(|g| g.active)) {
@@ -1128,7 +1164,10 @@ impl SottoClient {
     /// Accepts a pending invitation: the relay starts routing the group's messages here; the
     /// roster and keys come end to end from the group's admins and members.
     #[wasm_bindgen(js_name = acceptGroupInvitation, unchecked_return_type = "Promise<void>")]
-    pub fn accept_group_invitation(&self, group_id: String) -> Promise {
+    pub fn accept_group_invitation(
+        &self,
+        #[wasm_bindgen(js_name = groupId)] group_id: String,
+    ) -> Promise {
         let inner = Rc::clone(&self.inner);
         promise(async move {
             let _: GroupMembers = inner
@@ -1148,7 +1187,7 @@ impl SottoClient {
 
     /// One group, or `null`.
     #[wasm_bindgen(unchecked_return_type = "Group | null")]
-    pub fn group(&self, group_id: String) -> JsValue {
+    pub fn group(&self, #[wasm_bindgen(js_name = groupId)] group_id: String) -> JsValue {
         match self.inner.with_core(|c| c.group(&group_id)) {
             Some(g) => to_js(&g),
             None => JsValue::NULL,
