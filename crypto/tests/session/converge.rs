@@ -385,9 +385,8 @@ proptest! {
 
     /// The target: up to 40 events of any kind, then at most two rounds until the devices agree on
     /// a working session. Not met yet by the current rules (a few histories in a thousand need
-    /// three or four rounds, and random search finds rarer ones that settle on two different
-    /// sessions, both still decrypting: see `convergence_is_measured`), so it is not part of
-    /// the default run: `cargo test -p sotto-crypto --test session -- --ignored converge`.
+    /// three rounds: see `convergence_is_measured` and `docs/protocol.md` §5), so it is not part
+    /// of the default run: `cargo test -p sotto-crypto --test session -- --ignored converge`.
     #[test]
     #[ignore = "target not met yet; convergence_is_measured holds the current figures"]
     fn any_history_converges_within_two_rounds(
@@ -462,7 +461,8 @@ fn rounds_for_case(case: u64) -> usize {
 
 /// How many rounds 1,000 fixed random histories (up to 40 events each) need, as a regression
 /// guard on the convergence rules: the share settled within two rounds must not drop below 99%
-/// (measured when they were written: 994 of 1,000, the other 6 within four rounds).
+/// (measured: 998 of 1,000, the other 2 within three rounds; 2,993 of the first 3,000, the
+/// other 7 within three).
 /// `SOTTO_CONVERGE_STATS=N` runs N histories instead (and `--nocapture` shows the histogram).
 /// `SOTTO_CONVERGE_CASE=K` runs only case K (with `SOTTO_TRACE=1`, traced).
 #[test]
