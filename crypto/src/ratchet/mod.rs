@@ -379,6 +379,12 @@ impl DoubleRatchet {
         Ok(plaintext)
     }
 
+    /// Whether we hold a receiving chain under another ratchet key than `first`: the peer has
+    /// stepped the ratchet, so it received a message of ours on this session.
+    pub(crate) fn peer_stepped_past(&self, first: &X25519PublicKey) -> bool {
+        self.receiving.iter().any(|c| c.ratchet_key != *first)
+    }
+
     /// Number of receiving chains (for tests and diagnostics).
     pub(crate) fn receiver_chain_count(&self) -> usize {
         self.receiving.len()

@@ -677,7 +677,12 @@ impl SessionRecord {
     ///    tie-break and the peer still sends on it after we sent on ours (so it never adopted
     ///    ours: it never got it, or lost it to a restore). A pre-key message alone is no evidence:
     ///    in a simultaneous initiation both sides send those until they see each other's; or
-    /// 2. the archived one precedes the current one in the tie-break order (smaller id).
+    /// 2. the archived one precedes the current one in the tie-break order (smaller id), unless
+    ///    the message is a pre-key message and the peer has already stepped the ratchet on that
+    ///    session (we hold a receiving chain under another of its ratchet keys): the message is
+    ///    then late, or comes from a copy of the session the peer restored from a backup, whose
+    ///    state is behind ours (our answers on it fail there), and is no evidence of the session
+    ///    the peer uses now.
     ///
     /// Rule 1 leaves a current session that is not pending, and only `initiate` or
     /// `archive_current` make one pending again; rule 2 only ever moves to smaller ids, the same
@@ -693,7 +698,11 @@ impl SessionRecord {
                             .contest
                             .as_ref()
                             .is_some_and(|c| c.offered && c.lost(&archived.id())));
-                let precedes = archived.id() < current.id();
+                // A setup message on a session in which the peer has already stepped the
+                // ratchet (so it had received our answer) is late, or comes from a restored copy
+                // that is behind ours: either way it says nothing about what the peer uses now.
+                let behind = !ratchet && archived.ratchet.peer_stepped_past(&archived.base_key);
+                let precedes = archived.id() < current.id() && !behind;
                 archived.remote_identity == current.remote_identity && (ignored_ours || precedes)
             }
             _ => false,
