@@ -120,9 +120,18 @@ pub enum IncomingMessage {
 impl IncomingMessage {
     /// Parses a message of either type.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::from_bytes_known(bytes, None)
+    }
+
+    /// [`IncomingMessage::from_bytes`], with a pre-key message's identity key decoded by
+    /// [`IdentityKey::from_bytes_known`] (an identity equal to `known` is not checked again).
+    pub fn from_bytes_known(
+        bytes: &[u8],
+        known: Option<&IdentityKey>,
+    ) -> Result<Self, DecodeError> {
         match bytes {
             [MESSAGE_VERSION, MESSAGE_TYPE_PREKEY, ..] => {
-                PreKeyMessage::from_bytes(bytes).map(|m| Self::PreKey(Box::new(m)))
+                PreKeyMessage::from_bytes_known(bytes, known).map(|m| Self::PreKey(Box::new(m)))
             }
             [MESSAGE_VERSION, MESSAGE_TYPE_RATCHET, ..] => {
                 RatchetMessage::from_bytes(bytes).map(Self::Ratchet)
@@ -715,7 +724,9 @@ impl SessionRecord {
     }
 
     /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys`, the
-    /// addresses, `trust` and `now`; see [`SessionRecord::decrypt_prekey`].
+    /// addresses, `trust` and `now`; see [`SessionRecord::decrypt_prekey`]. A pre-key message's
+    /// identity key equal to the one `trust` pins (or, under [`IdentityTrust::FirstUse`], to the
+    /// record's) is not checked for prime order again ([`IdentityKey::from_bytes_known`]).
     pub fn decrypt_bytes(
         &mut self,
         bytes: &[u8],
@@ -725,7 +736,11 @@ impl SessionRecord {
         trust: IdentityTrust<'_>,
         now: Timestamp,
     ) -> Result<PreKeyDecrypted, DecryptError> {
-        match IncomingMessage::from_bytes(bytes)? {
+        let known = match trust {
+            IdentityTrust::Pinned(k) => Some(k),
+            IdentityTrust::FirstUse => self.known_identity(),
+        };
+        match IncomingMessage::from_bytes_known(bytes, known)? {
             IncomingMessage::PreKey(m) => self.decrypt_prekey(&m, keys, local, remote, trust, now),
             IncomingMessage::Ratchet(m) => Ok(PreKeyDecrypted {
                 plaintext: self.decrypt(&m)?,
