@@ -648,7 +648,9 @@ impl SessionRecord {
     }
 
     /// Decrypts a ratchet message with the current session, else with the archived ones. A failure
-    /// changes nothing.
+    /// changes nothing. An archived session refuses (as `AuthenticationFailed`) a message past the
+    /// end the peer announced for one of its older receiving chains: only a copy of the session
+    /// the peer restored from an older backup sends there, and it cannot read our answers.
     pub fn decrypt(&mut self, message: &RatchetMessage) -> Result<Vec<u8>, DecryptError> {
         let mut error = None;
         if let Some(current) = &mut self.current {
@@ -661,6 +663,15 @@ impl SessionRecord {
             let Some(session) = self.archived.get_mut(index) else {
                 break;
             };
+            // A message past the announced end of one of the session's older receiving chains
+            // comes from a copy of the session the peer restored from an older backup, which can
+            // no longer read what we send on it. Refused (before anything is computed, like a
+            // forgery), so the peer's client resets and resends on another session instead of
+            // pulling us back to this one.
+            if session.ratchet.is_past_an_old_chain(message) {
+                error.get_or_insert(DecryptError::AuthenticationFailed);
+                continue;
+            }
             match session.decrypt(message) {
                 Ok(plaintext) => {
                     self.after_archived_decrypt(index, true);
