@@ -530,10 +530,11 @@ impl SessionRecord {
     /// current session beat in the simultaneous-initiation tie-break, if any (the peer uses it),
     /// else the newest archived session with the same peer identity that is not pending (the
     /// peer has sent on it) and was never reset, else the newest archived pending one of ours that
-    /// was never reset (its messages repeat the setup data, so the peer can decrypt them even if it
-    /// does not hold it, as long as the prekeys it names are still there; typically the peer
-    /// answered on it and that answer is on its way). Each reset rules one session out as a fallback, so repeated resets end in a new
-    /// session. With no candidate there is no current session and
+    /// was never reset (its messages repeat the setup data, so the peer can decrypt them even if
+    /// it does not hold it, as long as the prekeys it names are still there; typically the peer
+    /// answered on it and that answer is on its way). Each reset rules one session out as a
+    /// fallback, so repeated resets end in a new session. With no candidate there is no current
+    /// session and
     /// [`SessionRecord::has_usable_session`] is false until [`SessionRecord::initiate`] or an
     /// incoming pre-key message sets one up.
     pub fn archive_current(&mut self) {
