@@ -30,6 +30,11 @@
 //! fallback key's public half again when it looks the key up, so its fallback flow costs about as
 //! much as its one-time-key flow.)
 //!
+//! The paired summary also measures the setups where both sides have pinned each other's identity
+//! (a known contact, or a new device of one): they decode it with `from_bytes_known`, which skips
+//! the prime-order check of an identity equal to the pinned one (a check of one scalar
+//! multiplication per side).
+//!
 //! # Without ML-KEM
 //!
 //! The protocol has no setup without its KEM, so the "without ML-KEM" figures run the measured
@@ -71,6 +76,8 @@ const NOW: Timestamp = Timestamp(1_800_000_000);
 
 struct Device {
     identity: IdentityKeyPair,
+    /// The public identity, as a peer that pinned it holds it.
+    pinned: IdentityKey,
     address: DeviceAddress,
     signed_prekey: SignedPreKey,
     kem_prekey: KemPreKey,
@@ -105,6 +112,7 @@ impl Device {
             ),
         };
         Self {
+            pinned: identity.public(),
             identity,
             address: DeviceAddress::new(user, 1).unwrap(),
             signed_prekey,
@@ -125,27 +133,52 @@ enum OneTime {
     X25519AndKem,
 }
 
-/// The initiator's decoding of the X25519 part of the relay's answer.
+/// The initiator's decoding of the X25519 part of the relay's answer (with the identity it pinned
+/// for the responder, if any).
 fn decode_x25519_part(
     published: &Published,
     one_time: Option<&OneTimePreKeyPublic>,
+    pinned: Option<&IdentityKey>,
 ) -> (IdentityKey, SignedPreKeyPublic, Option<OneTimePreKeyPublic>) {
     let (id, key, signature) = &published.signed_prekey;
     (
-        IdentityKey::from_bytes(&published.identity_key).unwrap(),
+        IdentityKey::from_bytes_known(&published.identity_key, pinned).unwrap(),
         SignedPreKeyPublic::new(*id, key, signature).unwrap(),
         one_time.map(|k| OneTimePreKeyPublic::new(k.key_id(), k.public_key()).unwrap()),
     )
 }
 
 /// Alice sets up a session to Bob from his published keys, sends the first message, and Bob
-/// decrypts it. Returns both records.
+/// decrypts it. Returns both records. First contact: neither has pinned the other's identity.
 fn sotto_setup(
     alice: &Device,
     bob: &Device,
     one_time: OneTime,
     rng: &mut ChaCha20Rng,
 ) -> (SessionRecord, SessionRecord) {
+    sotto_setup_with(alice, bob, one_time, false, rng)
+}
+
+/// [`sotto_setup`], where `pinned` says whether each side has pinned the other's identity (a
+/// known contact, or a new device of one): both then decode it with `from_bytes_known`.
+fn sotto_setup_with(
+    alice: &Device,
+    bob: &Device,
+    one_time: OneTime,
+    pinned: bool,
+    rng: &mut ChaCha20Rng,
+) -> (SessionRecord, SessionRecord) {
+    let (trust_bob, trust_alice) = if pinned {
+        (
+            IdentityTrust::Pinned(&bob.pinned),
+            IdentityTrust::Pinned(&alice.pinned),
+        )
+    } else {
+        (IdentityTrust::FirstUse, IdentityTrust::FirstUse)
+    };
+    fn known(pinned: bool, d: &Device) -> Option<&IdentityKey> {
+        pinned.then_some(&d.pinned)
+    }
     // Bob: the one-time keys this session consumes.
     let otk = match one_time {
         OneTime::None => None,
@@ -161,6 +194,7 @@ fn sotto_setup(
     let (identity_key, signed_prekey, one_time_prekey) = decode_x25519_part(
         &bob.published,
         otk.as_ref().map(OneTimePreKey::public).as_ref(),
+        known(pinned, bob),
     );
     let kem_prekey = match &kem_public {
         Some(k) => KemPreKeyPublic::new(k.key_id(), k.public_key(), k.signature()),
@@ -182,14 +216,16 @@ fn sotto_setup(
         &alice.address,
         &bob.address,
         &bundle.verify().unwrap(),
-        IdentityTrust::FirstUse,
+        trust_bob,
         NOW,
         rng,
     )
     .unwrap();
     let wire = a.encrypt(&PLAINTEXT, NOW, rng).unwrap();
     // Bob.
-    let IncomingMessage::PreKey(m) = IncomingMessage::from_bytes(&wire).unwrap() else {
+    let IncomingMessage::PreKey(m) =
+        IncomingMessage::from_bytes_known(&wire, known(pinned, alice)).unwrap()
+    else {
         panic!("expected a pre-key message")
     };
     let keys = ResponderKeys {
@@ -200,14 +236,7 @@ fn sotto_setup(
     };
     let mut b = SessionRecord::new();
     let d = b
-        .decrypt_prekey(
-            &m,
-            &keys,
-            &bob.address,
-            &alice.address,
-            IdentityTrust::FirstUse,
-            NOW,
-        )
+        .decrypt_prekey(&m, &keys, &bob.address, &alice.address, trust_alice, NOW)
         .unwrap();
     assert_eq!(d.plaintext, PLAINTEXT);
     (a, b)
@@ -224,6 +253,7 @@ fn sotto_setup_without_kem(
     let (identity_key, signed_prekey, one_time_prekey) = decode_x25519_part(
         &bob.published,
         otk.as_ref().map(OneTimePreKey::public).as_ref(),
+        None,
     );
     let keys = ResponderKeys {
         identity: &bob.identity,
@@ -478,10 +508,38 @@ fn paired_ratios() {
 
     // Setup + first message: (name, ours, whether Olm uses its fallback key, target).
     type Flow<'a> = &'a dyn Fn(&mut ChaCha20Rng);
-    let setups: [(&str, Flow<'_>, bool, f64); 7] = [
+    let setups: [(&str, Flow<'_>, bool, f64); 9] = [
         (
             "setup (PQXDH, with OPK) vs olm one-time key",
             &|rng| drop(black_box(sotto_setup(&alice, &bob, OneTime::X25519, rng))),
+            false,
+            1.3,
+        ),
+        (
+            "setup (PQXDH, with OPK, identities pinned) vs olm one-time key",
+            &|rng| {
+                drop(black_box(sotto_setup_with(
+                    &alice,
+                    &bob,
+                    OneTime::X25519,
+                    true,
+                    rng,
+                )))
+            },
+            false,
+            1.3,
+        ),
+        (
+            "setup (PQXDH, no OPK, identities pinned) vs olm one-time key",
+            &|rng| {
+                drop(black_box(sotto_setup_with(
+                    &alice,
+                    &bob,
+                    OneTime::None,
+                    true,
+                    rng,
+                )))
+            },
             false,
             1.3,
         ),

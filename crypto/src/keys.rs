@@ -344,6 +344,20 @@ impl IdentityKey {
         Ok(key)
     }
 
+    /// [`IdentityKey::from_bytes`] for an encoding that may be that of a key the caller already
+    /// holds (the peer's pinned identity): when `bytes` is exactly `known`'s encoding the result
+    /// is a copy of `known`, which passed every check when it was decoded, so the prime-order
+    /// check (one scalar multiplication) is not repeated. Any other encoding is fully checked.
+    pub fn from_bytes_known(
+        bytes: &[u8],
+        known: Option<&IdentityKey>,
+    ) -> Result<Self, DecodeError> {
+        match known {
+            Some(k) if k.to_bytes() == bytes => Ok(k.clone()),
+            _ => Self::from_bytes(bytes),
+        }
+    }
+
     /// [`IdentityKey::from_bytes`] without the prime-order check, for keys read back from this
     /// crate's own storage encodings (every identity in them was fully checked when it arrived).
     pub(crate) fn read_stored(bytes: &[u8]) -> Result<Self, DecodeError> {

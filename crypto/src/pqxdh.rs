@@ -115,10 +115,20 @@ impl PreKeyMessage {
 
     /// Decodes the wire encoding; checks every key's validity, not the ciphertexts.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::from_bytes_known(bytes, None)
+    }
+
+    /// [`PreKeyMessage::from_bytes`], decoding the initiator's identity key with
+    /// [`IdentityKey::from_bytes_known`]: an identity equal to `known` (the peer's pinned key) is
+    /// not checked again.
+    pub fn from_bytes_known(
+        bytes: &[u8],
+        known: Option<&IdentityKey>,
+    ) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         r.version(MESSAGE_VERSION)?;
         r.tag(MESSAGE_TYPE_PREKEY)?;
-        let identity_key = IdentityKey::from_bytes(r.fixed(IDENTITY_KEY_LEN)?)?;
+        let identity_key = IdentityKey::from_bytes_known(r.fixed(IDENTITY_KEY_LEN)?, known)?;
         let signed_prekey_id = r.u32()?;
         let one_time_prekey_id = if r.bool()? { Some(r.u32()?) } else { None };
         let kem_prekey_id = r.u32()?;

@@ -379,6 +379,23 @@ impl DoubleRatchet {
         Ok(plaintext)
     }
 
+    /// Whether `message` belongs to one of our receiving chains other than the newest and lies
+    /// past the end the peer announced for that chain (its keys up to there were derived when the
+    /// peer stepped the ratchet). An honest peer never sends there again, so if it decrypts, the
+    /// peer is sending from a copy of the session it restored from an older backup.
+    pub(crate) fn is_past_an_old_chain(&self, message: &RatchetMessage) -> bool {
+        let newest = self.receiving.len().saturating_sub(1);
+        self.receiving.iter().enumerate().any(|(i, c)| {
+            i != newest && c.ratchet_key == message.ratchet_key && message.counter >= c.next
+        })
+    }
+
+    /// Whether we hold a receiving chain under another ratchet key than `first`: the peer has
+    /// stepped the ratchet, so it received a message of ours on this session.
+    pub(crate) fn peer_stepped_past(&self, first: &X25519PublicKey) -> bool {
+        self.receiving.iter().any(|c| c.ratchet_key != *first)
+    }
+
     /// Number of receiving chains (for tests and diagnostics).
     pub(crate) fn receiver_chain_count(&self) -> usize {
         self.receiving.len()

@@ -120,9 +120,18 @@ pub enum IncomingMessage {
 impl IncomingMessage {
     /// Parses a message of either type.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::from_bytes_known(bytes, None)
+    }
+
+    /// [`IncomingMessage::from_bytes`], with a pre-key message's identity key decoded by
+    /// [`IdentityKey::from_bytes_known`] (an identity equal to `known` is not checked again).
+    pub fn from_bytes_known(
+        bytes: &[u8],
+        known: Option<&IdentityKey>,
+    ) -> Result<Self, DecodeError> {
         match bytes {
             [MESSAGE_VERSION, MESSAGE_TYPE_PREKEY, ..] => {
-                PreKeyMessage::from_bytes(bytes).map(|m| Self::PreKey(Box::new(m)))
+                PreKeyMessage::from_bytes_known(bytes, known).map(|m| Self::PreKey(Box::new(m)))
             }
             [MESSAGE_VERSION, MESSAGE_TYPE_RATCHET, ..] => {
                 RatchetMessage::from_bytes(bytes).map(Self::Ratchet)
@@ -520,8 +529,12 @@ impl SessionRecord {
     /// The record falls back to the session the peer most plausibly still has: the one the
     /// current session beat in the simultaneous-initiation tie-break, if any (the peer uses it),
     /// else the newest archived session with the same peer identity that is not pending (the
-    /// peer has sent on it) and was never reset. Each reset rules one session out as a fallback,
-    /// so repeated resets end in a new session. With no candidate there is no current session and
+    /// peer has sent on it) and was never reset, else the newest archived pending one of ours that
+    /// was never reset (its messages repeat the setup data, so the peer can decrypt them even if
+    /// it does not hold it, as long as the prekeys it names are still there; typically the peer
+    /// answered on it and that answer is on its way). Each reset rules one session out as a
+    /// fallback, so repeated resets end in a new session. With no candidate there is no current
+    /// session and
     /// [`SessionRecord::has_usable_session`] is false until [`SessionRecord::initiate`] or an
     /// incoming pre-key message sets one up.
     pub fn archive_current(&mut self) {
@@ -543,6 +556,7 @@ impl SessionRecord {
                     .iter()
                     .position(|s| !s.is_pending() && candidate(s))
             })
+            .or_else(|| self.archived.iter().position(candidate))
             .and_then(|index| self.archived.remove(index));
         self.archive(old);
         self.current = successor;
@@ -635,7 +649,9 @@ impl SessionRecord {
     }
 
     /// Decrypts a ratchet message with the current session, else with the archived ones. A failure
-    /// changes nothing.
+    /// changes nothing. An archived session refuses (as `AuthenticationFailed`) a message past the
+    /// end the peer announced for one of its older receiving chains: only a copy of the session
+    /// the peer restored from an older backup sends there, and it cannot read our answers.
     pub fn decrypt(&mut self, message: &RatchetMessage) -> Result<Vec<u8>, DecryptError> {
         let mut error = None;
         if let Some(current) = &mut self.current {
@@ -648,6 +664,15 @@ impl SessionRecord {
             let Some(session) = self.archived.get_mut(index) else {
                 break;
             };
+            // A message past the announced end of one of the session's older receiving chains
+            // comes from a copy of the session the peer restored from an older backup, which can
+            // no longer read what we send on it. Refused (before anything is computed, like a
+            // forgery), so the peer's client resets and resends on another session instead of
+            // pulling us back to this one.
+            if session.ratchet.is_past_an_old_chain(message) {
+                error.get_or_insert(DecryptError::AuthenticationFailed);
+                continue;
+            }
             match session.decrypt(message) {
                 Ok(plaintext) => {
                     self.after_archived_decrypt(index, true);
@@ -673,7 +698,12 @@ impl SessionRecord {
     ///    tie-break and the peer still sends on it after we sent on ours (so it never adopted
     ///    ours: it never got it, or lost it to a restore). A pre-key message alone is no evidence:
     ///    in a simultaneous initiation both sides send those until they see each other's; or
-    /// 2. the archived one precedes the current one in the tie-break order (smaller id).
+    /// 2. the archived one precedes the current one in the tie-break order (smaller id), unless
+    ///    the message is a pre-key message and the peer has already stepped the ratchet on that
+    ///    session (we hold a receiving chain under another of its ratchet keys): the message is
+    ///    then late, or comes from a copy of the session the peer restored from a backup, whose
+    ///    state is behind ours (our answers on it fail there), and is no evidence of the session
+    ///    the peer uses now.
     ///
     /// Rule 1 leaves a current session that is not pending, and only `initiate` or
     /// `archive_current` make one pending again; rule 2 only ever moves to smaller ids, the same
@@ -689,7 +719,11 @@ impl SessionRecord {
                             .contest
                             .as_ref()
                             .is_some_and(|c| c.offered && c.lost(&archived.id())));
-                let precedes = archived.id() < current.id();
+                // A setup message on a session in which the peer has already stepped the
+                // ratchet (so it had received our answer) is late, or comes from a restored copy
+                // that is behind ours: either way it says nothing about what the peer uses now.
+                let behind = !ratchet && archived.ratchet.peer_stepped_past(&archived.base_key);
+                let precedes = archived.id() < current.id() && !behind;
                 archived.remote_identity == current.remote_identity && (ignored_ours || precedes)
             }
             _ => false,
@@ -702,7 +736,9 @@ impl SessionRecord {
     }
 
     /// Decrypts a message of either type from its wire bytes. Pre-key messages need `keys`, the
-    /// addresses, `trust` and `now`; see [`SessionRecord::decrypt_prekey`].
+    /// addresses, `trust` and `now`; see [`SessionRecord::decrypt_prekey`]. A pre-key message's
+    /// identity key equal to the one `trust` pins (or, under [`IdentityTrust::FirstUse`], to the
+    /// record's) is not checked for prime order again ([`IdentityKey::from_bytes_known`]).
     pub fn decrypt_bytes(
         &mut self,
         bytes: &[u8],
@@ -712,7 +748,11 @@ impl SessionRecord {
         trust: IdentityTrust<'_>,
         now: Timestamp,
     ) -> Result<PreKeyDecrypted, DecryptError> {
-        match IncomingMessage::from_bytes(bytes)? {
+        let known = match trust {
+            IdentityTrust::Pinned(k) => Some(k),
+            IdentityTrust::FirstUse => self.known_identity(),
+        };
+        match IncomingMessage::from_bytes_known(bytes, known)? {
             IncomingMessage::PreKey(m) => self.decrypt_prekey(&m, keys, local, remote, trust, now),
             IncomingMessage::Ratchet(m) => Ok(PreKeyDecrypted {
                 plaintext: self.decrypt(&m)?,

@@ -21,7 +21,10 @@ use super::harness::*;
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use sotto_crypto::keys::{KemPreKey, OneTimePreKey, PreKeyBundle};
+use sotto_crypto::address::DeviceAddress;
+use sotto_crypto::keys::{KemPreKey, OneTimePreKey, PreKeyBundle, VerifiedBundle};
+use sotto_crypto::pqxdh::{PreKeyMessage, ResponderKeys};
+use sotto_crypto::ratchet::DecryptError;
 use sotto_crypto::session::{IncomingMessage, SessionRecord};
 use zeroize::Zeroizing;
 
@@ -56,11 +59,46 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 struct Side {
-    device: Device,
+    /// The device's keys (shared by every case; what a case consumes is in `consumed`).
+    device: &'static Shared,
     record: SessionRecord,
     backup: Option<Zeroizing<Vec<u8>>>,
-    /// How many one-time X25519 / KEM prekeys the relay has handed out from this device.
-    handed_out: (usize, usize),
+    /// How many bundles the relay has handed out for this device.
+    handed_out: usize,
+    /// The one-time prekeys (X25519 and KEM) the device has deleted after using them.
+    consumed: Vec<u32>,
+}
+
+/// A device's keys and the bundles the relay hands out for it, in order, already verified (the
+/// relay hands out one-time prekeys in order, the last-resort KEM key when none is left): the
+/// `k`-th fetch gets `bundles[min(k, len - 1)]`. Built once for all cases, so a case costs only
+/// what its own events do.
+struct Shared {
+    device: Device,
+    bundles: Vec<VerifiedBundle>,
+}
+
+impl Shared {
+    fn new(device: Device) -> Self {
+        let n = device.one_time.len().max(device.kem_one_time.len());
+        let bundles = (0..=n)
+            .map(|k| {
+                PreKeyBundle {
+                    identity_key: device.identity.public(),
+                    signed_prekey: device.signed_prekey.public(),
+                    one_time_prekey: device.one_time.get(k).map(OneTimePreKey::public),
+                    kem_prekey: device
+                        .kem_one_time
+                        .get(k)
+                        .unwrap_or(&device.kem_last_resort)
+                        .public(),
+                }
+                .verify()
+                .unwrap()
+            })
+            .collect();
+        Self { device, bundles }
+    }
 }
 
 struct InFlight {
@@ -80,8 +118,8 @@ struct World {
     next: u32,
 }
 
-fn devices() -> &'static (Device, Device) {
-    static DEVICES: OnceLock<(Device, Device)> = OnceLock::new();
+fn devices() -> &'static (Shared, Shared) {
+    static DEVICES: OnceLock<(Shared, Shared)> = OnceLock::new();
     DEVICES.get_or_init(|| {
         let mut rng = rng(200);
         let mut a = Device::new("alice", 1, &mut rng);
@@ -93,8 +131,39 @@ fn devices() -> &'static (Device, Device) {
             d.kem_one_time
                 .extend((210..214).map(|id| KemPreKey::generate(id, &d.identity, &mut rng)));
         }
-        (a, b)
+        (Shared::new(a), Shared::new(b))
     })
+}
+
+/// The keys a pre-key message names that the device of `side` still holds.
+fn keys_for(side: &Side, m: &PreKeyMessage) -> ResponderKeys<'static> {
+    let consumed = &side.consumed;
+    let mut keys = side.device.device.keys_for(m);
+    keys.one_time_prekey = keys.one_time_prekey.filter(|k| !consumed.contains(&k.id()));
+    keys.kem_prekey = keys
+        .kem_prekey
+        .filter(|k| k.is_last_resort() || !consumed.contains(&k.id()));
+    keys
+}
+
+/// [`Device::receive`] for a side: deletes (marks consumed) what a pre-key message used.
+fn receive(side: &mut Side, from: &DeviceAddress, bytes: &[u8]) -> Result<Vec<u8>, DecryptError> {
+    match IncomingMessage::from_bytes(bytes)? {
+        IncomingMessage::PreKey(m) => {
+            let d = side.record.decrypt_prekey(
+                &m,
+                &keys_for(side, &m),
+                &side.device.device.address,
+                from,
+                IdentityTrust::FirstUse,
+                NOW,
+            )?;
+            side.consumed.extend(d.consumed_one_time_prekey);
+            side.consumed.extend(d.consumed_kem_prekey);
+            Ok(d.plaintext)
+        }
+        IncomingMessage::Ratchet(m) => side.record.decrypt(&m),
+    }
 }
 
 fn trace() -> bool {
@@ -115,11 +184,12 @@ fn shuffle<T>(items: &mut [T], rng: &mut ChaCha20Rng) {
 impl World {
     fn new(seed: u64) -> Self {
         let (a, b) = devices();
-        let side = |d: &Device| Side {
-            device: d.duplicate(),
+        let side = |d: &'static Shared| Side {
+            device: d,
             record: SessionRecord::new(),
             backup: None,
-            handed_out: (0, 0),
+            handed_out: 0,
+            consumed: Vec::new(),
         };
         Self {
             sides: [side(a), side(b)],
@@ -129,20 +199,13 @@ impl World {
         }
     }
 
-    /// The bundle the relay hands `to` for the device of side `peer`.
-    fn fetch_bundle(&mut self, peer: usize) -> PreKeyBundle {
+    /// The (verified) bundle the relay hands out for the device of side `peer`.
+    fn fetch_bundle(&mut self, peer: usize) -> &'static VerifiedBundle {
         let side = &mut self.sides[peer];
-        let d = &side.device;
-        let otk = d.one_time.get(side.handed_out.0).map(OneTimePreKey::public);
-        let kem = d.kem_one_time.get(side.handed_out.1).map(KemPreKey::public);
-        side.handed_out.0 += usize::from(otk.is_some());
-        side.handed_out.1 += usize::from(kem.is_some());
-        PreKeyBundle {
-            identity_key: d.identity.public(),
-            signed_prekey: d.signed_prekey.public(),
-            one_time_prekey: otk,
-            kem_prekey: kem.unwrap_or_else(|| d.kem_last_resort.public()),
-        }
+        let bundles = &side.device.bundles;
+        let bundle = &bundles[side.handed_out.min(bundles.len() - 1)];
+        side.handed_out += 1;
+        bundle
     }
 
     fn send(&mut self, from: usize) {
@@ -154,15 +217,16 @@ impl World {
     fn send_payload(&mut self, from: usize, payload: u32, attempt: u8) {
         let peer = 1 - from;
         if !self.sides[from].record.has_usable_session(NOW) {
-            let bundle = self.fetch_bundle(peer).verify().unwrap();
-            let peer_address = self.sides[peer].device.address.clone();
+            let bundle = self.fetch_bundle(peer);
+            let peer_address = &self.sides[peer].device.device.address;
             let s = &mut self.sides[from];
+            let d = &s.device.device;
             s.record
                 .initiate(
-                    &s.device.identity,
-                    &s.device.address,
-                    &peer_address,
-                    &bundle,
+                    &d.identity,
+                    &d.address,
+                    peer_address,
+                    bundle,
                     IdentityTrust::FirstUse,
                     NOW,
                     &mut self.rng,
@@ -198,11 +262,9 @@ impl World {
     /// if the message went out on its current one.
     fn deliver(&mut self, m: InFlight) -> bool {
         let (to, from) = if m.to_b { (1, 0) } else { (0, 1) };
-        let from_address = self.sides[from].device.address.clone();
+        let from_address = &self.sides[from].device.device.address;
         let side = &mut self.sides[to];
-        let r = side
-            .device
-            .receive(&mut side.record, &from_address, &m.bytes);
+        let r = receive(side, from_address, &m.bytes);
         if trace() {
             eprintln!(
                 "deliver {}->{} payload {} on {}: {:?}; receiver current {:?} archived {}",
@@ -293,7 +355,7 @@ impl World {
         let mut rb = SessionRecord::from_bytes(&b.record.to_bytes()).unwrap();
         let probe = |from: &mut SessionRecord,
                      to: &mut SessionRecord,
-                     to_dev: &Device,
+                     to_side: &Side,
                      from_dev: &Device,
                      rng: &mut ChaCha20Rng| {
             let bytes = from.encrypt(b"probe", NOW, rng).unwrap();
@@ -301,8 +363,8 @@ impl World {
                 IncomingMessage::PreKey(m) => to
                     .decrypt_prekey(
                         &m,
-                        &to_dev.keys_for(&m),
-                        &to_dev.address,
+                        &keys_for(to_side, &m),
+                        &to_side.device.device.address,
                         &from_dev.address,
                         IdentityTrust::FirstUse,
                         NOW,
@@ -312,8 +374,8 @@ impl World {
             };
             r.is_ok_and(|pt| pt == b"probe")
         };
-        let ok = probe(&mut ra, &mut rb, &b.device, &a.device, &mut self.rng)
-            && probe(&mut rb, &mut ra, &a.device, &b.device, &mut self.rng);
+        let ok = probe(&mut ra, &mut rb, b, &a.device.device, &mut self.rng)
+            && probe(&mut rb, &mut ra, a, &b.device.device, &mut self.rng);
         ok && ra.current().unwrap().id() == rb.current().unwrap().id()
     }
 }
@@ -322,10 +384,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
 
     /// The target: up to 40 events of any kind, then at most two rounds until the devices agree on
-    /// a working session. Not met yet by the current rules (a few histories in a thousand need
-    /// three or four rounds, and random search finds rarer ones that settle on two different
-    /// sessions, both still decrypting: see `convergence_is_measured`), so it is not part of
-    /// the default run: `cargo test -p sotto-crypto --test session -- --ignored converge`.
+    /// a working session. Not met yet by the current rules (one or two histories in a thousand
+    /// need three rounds: see `convergence_is_measured`, `docs/protocol.md` §5; three always
+    /// suffice, checked by `any_history_is_safe_and_converges_within_three_rounds`), so it is not
+    /// part of the default run: `cargo test -p sotto-crypto --test session -- --ignored converge`.
     #[test]
     #[ignore = "target not met yet; convergence_is_measured holds the current figures"]
     fn any_history_converges_within_two_rounds(
@@ -344,11 +406,12 @@ proptest! {
         }
     }
 
-    /// What always holds, over 3,000 histories of up to 40 events and two rounds after them:
-    /// every message that decrypts gives exactly its plaintext (checked in `deliver`), nothing
-    /// panics, and both records survive their storage encoding unchanged.
+    /// What always holds, over 3,000 histories of up to 40 events: the devices agree on a working
+    /// session within three rounds, every message that decrypts gives exactly its plaintext
+    /// (checked in `deliver`), nothing panics, and both records survive their storage encoding
+    /// unchanged.
     #[test]
-    fn any_history_is_safe(
+    fn any_history_is_safe_and_converges_within_three_rounds(
         events in prop::collection::vec(event(), 0..=40),
         seed in any::<u64>(),
     ) {
@@ -356,8 +419,11 @@ proptest! {
         for e in &events {
             w.apply(*e);
         }
-        for _ in 0..2 {
+        let mut rounds = 0;
+        while !w.converged() {
+            prop_assert!(rounds < 3, "not converged after {} rounds", rounds);
             w.round();
+            rounds += 1;
         }
         for side in &w.sides {
             let bytes = side.record.to_bytes();
@@ -366,44 +432,67 @@ proptest! {
     }
 }
 
+/// The history of fixed case `case` (its events drawn from a generator seeded with it), applied
+/// to a new world; returns how many rounds it needed (5: not within 4).
+fn rounds_for_case(case: u64) -> usize {
+    let mut r = ChaCha20Rng::seed_from_u64(case);
+    let mut w = World::new(case);
+    let len = r.next_u32() % 41;
+    for _ in 0..len {
+        let b = r.next_u32() % 2 == 0;
+        let k = r.next_u32() as u8;
+        let e = match r.next_u32() % 18 {
+            0 => Event::Archive(b),
+            1 | 2 => Event::Snapshot(b),
+            3 | 4 => Event::Restore(b),
+            5..=9 => Event::Receive(k),
+            10 | 11 => Event::Drop(k),
+            12 => Event::Shuffle,
+            _ => Event::Send(b),
+        };
+        w.apply(e);
+    }
+    let mut rounds = 0;
+    while !w.converged() && rounds < 5 {
+        w.round();
+        rounds += 1;
+    }
+    if w.converged() {
+        rounds
+    } else {
+        5
+    }
+}
+
 /// How many rounds 1,000 fixed random histories (up to 40 events each) need, as a regression
 /// guard on the convergence rules: the share settled within two rounds must not drop below 99%
-/// (measured when they were written: 994 of 1,000, the other 6 within four rounds).
+/// (measured: 999 of 1,000, the other one within three rounds; 2,997 of the first 3,000 and
+/// 9,984 of the first 10,000, the others within three).
 /// `SOTTO_CONVERGE_STATS=N` runs N histories instead (and `--nocapture` shows the histogram).
+/// `SOTTO_CONVERGE_CASE=K` runs only case K (with `SOTTO_TRACE=1`, traced).
 #[test]
 fn convergence_is_measured() {
+    if let Some(case) = std::env::var("SOTTO_CONVERGE_CASE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("case {case}: {} rounds", rounds_for_case(case));
+        return;
+    }
     let n = std::env::var("SOTTO_CONVERGE_STATS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1_000);
     let mut hist = [0usize; 6];
+    let mut slow = Vec::new();
     for case in 0..n {
-        let mut r = ChaCha20Rng::seed_from_u64(case);
-        let mut w = World::new(case);
-        let len = r.next_u32() % 41;
-        for _ in 0..len {
-            let b = r.next_u32() % 2 == 0;
-            let k = r.next_u32() as u8;
-            let e = match r.next_u32() % 18 {
-                0 => Event::Archive(b),
-                1 | 2 => Event::Snapshot(b),
-                3 | 4 => Event::Restore(b),
-                5..=9 => Event::Receive(k),
-                10 | 11 => Event::Drop(k),
-                12 => Event::Shuffle,
-                _ => Event::Send(b),
-            };
-            w.apply(e);
+        let slot = rounds_for_case(case);
+        if slot > 2 {
+            slow.push(case);
         }
-        let mut rounds = 0;
-        while !w.converged() && rounds < 5 {
-            w.round();
-            rounds += 1;
-        }
-        let slot = if w.converged() { rounds } else { 5 };
         hist[slot] += 1;
     }
-    eprintln!("rounds needed (0..4, 5 = not within 4): {hist:?}");
+    eprintln!("rounds needed (0..4, 5 = not within 4): {hist:?}; over two: cases {slow:?}");
     let within_two: usize = hist.iter().take(3).sum();
     assert!(
         within_two * 1000 >= 990 * hist.iter().sum::<usize>(),

@@ -209,26 +209,3 @@ impl Pair {
         self.alice.receive(&mut self.a, &from, m)
     }
 }
-
-impl Device {
-    /// An independent copy (through the keys' storage encodings), for tests that start many runs
-    /// from the same devices.
-    pub fn duplicate(&self) -> Self {
-        Self {
-            identity: IdentityKeyPair::from_bytes(&self.identity.to_bytes()).unwrap(),
-            address: self.address.clone(),
-            signed_prekey: SignedPreKey::from_bytes(&self.signed_prekey.to_bytes()).unwrap(),
-            one_time: self
-                .one_time
-                .iter()
-                .map(|k| OneTimePreKey::from_bytes(&k.to_bytes()).unwrap())
-                .collect(),
-            kem_one_time: self
-                .kem_one_time
-                .iter()
-                .map(|k| KemPreKey::from_bytes(&k.to_bytes()).unwrap())
-                .collect(),
-            kem_last_resort: KemPreKey::from_bytes(&self.kem_last_resort.to_bytes()).unwrap(),
-        }
-    }
-}

@@ -2,6 +2,7 @@
 
 use super::harness::*;
 use rand_chacha::ChaCha20Rng;
+use sotto_crypto::ratchet::DecryptError;
 use sotto_crypto::session::{SessionRecord, MAX_ARCHIVED_SESSIONS};
 
 /// Alice and Bob, each of whom has just set up a session to the other (nothing sent yet).
@@ -162,4 +163,37 @@ fn late_prekey_message_after_an_answer_still_converges() {
         diverged > 0,
         "the seeds never exercised a temporary divergence"
     );
+}
+
+/// A peer that restored an older copy of a session sends past the announced end of a chain it had
+/// already left behind. Once the session is archived, such a message is refused and changes
+/// nothing (it must not make the broken session current again), while a genuinely late message
+/// on that chain still decrypts.
+#[test]
+fn archived_session_refuses_messages_from_a_restored_copy() {
+    let mut p = Pair::established(22);
+    let late = p.b_to_a(b"late, on bob's first chain");
+    let backup = p.b.to_bytes();
+    // A round trip: Bob steps the ratchet, announcing two messages on his first chain.
+    let m = p.a_to_b(b"a");
+    assert_eq!(p.b_receive(&m).unwrap(), b"a");
+    let m = p.b_to_a(b"b");
+    assert_eq!(p.a_receive(&m).unwrap(), b"b");
+    // Bob restores his backup and sends on his first chain again, past its announced end.
+    p.b = SessionRecord::from_bytes(&backup).unwrap();
+    let stale = p.b_to_a(b"from a restored copy");
+    // On the current session the message still decrypts (the peer's reset will follow)...
+    let mut copy = SessionRecord::from_bytes(&p.a.to_bytes()).unwrap();
+    let from = p.bob.address.clone();
+    assert!(p.alice.receive(&mut copy, &from, &stale).is_ok());
+    // ...but once Alice has moved to a new session, the archived one refuses it.
+    let (alice, bob) = (&p.alice, &p.bob);
+    alice.initiate_with(&mut p.a, bob, false, false, &mut p.rng);
+    let before = p.a.to_bytes();
+    assert_eq!(
+        p.a_receive(&stale).unwrap_err(),
+        DecryptError::AuthenticationFailed
+    );
+    assert_eq!(p.a.to_bytes(), before);
+    assert_eq!(p.a_receive(&late).unwrap(), b"late, on bob's first chain");
 }

@@ -466,9 +466,73 @@ fn base_and_identity_keys_with_a_small_order_component_are_rejected() {
     }
     let good = alice.identity.public().to_bytes();
     IdentityKey::from_bytes(&good).unwrap();
+    let pinned = alice.identity.public();
+    assert_eq!(
+        IdentityKey::from_bytes_known(&good, Some(&pinned)).unwrap(),
+        pinned
+    );
     for t in 1..8 {
         let mut bad = good.clone();
         bad[33..].copy_from_slice(&with_torsion(&good[32..], t)[1..]);
         assert!(IdentityKey::from_bytes(&bad).is_err(), "torsion {t}");
+        // Only an exact copy of the pinned key skips the check.
+        assert!(
+            IdentityKey::from_bytes_known(&bad, Some(&pinned)).is_err(),
+            "torsion {t}"
+        );
+        assert!(IdentityKey::from_bytes_known(&bad, None).is_err());
     }
+}
+
+/// A pre-key message whose identity is the one the responder pinned decodes to exactly that key
+/// (its prime-order check is not repeated), through `decrypt_bytes` as well; one under another
+/// identity is still fully checked and refused as untrusted.
+#[test]
+fn pinned_identity_is_not_checked_twice_but_others_are() {
+    let mut rng = rng(12);
+    let alice = Device::new("alice", 1, &mut rng);
+    let bob = Device::new("bob", 2, &mut rng);
+    let eve = Device::new("alice", 1, &mut rng);
+    let alice_key = alice.identity.public();
+    let mut a = SessionRecord::new();
+    alice.initiate(&mut a, &bob, &mut rng);
+    let wire = a.encrypt(b"hi", NOW, &mut rng).unwrap();
+    let IncomingMessage::PreKey(known) =
+        IncomingMessage::from_bytes_known(&wire, Some(&alice_key)).unwrap()
+    else {
+        panic!("expected a pre-key message")
+    };
+    assert_eq!(*known, prekey_message(&wire));
+    let mut b = SessionRecord::new();
+    let keys = bob.keys_for(&known);
+    let d = b
+        .decrypt_bytes(
+            &wire,
+            &keys,
+            &bob.address,
+            &alice.address,
+            IdentityTrust::Pinned(&alice_key),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(d.plaintext, b"hi");
+    // Eve's message, decoded with Alice's key as the known one, keeps Eve's key and is refused.
+    let mut e = SessionRecord::new();
+    eve.initiate(&mut e, &bob, &mut rng);
+    let wire = e.encrypt(b"hi", NOW, &mut rng).unwrap();
+    let m = prekey_message(&wire);
+    let before = b.to_bytes();
+    let r = b.decrypt_bytes(
+        &wire,
+        &bob.keys_for(&m),
+        &bob.address,
+        &alice.address,
+        IdentityTrust::Pinned(&alice_key),
+        NOW,
+    );
+    assert!(
+        matches!(r, Err(DecryptError::UntrustedIdentity { ref offered }) if **offered == eve.identity.public()),
+        "{r:?}"
+    );
+    assert_eq!(b.to_bytes(), before);
 }
