@@ -176,6 +176,11 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_OPEN_GROUP_ADDS", action = clap::ArgAction::SetTrue)]
     pub open_group_adds: bool,
 
+    /// Seconds a pending group invitation waits for its answer before it expires [default:
+    /// 604800 = 7 days].
+    #[arg(long, env = "SOTTO_GROUP_INVITATION_TTL_SECS")]
+    pub group_invitation_ttl_secs: Option<u64>,
+
     /// Most devices per account [default: 6].
     #[arg(long, env = "SOTTO_MAX_DEVICES")]
     pub max_devices: Option<u32>,
@@ -309,6 +314,8 @@ pub struct Config {
     /// Adding a user who never wrote to the adder (or accepts invitations only) makes a pending
     /// invitation (the default); `false` with `--open-group-adds`.
     pub group_consent: bool,
+    /// How long a pending group invitation waits for its answer.
+    pub group_invitation_ttl: Duration,
 }
 
 impl Config {
@@ -409,6 +416,9 @@ impl Config {
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),
             group_consent: !(cli.open_group_adds || file.open_group_adds),
+            group_invitation_ttl: Duration::from_secs(
+                pick!(group_invitation_ttl_secs, 7 * 24 * 3600).max(1),
+            ),
         }
     }
 
