@@ -530,6 +530,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn group_invitation_ttl_from_flag_file_or_default() {
+        let none = Config::resolve(Cli::default(), Cli::default()).unwrap();
+        assert_eq!(
+            none.group_invitation_ttl,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let file: Cli = toml::from_str("group-invitation-ttl-secs = 60\n").unwrap();
+        let c = Config::resolve(Cli::default(), file.clone()).unwrap();
+        assert_eq!(c.group_invitation_ttl, Duration::from_secs(60));
+        let cli =
+            Cli::try_parse_from(["sotto-server", "--group-invitation-ttl-secs", "5"]).unwrap();
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.group_invitation_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
     fn precedence_flag_over_file_over_default() {
         let file: Cli =
             toml::from_str("max-envelope-bytes = 100\nenvelope-ttl-secs = 5\n").unwrap();

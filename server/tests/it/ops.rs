@@ -52,6 +52,7 @@ fn help_documents_every_setting() {
         "SOTTO_MAX_REQUEST_BYTES",
         "SOTTO_ENVELOPE_TTL_SECS",
         "SOTTO_CONFIG",
+        "SOTTO_GROUP_INVITATION_TTL_SECS",
         "127.0.0.1:7700",
     ] {
         assert!(help.contains(var), "--help lacks {var}");
