@@ -116,6 +116,8 @@ async fn catalogue(b: Backend) {
             "messages": [{"deviceId": 1, "registrationId": bob.registration_id, "content": b64(b"another message")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
         Case { name: "clientMessageId reused for another recipient", req: req(Method::POST, "/api/messages/send", a, Some(&json!({"recipientId": carol.user_id, "clientMessageId": "q",
             "messages": [{"deviceId": 1, "registrationId": carol.registration_id, "content": b64(b"secret")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
+        Case { name: "cancel an invitation in an unknown group", req: req(Method::DELETE, &format!("/api/groups/nope/invitations/{}", bob.user_id), a, None), status: StatusCode::NOT_FOUND, code: "unknown_group" },
+        Case { name: "accept an invitation to an unknown group", req: req(Method::POST, "/api/groups/nope/invitation", a, None), status: StatusCode::NOT_FOUND, code: "unknown_invitation" },
         Case { name: "wrong method", req: req(Method::GET, "/api/messages/send", a, None), status: StatusCode::METHOD_NOT_ALLOWED, code: "method_not_allowed" },
     ];
 
