@@ -31,6 +31,19 @@ use utoipa::OpenApi as _;
 )]
 struct Base;
 
+/// The body of a 409 on a send: either the devices do not match (`MismatchedDevices`, code
+/// `mismatched_devices`) or the `clientMessageId` was used for another message (a plain error,
+/// `client_message_id_reused`). Only for the document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SendConflict {
+    /// `mismatched_devices`.
+    Mismatched(sotto_wire::MismatchedDevices),
+    /// `client_message_id_reused`.
+    Reused(sotto_wire::ErrorBody),
+}
+
 /// The routes of the relay, each with its operation in the document.
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
     use crate::{api, ws};

@@ -721,7 +721,7 @@ pub async fn revoke_invite(
         (status = 200, description = "accepted", body = sotto_wire::SendMessageResponse),
         (status = 400, description = "`empty_content`, `duplicate_device`, `invalid_content`, `invalid_client_message_id`"),
         (status = 404, description = "`unknown_group`"),
-        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = sotto_wire::MismatchedDevices),
+        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = crate::openapi::SendConflict),
         (status = 410, description = "`stale_devices`", body = sotto_wire::StaleDevices),
         (status = 413, description = "`payload_too_large`: the ciphertext is over the envelope limit"),
         (status = 429, description = "`rate_limited`: sends per account"),

@@ -71,7 +71,7 @@ fn targets(
         (status = 200, description = "accepted (committed), or a retry of an accepted request", body = sotto_wire::SendMessageResponse),
         (status = 400, description = "`no_messages`, `duplicate_device`, `empty_content`, `invalid_client_message_id`, `invalid_sync_messages`"),
         (status = 404, description = "`unknown_user`"),
-        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = sotto_wire::MismatchedDevices),
+        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = crate::openapi::SendConflict),
         (status = 410, description = "`stale_devices`", body = sotto_wire::StaleDevices),
         (status = 413, description = "`payload_too_large`: a ciphertext is over the envelope limit"),
         (status = 429, description = "`rate_limited`: sends per account"),
