@@ -176,6 +176,11 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_OPEN_GROUP_ADDS", action = clap::ArgAction::SetTrue)]
     pub open_group_adds: bool,
 
+    /// Seconds a pending group invitation waits for its answer before it expires [default:
+    /// 604800 = 7 days].
+    #[arg(long, env = "SOTTO_GROUP_INVITATION_TTL_SECS")]
+    pub group_invitation_ttl_secs: Option<u64>,
+
     /// Most devices per account [default: 6].
     #[arg(long, env = "SOTTO_MAX_DEVICES")]
     pub max_devices: Option<u32>,
@@ -314,6 +319,8 @@ pub struct Config {
     /// Adding a user who never wrote to the adder (or accepts invitations only) makes a pending
     /// invitation (the default); `false` with `--open-group-adds`.
     pub group_consent: bool,
+    /// How long a pending group invitation waits for its answer.
+    pub group_invitation_ttl: Duration,
     /// The web chat page's folder, served at `/` when set.
     pub web_dir: Option<PathBuf>,
 }
@@ -416,6 +423,9 @@ impl Config {
             max_group_size: pick!(max_group_size, 1000).max(1),
             max_devices: pick!(max_devices, 6).max(1),
             group_consent: !(cli.open_group_adds || file.open_group_adds),
+            group_invitation_ttl: Duration::from_secs(
+                pick!(group_invitation_ttl_secs, 7 * 24 * 3600).max(1),
+            ),
             web_dir: cli.web_dir.or(file.web_dir),
         }
     }
@@ -526,6 +536,22 @@ pub(crate) fn test_blob_config(database_url: &str) -> crate::blobs::BlobConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_invitation_ttl_from_flag_file_or_default() {
+        let none = Config::resolve(Cli::default(), Cli::default()).unwrap();
+        assert_eq!(
+            none.group_invitation_ttl,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let file: Cli = toml::from_str("group-invitation-ttl-secs = 60\n").unwrap();
+        let c = Config::resolve(Cli::default(), file.clone()).unwrap();
+        assert_eq!(c.group_invitation_ttl, Duration::from_secs(60));
+        let cli =
+            Cli::try_parse_from(["sotto-server", "--group-invitation-ttl-secs", "5"]).unwrap();
+        let c = Config::resolve(cli, file).unwrap();
+        assert_eq!(c.group_invitation_ttl, Duration::from_secs(5));
+    }
 
     #[test]
     fn precedence_flag_over_file_over_default() {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tokio::sync::watch;
 
@@ -34,7 +33,6 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
-pub mod openapi_features;
 pub mod provisioning;
 pub mod ratelimit;
 pub mod realtime;
@@ -177,80 +175,10 @@ pub fn now_ms() -> i64 {
 /// The relay's routes.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().max_request_bytes;
-    let router = Router::new()
-        .route("/api/users/register", post(api::users::register))
-        .route("/api/users/login", post(api::users::login))
-        .route("/api/users/logout", post(api::users::logout))
-        .route("/api/users/{user_id}/devices", get(api::users::devices))
-        .route(
-            "/api/users/settings",
-            get(api::users::settings).put(api::users::set_settings),
-        )
-        .route("/api/keys", put(api::keys::upload))
-        .route("/api/keys/count", get(api::keys::count))
-        .route("/api/keys/{user_id}", get(api::keys::bundles))
-        .route(
-            "/api/keys/{user_id}/{device_id}",
-            get(api::keys::device_bundle),
-        )
-        .route("/api/messages/send", post(api::messages::send))
-        .route("/api/messages/unread", get(api::messages::unread))
-        .route("/api/messages", get(api::messages::fetch))
-        .route("/api/messages/{seq}", delete(api::messages::ack))
-        .route("/api/attachments", post(api::attachments::upload))
-        .route(
-            "/api/attachments/{attachment_id}",
-            get(api::attachments::download),
-        )
-        .route(
-            "/api/groups",
-            post(api::groups::create).get(api::groups::list),
-        )
-        .route("/api/groups/{group_id}/members", get(api::groups::members))
-        .route("/api/groups/invitations", get(api::groups::invitations))
-        .route(
-            "/api/groups/{group_id}/invitation",
-            post(api::groups::accept_invitation).delete(api::groups::decline_invitation),
-        )
-        .route("/api/groups/{group_id}/join", post(api::groups::join))
-        .route("/api/groups/{group_id}/leave", delete(api::groups::leave))
-        .route(
-            "/api/groups/{group_id}/members/{user_id}",
-            delete(api::groups::remove).put(api::groups::set_role),
-        )
-        .route(
-            "/api/groups/{group_id}/invites",
-            post(api::groups::create_invite),
-        )
-        .route(
-            "/api/groups/{group_id}/invites/{invite_id}",
-            delete(api::groups::revoke_invite),
-        )
-        .route("/api/groups/{group_id}/messages", post(api::groups::send))
-        .route("/api/users/{user_id}/status", get(api::presence::status))
-        .route("/api/presence", put(api::presence::set))
-        .route("/api/presence/subscriptions", put(api::presence::subscribe))
-        .route("/api/messages/ephemeral", post(api::presence::ephemeral))
-        .route("/api/provisioning", post(api::provisioning::open))
-        .route(
-            "/api/provisioning/{address}",
-            put(api::provisioning::deliver).get(api::provisioning::receive),
-        )
-        .route(
-            "/api/devices/linking-codes",
-            post(api::provisioning::create_code),
-        )
-        .route("/api/devices/link", post(api::provisioning::link))
-        .route(
-            "/api/devices/{device_id}",
-            delete(api::provisioning::remove_device),
-        )
-        .route("/ws", get(ws::upgrade))
-        .route("/healthz", get(api::health))
-        .route("/metrics", get(api::metrics))
-        .route("/openapi.json", get(openapi::document));
+    let (router, _) = openapi::routes().split_for_parts();
     let router = match &state.config().web_dir {
-        Some(dir) => router.merge(web::site(dir)),
+        // The chat page's files answer what no API route does (the folder's misses: JSON 404).
+        Some(dir) => router.fallback_service(web::site::<()>(dir)),
         None => router.fallback(error::not_found),
     };
     router
@@ -277,7 +205,20 @@ pub fn app(state: AppState) -> Router {
                 },
             ),
         )
+        .layer(axum::middleware::map_response(tag_route))
         .with_state(state)
+}
+
+/// Puts the route template that served a request into its response's extensions, so a caller
+/// in the same process (the test suite) can check the answer against the OpenAPI operation.
+async fn tag_route(
+    route: Option<axum::extract::MatchedPath>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    if let Some(route) = route {
+        resp.extensions_mut().insert(route);
+    }
+    resp
 }
 
 /// Answers 413 before reading a body whose declared `Content-Length` is over the route's limit,

@@ -1,282 +1,259 @@
-//! The OpenAPI 3.1 document of the REST API, served at `/openapi.json`.
+//! The OpenAPI 3.1 document of the relay, served at `/openapi.json`.
+//!
+//! It is generated, not written: every route is registered through [`routes`], which takes each
+//! handler's `#[utoipa::path]` (method, path, success and error answers), infers path and query
+//! parameters and the JSON request body from the handler's extractors, and takes the schemas from
+//! the `sotto-wire` types. [`finish`] then adds the answers the extractors and middleware give on
+//! every route of a kind (a JSON body: 400/408/413/415/422; a bearer token: 401; a path parameter:
+//! 400 `invalid_path`; a query: 400 `invalid_query`), the `Error` body of every error answer and
+//! `Retry-After` on every 429. The test suite checks every answer it gets against this document.
 
-use axum::response::IntoResponse;
-use serde_json::{json, Value};
+use std::sync::OnceLock;
 
-fn error_ref() -> Value {
-    json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
+use utoipa::OpenApi as _;
+
+/// The document's fixed parts: info, the bearer scheme, the error schema.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Sotto relay",
+        description = "Stores and forwards opaque end-to-end encrypted envelopes. Binary values \
+                       are standard base64; times are ms since the Unix epoch. Every error is \
+                       {code, message}; the codes each status can carry are listed in its \
+                       description."
+    ),
+    components(schemas(sotto_wire::ErrorBody))
+)]
+struct Base;
+
+/// The body of a 409 on a send: either the devices do not match (`MismatchedDevices`, code
+/// `mismatched_devices`) or the `clientMessageId` was used for another message (a plain error,
+/// `client_message_id_reused`). Only for the document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SendConflict {
+    /// `mismatched_devices`.
+    Mismatched(sotto_wire::MismatchedDevices),
+    /// `client_message_id_reused`.
+    Reused(sotto_wire::ErrorBody),
 }
 
-fn body(schema: &str) -> Value {
-    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+/// The routes of the relay, each with its operation in the document.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
+    use crate::{api, ws};
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(Base::openapi())
+        .routes(routes!(api::users::register))
+        .routes(routes!(api::users::login))
+        .routes(routes!(api::users::logout))
+        .routes(routes!(api::users::devices))
+        .routes(routes!(api::users::settings, api::users::set_settings))
+        .routes(routes!(api::keys::upload))
+        .routes(routes!(api::keys::count))
+        .routes(routes!(api::keys::bundles))
+        .routes(routes!(api::keys::device_bundle))
+        .routes(routes!(api::messages::send))
+        .routes(routes!(api::messages::unread))
+        .routes(routes!(api::messages::fetch))
+        .routes(routes!(api::messages::ack))
+        .routes(routes!(api::attachments::upload))
+        .routes(routes!(api::attachments::download))
+        .routes(routes!(api::groups::create, api::groups::list))
+        .routes(routes!(api::groups::members))
+        .routes(routes!(api::groups::invitations))
+        .routes(routes!(
+            api::groups::accept_invitation,
+            api::groups::decline_invitation
+        ))
+        .routes(routes!(api::groups::cancel_invitation))
+        .routes(routes!(api::groups::join))
+        .routes(routes!(api::groups::leave))
+        .routes(routes!(api::groups::remove, api::groups::set_role))
+        .routes(routes!(api::groups::create_invite))
+        .routes(routes!(api::groups::revoke_invite))
+        .routes(routes!(api::groups::send))
+        .routes(routes!(api::presence::status))
+        .routes(routes!(api::presence::set))
+        .routes(routes!(api::presence::subscribe))
+        .routes(routes!(api::presence::ephemeral))
+        .routes(routes!(api::provisioning::open))
+        .routes(routes!(
+            api::provisioning::deliver,
+            api::provisioning::receive
+        ))
+        .routes(routes!(api::provisioning::create_code))
+        .routes(routes!(api::provisioning::link))
+        .routes(routes!(api::provisioning::remove_device))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(api::health))
+        .routes(routes!(api::metrics))
+        .routes(routes!(document))
 }
 
-fn ok(schema: &str) -> Value {
-    json!({"description": "ok", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+/// The generated document.
+pub fn document_value() -> serde_json::Value {
+    let (_, doc) = routes().split_for_parts();
+    serde_json::to_value(finish(doc)).unwrap_or_default()
 }
 
-fn op(summary: &str, auth: bool, responses: Value) -> Value {
-    let mut o = json!({"summary": summary, "responses": responses});
-    if auth {
-        o = with(o, "security", json!([{"bearer": []}]));
-    }
-    o
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn document() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    static JSON: OnceLock<bytes::Bytes> = OnceLock::new();
+    let json = JSON.get_or_init(|| {
+        serde_json::to_vec(&document_value())
+            .unwrap_or_default()
+            .into()
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json.clone(),
+    )
+        .into_response()
 }
 
-fn with(mut v: Value, key: &str, value: Value) -> Value {
-    if let Some(o) = v.as_object_mut() {
-        o.insert(key.to_owned(), value);
-    }
-    v
+fn error_body() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            "ErrorBody",
+        ))))
+        .build()
 }
 
-fn path_param(name: &str, schema: Value) -> Value {
-    json!({"name": name, "in": "path", "required": true, "schema": schema})
-}
-
-fn b64() -> Value {
-    json!({"type": "string", "contentEncoding": "base64"})
-}
-
-fn u32s() -> Value {
-    json!({"type": "integer", "format": "uint32", "minimum": 0})
-}
-
-/// The document.
-pub fn spec() -> Value {
-    let e = error_ref();
-    let mut register = op(
-        "Create an account",
-        false,
-        json!({"201": ok("RegisterResponse"), "400": e, "409": e, "413": e, "415": e, "422": e, "429": e}),
-    );
-    register = with(register, "requestBody", body("RegisterRequest"));
-    let mut login = op(
-        "Create the account's first device and its bearer token",
-        false,
-        json!({"200": ok("LoginResponse"), "400": e, "401": e, "409": e, "422": e, "429": e}),
-    );
-    login = with(login, "requestBody", body("LoginRequest"));
-    let logout = op(
-        "Remove this device (token, keys, mailbox)",
-        true,
-        json!({"204": {"description": "removed"}, "401": e}),
-    );
-    let mut devices = op(
-        "A user's devices",
-        true,
-        json!({"200": ok("DeviceList"), "401": e, "404": e}),
-    );
-    devices = with(
-        devices,
-        "parameters",
-        json!([path_param("userId", json!({"type": "string"}))]),
-    );
-    let mut keys = op(
-        "Upload keys for this device (present fields replace stored keys of their type)",
-        true,
-        json!({"204": {"description": "stored"}, "400": e, "409": e, "413": e}),
-    );
-    keys = with(keys, "requestBody", body("KeysUpload"));
-    let count = op(
-        "One-time keys left for this device",
-        true,
-        json!({"200": ok("KeyCount"), "401": e}),
-    );
-    let mut bundles = op(
-        "Claim a bundle for every device of a user",
-        true,
-        json!({"200": ok("PreKeyBundles"), "401": e, "404": e}),
-    );
-    bundles = with(
-        bundles,
-        "parameters",
-        json!([path_param("userId", json!({"type": "string"}))]),
-    );
-    let mut bundle = op(
-        "Claim the bundle of one device",
-        true,
-        json!({"200": ok("PreKeyBundles"), "401": e, "404": e}),
-    );
-    bundle = with(
-        bundle,
-        "parameters",
-        json!([
-            path_param("userId", json!({"type": "string"})),
-            path_param("deviceId", u32s())
-        ]),
-    );
-    let mut send = op(
-        "Queue one ciphertext per device",
-        true,
-        json!({
-        "200": ok("SendMessageResponse"), "400": e, "401": e, "404": e, "413": e, "429": e,
-        "409": ok("MismatchedDevices"), "410": ok("StaleDevices")}),
-    );
-    send = with(send, "requestBody", body("SendMessageRequest"));
-    let unread = op(
-        "Queued envelopes of this device",
-        true,
-        json!({"200": ok("UnreadCount"), "401": e}),
-    );
-    let mut fetch = op(
-        "Page through queued envelopes (not deleted until acked)",
-        true,
-        json!({"200": ok("EnvelopePage"), "400": e, "401": e}),
-    );
-    fetch = with(
-        fetch,
-        "parameters",
-        json!([
-        {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]),
-    );
-    let mut ack = op(
-        "Ack (delete) a queued envelope",
-        true,
-        json!({"204": {"description": "deleted"}, "401": e, "404": e}),
-    );
-    ack = with(
-        ack,
-        "parameters",
-        json!([path_param("seq", json!({"type": "integer", "minimum": 0}))]),
-    );
-    let ws = op(
-        "WebSocket: token by header or ?token=; frames are ServerFrame/ClientFrame JSON text",
-        true,
-        json!({"101": {"description": "switching protocols"}, "401": e, "426": e}),
-    );
-    let health = op(
-        "Liveness and database check",
-        false,
-        json!({"200": ok("Health"), "503": ok("Health")}),
-    );
-    let metrics = op(
-        "Prometheus metrics",
-        false,
-        json!({"200": {"description": "text exposition format", "content": {"text/plain": {}}}}),
-    );
-
-    let signed = json!({"type": "object", "required": ["keyId", "publicKey", "signature"], "properties": {"keyId": u32s(), "publicKey": b64(), "signature": b64()}});
-    let prekey = json!({"type": "object", "required": ["keyId", "publicKey"], "properties": {"keyId": u32s(), "publicKey": b64()}});
-    let dref =
-        json!({"type": "object", "properties": {"userId": {"type": "string"}, "deviceId": u32s()}});
-    let outgoing = json!({"type": "object", "required": ["deviceId", "registrationId", "content"], "properties": {"deviceId": u32s(), "registrationId": u32s(), "content": b64()}});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Sotto relay", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Stores and forwards opaque end-to-end encrypted envelopes. Binary values are standard base64; times are ms since the Unix epoch. Every error is {code, message}."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
-                "RegisterRequest": {"type": "object", "required": ["username", "email", "password"], "properties": {
-                    "username": {"type": "string", "pattern": "^[A-Za-z0-9_]{3,20}$"}, "email": {"type": "string", "format": "email"},
-                    "password": {"type": "string", "minLength": 8, "maxLength": 256}}},
-                "RegisterResponse": {"type": "object", "properties": {"userId": {"type": "string", "format": "uuid"}}},
-                "LoginRequest": {"type": "object", "required": ["username", "password", "registrationId"], "properties": {
-                    "username": {"type": "string"}, "password": {"type": "string"}, "registrationId": u32s()}},
-                "LoginResponse": {"type": "object", "properties": {"userId": {"type": "string"}, "deviceId": u32s(), "token": {"type": "string"}}},
-                "DeviceList": {"type": "object", "properties": {"userId": {"type": "string"}, "devices": {"type": "array", "items": {
-                    "type": "object", "properties": {"deviceId": u32s(), "registrationId": u32s(), "createdAt": {"type": "integer"}}}}}},
-                "KeysUpload": {"type": "object", "properties": {"identityKey": b64(), "signedPreKey": signed.clone(),
-                    "preKeys": {"type": "array", "maxItems": 100, "items": prekey.clone()},
-                    "kemPreKeys": {"type": "array", "maxItems": 100, "items": signed.clone()}, "kemLastResortKey": signed.clone()}},
-                "KeyCount": {"type": "object", "properties": {"count": u32s(), "kemCount": u32s()}},
-                "PreKeyBundles": {"type": "object", "properties": {"userId": {"type": "string"}, "identityKey": b64(), "devices": {"type": "array", "items": {
-                    "type": "object", "required": ["deviceId", "registrationId", "signedPreKey"], "properties": {
-                        "deviceId": u32s(), "registrationId": u32s(), "signedPreKey": signed.clone(), "preKey": prekey, "kemPreKey": signed}}}}},
-                "SendMessageRequest": {"type": "object", "required": ["recipientId", "clientMessageId", "messages"], "properties": {
-                    "recipientId": {"type": "string"}, "clientMessageId": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "messages": {"type": "array", "items": outgoing.clone()}, "syncMessages": {"type": "array", "items": outgoing}}},
-                "SendMessageResponse": {"type": "object", "properties": {"serverMessageId": {"type": "string"}, "serverTimestamp": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
-                "MismatchedDevices": {"type": "object", "properties": {"code": {"const": "mismatched_devices"}, "message": {"type": "string"},
-                    "missingDevices": {"type": "array", "items": dref.clone()}, "extraDevices": {"type": "array", "items": dref.clone()}}},
-                "StaleDevices": {"type": "object", "properties": {"code": {"const": "stale_devices"}, "message": {"type": "string"}, "staleDevices": {"type": "array", "items": dref}}},
-                "UnreadCount": {"type": "object", "properties": {"count": {"type": "integer"}}},
-                "Envelope": {"type": "object", "properties": {"seq": {"type": "integer"}, "kind": {"enum": ["message", "deliveryReceipt"]},
-                    "sourceUserId": {"type": "string"}, "sourceDeviceId": u32s(), "serverMessageId": {"type": "string"},
-                    "clientMessageId": {"type": "string"}, "serverTimestamp": {"type": "integer"}, "content": b64()}},
-                "EnvelopePage": {"type": "object", "properties": {"envelopes": {"type": "array", "items": {"$ref": "#/components/schemas/Envelope"}}, "nextCursor": {"type": "integer"}}},
-                "Health": {"type": "object", "properties": {"status": {"type": "string"}}}
+/// Adds `code` to the description of `status` (creating the answer if the handler did not
+/// declare it).
+fn declare(op: &mut Operation, status: &str, what: &str) {
+    let entry = op
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description("").build()));
+    if let RefOr::T(resp) = entry {
+        if !resp.description.contains(what) {
+            if resp.description.is_empty() {
+                resp.description = what.to_owned();
+            } else {
+                resp.description = format!("{}; {what}", resp.description);
             }
-        },
-        "paths": {
-            "/api/users/register": {"post": register},
-            "/api/users/login": {"post": login},
-            "/api/users/logout": {"post": logout},
-            "/api/users/{userId}/devices": {"get": devices},
-            "/api/keys": {"put": keys},
-            "/api/keys/count": {"get": count},
-            "/api/keys/{userId}": {"get": bundles},
-            "/api/keys/{userId}/{deviceId}": {"get": bundle},
-            "/api/messages/send": {"post": send},
-            "/api/messages/unread": {"get": unread},
-            "/api/messages": {"get": fetch},
-            "/api/messages/{seq}": {"delete": ack},
-            "/ws": {"get": ws},
-            "/healthz": {"get": health},
-            "/metrics": {"get": metrics}
         }
-    })
+    }
 }
 
-/// Statuses every operation of a kind can answer, whatever its handler does: the extractors'
-/// and the connection layer's. Declared here once so no operation can forget them.
-fn declare_common(mut doc: Value) -> Value {
-    let e = error_ref();
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return doc;
-    };
-    for (path, ops) in paths.iter_mut() {
-        let templated = path.contains('{');
-        let Some(ops) = ops.as_object_mut() else {
-            continue;
-        };
-        for op in ops.values_mut() {
-            let json_body = op
-                .pointer("/requestBody/content/application~1json")
-                .is_some();
-            let raw_body = op.get("requestBody").is_some() && !json_body;
-            let authenticated = op.get("security").is_some();
-            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            let mut add = |status: &str| {
-                responses
-                    .entry(status.to_owned())
-                    .or_insert_with(|| e.clone());
-            };
-            if json_body {
-                // invalid_json, body_timeout, payload_too_large, unsupported_media_type,
-                // invalid_fields.
-                for status in ["400", "408", "413", "415", "422"] {
-                    add(status);
-                }
-            }
-            if raw_body {
-                for status in ["408", "413"] {
-                    add(status);
-                }
-            }
-            if authenticated {
-                add("401");
-            }
-            if templated {
-                // invalid_path
-                add("400");
-            }
+fn finish_operation(op: &mut Operation, has_bearer: bool) {
+    let json_body = op
+        .request_body
+        .as_ref()
+        .is_some_and(|b| matches!(b, RefOr::T(b) if b.content.contains_key("application/json")));
+    let raw_body = op.request_body.is_some() && !json_body;
+    let params: Vec<ParameterIn> = op
+        .parameters
+        .iter()
+        .flatten()
+        .filter_map(|p| match p {
+            RefOr::T(p) => Some(p.parameter_in.clone()),
+            RefOr::Ref(_) => None,
+        })
+        .collect();
+    if json_body {
+        declare(op, "400", "`invalid_json`: the body is not JSON");
+        declare(op, "408", "`body_timeout`: the body stopped arriving");
+        declare(
+            op,
+            "413",
+            "`payload_too_large`: the body is over the request limit",
+        );
+        declare(
+            op,
+            "415",
+            "`unsupported_media_type`: no `Content-Type: application/json`",
+        );
+        declare(
+            op,
+            "422",
+            "`invalid_fields`: a field is missing, unknown or of the wrong type",
+        );
+    }
+    if raw_body {
+        declare(op, "408", "`body_timeout`: the body stopped arriving");
+        declare(op, "413", "`payload_too_large`: the body is over the limit");
+    }
+    if params.contains(&ParameterIn::Path) {
+        declare(
+            op,
+            "400",
+            "`invalid_path`: a path parameter has the wrong type",
+        );
+    }
+    if params.contains(&ParameterIn::Query) {
+        declare(
+            op,
+            "400",
+            "`invalid_query`: an unknown or ill-typed query parameter",
+        );
+    }
+    if has_bearer {
+        declare(
+            op,
+            "401",
+            "`unauthorized`: missing, invalid or revoked bearer token",
+        );
+    }
+    for (status, resp) in op.responses.responses.iter_mut() {
+        let RefOr::T(resp) = resp else { continue };
+        let error = !status.starts_with('1') && !status.starts_with('2');
+        if error && resp.content.is_empty() {
+            resp.content
+                .insert("application/json".into(), RefOr::T(error_body()));
+        }
+        if status == "429" {
+            resp.headers.insert(
+                "Retry-After".into(),
+                RefOr::T(
+                    HeaderBuilder::new()
+                        .schema(Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .minimum(Some(1)),
+                        ))
+                        .description(Some("seconds until the request can succeed"))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// Completes a generated document: the bearer scheme, the answers common to a kind of
+/// operation, error bodies and `Retry-After`.
+pub fn finish(mut doc: OpenApi) -> OpenApi {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let has_bearer = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            finish_operation(op, has_bearer);
         }
     }
     doc
-}
-
-/// The whole document: the core routes, the feature routes, and the statuses common to all.
-pub fn full_spec() -> Value {
-    declare_common(crate::openapi_features::extend(spec()))
-}
-
-/// `GET /openapi.json`.
-pub async fn document() -> impl IntoResponse {
-    axum::Json(full_spec())
 }

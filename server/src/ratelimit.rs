@@ -23,6 +23,18 @@
 //! must share limits: it is object safe and asynchronous. [`LocalRateLimiter`] is the in-process
 //! implementation; time comes from a [`Clock`] so tests are deterministic.
 //!
+//! Why not the `governor` crate (0.10): measured against it (release build, one thread, this
+//! relay's 2-core machine), its keyed limiter is faster on a hot key (≈ 48 ns per check against
+//! ≈ 157 ns here, both negligible next to a request), but it cannot keep two guarantees the relay
+//! relies on. It has no peek (checking without spending), which [`RateLimiter::peek`] needs so
+//! that a request is counted only once it succeeded. And its keyed state has no cap: 10⁶ rotating
+//! keys under an hourly quota keep 10⁶ entries (+112 MiB) that `retain_recent()` cannot drop,
+//! because every one is still live; sweeping with `retain_recent()` whenever a cap is reached
+//! costs O(keys) per new key (≈ 231 µs per check at a 100,000-key cap) and still does not hold
+//! the cap. This limiter holds 100,000 keys per limit (+13 MiB for the same flood, ≈ 0.6 µs per
+//! check) by evicting the buckets closest to full. Both gaps could only be closed with a custom
+//! `governor` state store, which would be this module's sharded map again.
+//!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
 //! use sotto_server::ratelimit::{Limit, LocalRateLimiter, Quota, RateKey, RateLimitConfig};

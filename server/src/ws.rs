@@ -35,8 +35,9 @@ use crate::{now_ms, AppError, AppState};
 const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
 /// Query of `/ws`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
     /// Bearer token, for browsers that cannot set headers on WebSockets.
     #[serde(default)]
@@ -44,6 +45,13 @@ pub struct WsQuery {
 }
 
 /// `GET /ws`: authenticates, then upgrades.
+#[utoipa::path(
+    get, path = "/ws", tag = "messages", params(WsQuery), summary = "WebSocket: token by header or ?token=; frames are ServerFrame/ClientFrame JSON text", security(("bearer" = [])),
+    responses(
+        (status = 101, description = "switching protocols"),
+        (status = 426, description = "`websocket_required`"),
+    )
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

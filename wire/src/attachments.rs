@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Answer to an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentUploaded {
     /// Unguessable id (43 URL-safe base64 characters); put it in the message.

@@ -29,6 +29,7 @@ use crate::Base64;
 
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum GroupRole {
     /// Can add and remove members, change roles, create and revoke invites.
@@ -40,6 +41,7 @@ pub enum GroupRole {
 /// `POST /api/groups`: the caller becomes the first admin; `members` (other user ids) join as
 /// members. `metadata` is the end-to-end encrypted name, description and avatar (≤ 16 KiB).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateGroupRequest {
     /// Initial members besides the caller.
@@ -51,6 +53,7 @@ pub struct CreateGroupRequest {
 
 /// Answer to [`CreateGroupRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupCreated {
     /// The new group's id (a UUID).
@@ -65,6 +68,7 @@ pub struct GroupCreated {
 
 /// One member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupMember {
     /// User id.
@@ -77,6 +81,7 @@ pub struct GroupMember {
 
 /// Answer of `GET /api/groups/{groupId}/members` (and of a join).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupMembers {
     /// Group id.
@@ -94,6 +99,7 @@ pub struct GroupMembers {
 
 /// One entry of [`GroupList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupSummary {
     /// Group id.
@@ -110,6 +116,7 @@ pub struct GroupSummary {
 
 /// Answer of `GET /api/groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupList {
     /// The caller's groups, oldest first (one page).
@@ -122,6 +129,7 @@ pub struct GroupList {
 /// `POST /api/groups/{groupId}/join`: exactly one of the two fields. `userIds`: an admin adds these
 /// users. `inviteToken`: the caller joins with a token the group created.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JoinGroupRequest {
     /// Users an admin adds.
@@ -134,6 +142,7 @@ pub struct JoinGroupRequest {
 
 /// `PUT /api/groups/{groupId}/members/{userId}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetRoleRequest {
     /// The new role.
@@ -143,6 +152,7 @@ pub struct SetRoleRequest {
 /// Answer of `POST /api/groups/{groupId}/invites`: the token is shown once (the relay keeps only
 /// its hash); revoke it by `inviteId`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupInvite {
     /// Id for revoking.
@@ -169,6 +179,7 @@ impl std::fmt::Debug for GroupInvite {
 
 /// One sender-key distribution ciphertext (or any pairwise message) for one member device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupDeviceMessage {
     /// Member user id (or the sender's own id for its other devices).
@@ -186,6 +197,7 @@ pub struct GroupDeviceMessage {
 /// queued before it (sender-key distribution to new members). Only members may send.
 /// Answer: [`SendMessageResponse`](crate::SendMessageResponse).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupSendRequest {
     /// Idempotency key, unique per sending device (1-64 bytes).
@@ -199,6 +211,7 @@ pub struct GroupSendRequest {
 
 /// What changed in a [`GroupEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum GroupChange {
@@ -220,6 +233,7 @@ pub enum GroupChange {
 /// The JSON `content` of an envelope of kind `groupEvent`: written by the relay, not encrypted
 /// (the relay knows the membership anyway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupEvent {
     /// Group id.
@@ -273,6 +287,7 @@ mod tests {
 
 /// A pending invitation to a group, as `GET /api/groups/invitations` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupInvitation {
     /// The group.
@@ -281,12 +296,16 @@ pub struct GroupInvitation {
     pub inviter_user_id: String,
     /// When (ms).
     pub invited_at: u64,
+    /// When it expires unanswered (ms).
+    #[serde(default)]
+    pub expires_at: u64,
     /// The group's encrypted metadata.
     pub metadata: Base64,
 }
 
 /// Answer of `GET /api/groups/invitations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupInvitations {
     /// Pending invitations of the caller, oldest first.
@@ -295,6 +314,7 @@ pub struct GroupInvitations {
 
 /// `GET` / `PUT /api/users/settings`: the caller's account settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccountSettings {
     /// Every group add is a pending invitation, even from contacts.

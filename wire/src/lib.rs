@@ -96,6 +96,20 @@ impl Serialize for Base64 {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Base64 {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_encoding("base64")
+            .description(Some("bytes as standard base64 with padding"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Base64 {}
+
 impl<'de> Deserialize<'de> for Base64 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -123,6 +137,7 @@ impl<'de> Deserialize<'de> for Base64 {
 /// Some answers carry details next to the two fields: see [`MismatchedDevices`] (409 on send) and
 /// [`StaleDevices`] (410 on send).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Stable identifier, e.g. `invalid_json`, `unauthorized`, `mismatched_devices`.
@@ -133,6 +148,7 @@ pub struct ErrorBody {
 
 /// An owned device address, as carried in error details.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRef {
     /// The user id.
@@ -144,6 +160,7 @@ pub struct DeviceRef {
 /// 409 `mismatched_devices` on send: the ciphertext set does not match the current devices.
 /// The client fetches bundles for `missingDevices`, drops sessions of `extraDevices`, and retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MismatchedDevices {
     /// Always `mismatched_devices`.
@@ -159,6 +176,7 @@ pub struct MismatchedDevices {
 /// 410 `stale_devices` on send: these devices were re-registered (their registration id changed);
 /// the client must fetch their new bundles, start new sessions and retry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StaleDevices {
     /// Always `stale_devices`.
@@ -176,6 +194,7 @@ pub struct StaleDevices {
 /// address (≤ 254 bytes), a password of 8-256 bytes. Answer: 201 [`RegisterResponse`]; 409
 /// `username_taken`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Login name, unique, case-sensitive.
@@ -202,6 +221,7 @@ impl fmt::Debug for RegisterRequest {
 
 /// Answer to [`RegisterRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterResponse {
     /// The new account's id (a UUID).
@@ -212,6 +232,7 @@ pub struct RegisterResponse {
 /// that already has a device answers 409 `device_exists` (further devices are linked from an existing
 /// one). Wrong username or password: 401 `invalid_credentials`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginRequest {
     /// Login name.
@@ -239,6 +260,7 @@ impl fmt::Debug for LoginRequest {
 
 /// Answer to [`LoginRequest`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
     /// The account's id.
@@ -265,6 +287,7 @@ impl fmt::Debug for LoginResponse {
 
 /// One device as listed by `GET /api/users/{userId}/devices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceInfo {
     /// Device id, starting at 1.
@@ -277,6 +300,7 @@ pub struct DeviceInfo {
 
 /// Answer of `GET /api/users/{userId}/devices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceList {
     /// The user id asked for.
@@ -290,6 +314,7 @@ pub struct DeviceList {
 
 /// A one-time EC prekey (X25519 public key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreKey {
     /// Client-chosen id, unique per device and key type.
@@ -300,6 +325,7 @@ pub struct PreKey {
 
 /// A prekey signed by the account identity key: the signed EC prekey, or an ML-KEM-768 prekey.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedPreKey {
     /// Client-chosen id, unique per device and key type.
@@ -317,6 +343,7 @@ pub struct SignedPreKey {
 /// The identity key belongs to the account: it is set by the first upload and may only change while
 /// the uploading device is the account's only device (409 `identity_key_mismatch` otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeysUpload {
     /// The account identity public key.
@@ -338,6 +365,7 @@ pub struct KeysUpload {
 
 /// Answer of `GET /api/keys/count`: how many one-time keys of the device are left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyCount {
     /// One-time EC prekeys left.
@@ -348,6 +376,7 @@ pub struct KeyCount {
 
 /// The prekeys of one device, as handed out to a peer starting a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceBundle {
     /// Device id.
@@ -368,6 +397,7 @@ pub struct DeviceBundle {
 /// Answer of `GET /api/keys/{userId}` (every device) and `GET /api/keys/{userId}/{deviceId}`.
 /// Devices that have not uploaded a signed prekey yet are left out; 404 when none is left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PreKeyBundles {
     /// The user id.
@@ -383,6 +413,7 @@ pub struct PreKeyBundles {
 
 /// One ciphertext for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutgoingMessage {
     /// Destination device id.
@@ -401,6 +432,7 @@ pub struct OutgoingMessage {
 /// 404 `unknown_user`; 413 `payload_too_large`. A retry with the same `clientMessageId` from the
 /// same device stores nothing and returns the first answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendMessageRequest {
     /// The recipient user id.
@@ -416,6 +448,7 @@ pub struct SendMessageRequest {
 
 /// Answer to [`SendMessageRequest`]: the envelopes are durably stored ("accepted").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SendMessageResponse {
     /// Relay-assigned id of this message (shared by its per-device envelopes).
@@ -429,6 +462,7 @@ pub struct SendMessageResponse {
 
 /// What a queued envelope is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum EnvelopeKind {
     /// Ciphertext from another device.
@@ -444,6 +478,7 @@ pub enum EnvelopeKind {
 
 /// A queued item of a device's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
     /// Position in this device's mailbox (strictly increasing); ack with this id.
@@ -470,6 +505,7 @@ pub struct Envelope {
 
 /// Answer of `GET /api/messages/unread`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UnreadCount {
     /// Envelopes queued for the authenticated device.
@@ -480,6 +516,7 @@ pub struct UnreadCount {
 /// envelopes of the authenticated device in mailbox order. Fetching does not delete: ack with
 /// `DELETE /api/messages/{seq}` or over the WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnvelopePage {
     /// Envelopes with `seq > after`, oldest first.
@@ -494,6 +531,7 @@ pub struct EnvelopePage {
 
 /// Frames the relay sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "data", rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum ServerFrame {
@@ -515,6 +553,7 @@ pub enum ServerFrame {
 
 /// Frames a device sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(
     tag = "type",
     content = "data",
@@ -548,6 +587,7 @@ pub mod close_code {
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// `ok` when the database answers.

@@ -21,6 +21,7 @@ use crate::Base64;
 
 /// Answer of `POST /api/provisioning` (no authentication).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProvisioningChannel {
     /// Ephemeral address (43 URL-safe base64 characters).
@@ -33,6 +34,7 @@ pub struct ProvisioningChannel {
 /// `GET /api/provisioning/{address}?waitSecs=n` (200 with the message, 204 if none arrived within
 /// the wait, 404 `unknown_address` for an unknown or expired address). One message per address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProvisioningMessage {
     /// Ciphertext for the new device (≤ 64 KiB).
@@ -42,6 +44,7 @@ pub struct ProvisioningMessage {
 /// Answer of `POST /api/devices/linking-codes`: a one-time code, valid for 10 minutes, that the
 /// existing device puts inside the provisioning message.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LinkingCode {
     /// The code (43 URL-safe base64 characters).
@@ -66,6 +69,7 @@ impl std::fmt::Debug for LinkingCode {
 /// Answer: 201 [`LoginResponse`](crate::LoginResponse); 403 `invalid_linking_code`; 409
 /// `too_many_devices`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkDeviceRequest {
     /// The code from the provisioning message.

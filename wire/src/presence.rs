@@ -16,6 +16,7 @@ use crate::Base64;
 
 /// Presence of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum PresenceStatus {
     /// At least one device connected and not away.
@@ -28,6 +29,7 @@ pub enum PresenceStatus {
 
 /// Answer of `GET /api/users/{userId}/status`, and the payload of presence pushes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UserStatus {
     /// The user.
@@ -41,6 +43,7 @@ pub struct UserStatus {
 
 /// `PUT /api/presence`: the calling device's own state while connected (`online` or `away`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetPresenceRequest {
     /// `online` or `away` (`offline` is not settable: it means "no connection").
@@ -50,6 +53,7 @@ pub struct SetPresenceRequest {
 /// `PUT /api/presence/subscriptions`: replaces the calling device's subscriptions (at most 1,000
 /// users). The device must be connected; the subscriptions end with its connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PresenceSubscriptions {
     /// Users whose presence changes to push.
@@ -58,6 +62,7 @@ pub struct PresenceSubscriptions {
 
 /// Answer to [`PresenceSubscriptions`]: the current status of each subscribed user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceSnapshot {
     /// One entry per existing subscribed user.
@@ -66,6 +71,7 @@ pub struct PresenceSnapshot {
 
 /// One ephemeral ciphertext for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EphemeralMessage {
     /// Destination device id.
@@ -79,6 +85,7 @@ pub struct EphemeralMessage {
 /// `timestamp` is the sender's clock (ms); older than 10 s means dropped. Answer: 204, whether or
 /// not anyone was online.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EphemeralRequest {
     /// 1:1 recipient.
@@ -99,6 +106,7 @@ pub struct EphemeralRequest {
 
 /// An ephemeral envelope as pushed over the WebSocket (never acked, never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralEnvelope {
     /// Sending user.

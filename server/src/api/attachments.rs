@@ -51,6 +51,16 @@ fn quota_exceeded(quota: u64) -> AppError {
 }
 
 /// `POST /api/attachments`: the raw body is the ciphertext.
+#[utoipa::path(
+    post, path = "/api/attachments", operation_id = "upload_attachment", tag = "attachments", summary = "Upload an encrypted attachment (raw body, streamed)", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the attachment's ciphertext"),
+    responses(
+        (status = 201, description = "stored", body = sotto_wire::AttachmentUploaded),
+        (status = 400, description = "`upload_failed`: the upload broke off"),
+        (status = 413, description = "`payload_too_large`, `attachment_quota_exceeded`"),
+        (status = 429, description = "`rate_limited`: upload bytes per account per day"),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -137,13 +147,20 @@ pub async fn upload(
 }
 
 /// `GET /api/attachments/{attachmentId}`.
+#[utoipa::path(
+    get, path = "/api/attachments/{attachment_id}", tag = "attachments", summary = "Download an attachment (application/octet-stream)", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the blob", content_type = "application/octet-stream"),
+        (status = 404, description = "`unknown_attachment`"),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
-    Auth(_): Auth,
-    Path(id): Path<String>,
+    Auth(_caller): Auth,
+    Path(attachment_id): Path<String>,
 ) -> Result<Response, AppError> {
     // A malformed id is answered exactly like an unknown one.
-    let id: BlobId = id.parse().map_err(|_| unknown())?;
+    let id: BlobId = attachment_id.parse().map_err(|_| unknown())?;
     let blobs = state.services().blobs().await.map_err(blob_error)?;
     let (len, stream) = blobs.get_stream(&id).await.map_err(blob_error)?;
     Ok((

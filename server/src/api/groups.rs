@@ -112,7 +112,17 @@ fn applied(state: &AppState, write: GroupWrite) -> Result<i64, AppError> {
         )),
         GroupWrite::NoInvitation => Err(AppError::not_found(
             "unknown_invitation",
-            "you have no pending invitation to this group",
+            "no such pending invitation to this group",
+        )),
+        GroupWrite::InvitationExpired => Err(AppError::client(
+            StatusCode::GONE,
+            "invitation_expired",
+            "this invitation expired; ask a member of the group to add you again",
+        )),
+        GroupWrite::NotInviter => Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "not_inviter",
+            "only the member who invited this user, or an admin, can cancel the invitation",
         )),
     }
 }
@@ -167,6 +177,17 @@ impl GroupFrame {
 }
 
 /// `POST /api/groups`.
+#[utoipa::path(
+    post, path = "/api/groups", tag = "groups", summary = "Create a group (caller is admin)", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "created", body = sotto_wire::GroupCreated),
+        (status = 400, description = "`too_many_users`, `invalid_user_id`"),
+        (status = 404, description = "`unknown_user`"),
+        (status = 409, description = "`group_full`, `too_many_groups`"),
+        (status = 413, description = "`payload_too_large`: metadata over 16 KiB"),
+        (status = 429, description = "`rate_limited`: group creations and membership changes per account"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -202,12 +223,13 @@ pub async fn create(
             now,
             expires_at: state.expires_at(now),
             consent: state.config().group_consent,
+            invitation_expires_at: invitation_expiry(&state, now),
         })
         .await?;
     let rev = applied(&state, write)?;
     let invited_user_ids = state
         .store()
-        .group_view(&group_id, &user_id)
+        .group_view(&group_id, &user_id, now)
         .await?
         .map(|v| v.invited)
         .unwrap_or_default();
@@ -224,6 +246,12 @@ pub async fn create(
     ))
 }
 
+/// When an invitation made at `now` expires.
+fn invitation_expiry(state: &AppState, now: i64) -> i64 {
+    let ttl = i64::try_from(state.config().group_invitation_ttl.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_add(ttl)
+}
+
 /// The answer for a refusal decided before reaching the store.
 fn refused(state: &AppState, write: GroupWrite) -> AppError {
     match applied(state, write) {
@@ -233,8 +261,9 @@ fn refused(state: &AppState, write: GroupWrite) -> AppError {
 }
 
 /// Query of `GET /api/groups`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GroupPageQuery {
     /// `nextCursor` of the previous page.
     #[serde(default)]
@@ -248,6 +277,13 @@ pub struct GroupPageQuery {
 pub const MAX_GROUP_PAGE: u32 = 100;
 
 /// `GET /api/groups?after=&limit=`: one page of the caller's groups, oldest first.
+#[utoipa::path(
+    get, path = "/api/groups", tag = "groups", params(GroupPageQuery), summary = "The caller's groups, one page", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "one page", body = sotto_wire::GroupList),
+        (status = 400, description = "`invalid_limit`, `invalid_cursor`"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -301,7 +337,7 @@ pub async fn list(
 async fn view(state: &AppState, group_id: &str, asker: &str) -> Result<GroupMembers, AppError> {
     let g = state
         .store()
-        .group_view(group_id, asker)
+        .group_view(group_id, asker, now_ms())
         .await?
         .ok_or_else(unknown_group)?;
     Ok(GroupMembers {
@@ -322,6 +358,13 @@ async fn view(state: &AppState, group_id: &str, asker: &str) -> Result<GroupMemb
 }
 
 /// `GET /api/groups/{groupId}/members`: members only.
+#[utoipa::path(
+    get, path = "/api/groups/{group_id}/members", tag = "groups", summary = "Members (members only)", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the group", body = sotto_wire::GroupMembers),
+        (status = 404, description = "`unknown_group`"),
+    )
+)]
 pub async fn members(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -337,8 +380,12 @@ async fn change(
     actor: DeviceAuth,
     op: MemberOp,
 ) -> Result<i64, AppError> {
-    // Leaving is never limited; every other change queues events for others.
-    let limited = !matches!(op, MemberOp::Leave | MemberOp::DeclineInvitation);
+    // Leaving, declining and cancelling are never limited; every other change queues events for
+    // others.
+    let limited = !matches!(
+        op,
+        MemberOp::Leave | MemberOp::DeclineInvitation | MemberOp::CancelInvitation(_)
+    );
     let user_id = actor.user_id.clone();
     if limited {
         state
@@ -356,6 +403,7 @@ async fn change(
             now,
             expires_at: state.expires_at(now),
             consent: state.config().group_consent,
+            invitation_expires_at: invitation_expiry(state, now),
         })
         .await?;
     let revision = applied(state, write)?;
@@ -368,6 +416,17 @@ async fn change(
 }
 
 /// `POST /api/groups/{groupId}/join`.
+#[utoipa::path(
+    post, path = "/api/groups/{group_id}/join", tag = "groups", summary = "Admin adds users, or the caller joins with an invite token", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the group", body = sotto_wire::GroupMembers),
+        (status = 400, description = "`too_many_users`, `invalid_user_id`, `invalid_join`"),
+        (status = 403, description = "`not_admin`, `invalid_invite`"),
+        (status = 404, description = "`unknown_group`, `unknown_user`"),
+        (status = 409, description = "`group_full`, `too_many_groups`"),
+        (status = 429, description = "`rate_limited`: group creations and membership changes per account"),
+    )
+)]
 pub async fn join(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -401,6 +460,13 @@ pub async fn join(
 }
 
 /// `DELETE /api/groups/{groupId}/leave`.
+#[utoipa::path(
+    delete, path = "/api/groups/{group_id}/leave", tag = "groups", summary = "Leave", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "left"),
+        (status = 404, description = "`unknown_group`"),
+    )
+)]
 pub async fn leave(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -412,6 +478,16 @@ pub async fn leave(
 }
 
 /// `DELETE /api/groups/{groupId}/members/{userId}`: an admin removes a member.
+#[utoipa::path(
+    delete, path = "/api/groups/{group_id}/members/{user_id}", tag = "groups", summary = "Admin removes a member", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 403, description = "`not_admin`"),
+        (status = 404, description = "`unknown_group`, `unknown_member`"),
+        (status = 409, description = "`last_admin`"),
+        (status = 429, description = "`rate_limited`: group creations and membership changes per account"),
+    )
+)]
 pub async fn remove(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -431,6 +507,16 @@ pub async fn remove(
 }
 
 /// `PUT /api/groups/{groupId}/members/{userId}`: an admin sets a role.
+#[utoipa::path(
+    put, path = "/api/groups/{group_id}/members/{user_id}", tag = "groups", summary = "Admin sets a member's role", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "set"),
+        (status = 403, description = "`not_admin`"),
+        (status = 404, description = "`unknown_group`, `unknown_member`"),
+        (status = 409, description = "`last_admin`"),
+        (status = 429, description = "`rate_limited`: group creations and membership changes per account"),
+    )
+)]
 pub async fn set_role(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -451,6 +537,16 @@ pub async fn set_role(
 
 /// `POST /api/groups/{groupId}/invitation`: the caller accepts their pending invitation and
 /// becomes a member (every member gets a `membersAdded` event).
+#[utoipa::path(
+    post, path = "/api/groups/{group_id}/invitation", tag = "groups", summary = "Accept the caller's pending invitation", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "now a member", body = sotto_wire::GroupMembers),
+        (status = 404, description = "`unknown_invitation`"),
+        (status = 410, description = "`invitation_expired` (until the expiry sweep deletes it; then 404)"),
+        (status = 409, description = "`group_full`, `too_many_groups`"),
+        (status = 429, description = "`rate_limited`: group creations and membership changes per account"),
+    )
+)]
 pub async fn accept_invitation(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -468,6 +564,13 @@ pub async fn accept_invitation(
 }
 
 /// `DELETE /api/groups/{groupId}/invitation`: the caller declines their pending invitation.
+#[utoipa::path(
+    delete, path = "/api/groups/{group_id}/invitation", tag = "groups", summary = "Decline the caller's pending invitation", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "declined"),
+        (status = 404, description = "`unknown_invitation`"),
+    )
+)]
 pub async fn decline_invitation(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -478,12 +581,49 @@ pub async fn decline_invitation(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /api/groups/{groupId}/invitations/{userId}`: the inviter, or an admin, cancels a
+/// pending (or expired) invitation.
+#[utoipa::path(
+    delete, path = "/api/groups/{group_id}/invitations/{user_id}", tag = "groups",
+    summary = "The inviter or an admin cancels a user's pending invitation", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "cancelled"),
+        (status = 403, description = "`not_inviter`: only the inviter or an admin cancels"),
+        (status = 404, description = "`unknown_group`, `unknown_invitation`"),
+    )
+)]
+pub async fn cancel_invitation(
+    State(state): State<AppState>,
+    Auth(device): Auth,
+    Path((group_id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    check_group_id(&group_id)?;
+    if !valid_id(&user_id) {
+        return Err(refused(&state, GroupWrite::NoInvitation));
+    }
+    change(
+        &state,
+        group_id,
+        device,
+        MemberOp::CancelInvitation(user_id),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/groups/invitations`: the caller's pending invitations.
+#[utoipa::path(
+    get, path = "/api/groups/invitations", tag = "groups", summary = "The caller's pending group invitations", security(("bearer" = [])),
+    responses((status = 200, description = "pending invitations", body = sotto_wire::GroupInvitations))
+)]
 pub async fn invitations(
     State(state): State<AppState>,
     Auth(device): Auth,
 ) -> Result<Json<GroupInvitations>, AppError> {
-    let rows = state.store().invitations_of(&device.user_id).await?;
+    let rows = state
+        .store()
+        .invitations_of(&device.user_id, now_ms())
+        .await?;
     Ok(Json(GroupInvitations {
         invitations: rows
             .into_iter()
@@ -491,6 +631,7 @@ pub async fn invitations(
                 group_id: r.group_id,
                 inviter_user_id: r.inviter,
                 invited_at: u64::try_from(r.created_at).unwrap_or(0),
+                expires_at: u64::try_from(r.expires_at).unwrap_or(0),
                 metadata: r.metadata.into(),
             })
             .collect(),
@@ -498,6 +639,15 @@ pub async fn invitations(
 }
 
 /// `POST /api/groups/{groupId}/invites`.
+#[utoipa::path(
+    post, path = "/api/groups/{group_id}/invites", tag = "groups", summary = "Admin creates an invite token", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "created", body = sotto_wire::GroupInvite),
+        (status = 403, description = "`not_admin`"),
+        (status = 404, description = "`unknown_group`"),
+        (status = 429, description = "`rate_limited`: invite links per account"),
+    )
+)]
 pub async fn create_invite(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -539,6 +689,14 @@ pub async fn create_invite(
 }
 
 /// `DELETE /api/groups/{groupId}/invites/{inviteId}`.
+#[utoipa::path(
+    delete, path = "/api/groups/{group_id}/invites/{invite_id}", tag = "groups", summary = "Admin revokes an invite", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 403, description = "`not_admin`"),
+        (status = 404, description = "`unknown_group`, `unknown_invite`"),
+    )
+)]
 pub async fn revoke_invite(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -557,6 +715,18 @@ pub async fn revoke_invite(
 }
 
 /// `POST /api/groups/{groupId}/messages`.
+#[utoipa::path(
+    post, path = "/api/groups/{group_id}/messages", operation_id = "send_group_message", tag = "groups", summary = "Send one Sender-Key ciphertext to every member device (stored once)", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "accepted", body = sotto_wire::SendMessageResponse),
+        (status = 400, description = "`empty_content`, `duplicate_device`, `invalid_content`, `invalid_client_message_id`"),
+        (status = 404, description = "`unknown_group`"),
+        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = crate::openapi::SendConflict),
+        (status = 410, description = "`stale_devices`", body = sotto_wire::StaleDevices),
+        (status = 413, description = "`payload_too_large`: the ciphertext is over the envelope limit"),
+        (status = 429, description = "`rate_limited`: sends per account"),
+    )
+)]
 pub async fn send(
     State(state): State<AppState>,
     Auth(sender): Auth,

@@ -92,6 +92,15 @@ fn verify_upload(identity: &[u8], upload: &KeysUpload) -> Result<KeyUpdate, AppE
 }
 
 /// `PUT /api/keys`.
+#[utoipa::path(
+    put, path = "/api/keys", operation_id = "upload_keys", tag = "keys", summary = "Upload keys for this device (present fields replace stored keys of their type)", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "stored"),
+        (status = 400, description = "`invalid_key`, `duplicate_key_id`, `empty_upload`, `missing_identity_key`"),
+        (status = 409, description = "`identity_key_mismatch`"),
+        (status = 413, description = "`payload_too_large`: more than 100 one-time keys of a kind"),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -134,6 +143,10 @@ pub async fn upload(
 }
 
 /// `GET /api/keys/count`.
+#[utoipa::path(
+    get, path = "/api/keys/count", tag = "keys", summary = "One-time keys left for this device", security(("bearer" = [])),
+    responses((status = 200, description = "counts", body = sotto_wire::KeyCount))
+)]
 pub async fn count(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -192,6 +205,14 @@ async fn claim(
 }
 
 /// `GET /api/keys/{userId}`: one bundle per device of the user.
+#[utoipa::path(
+    get, path = "/api/keys/{user_id}", tag = "keys", summary = "Claim a bundle for every device of a user", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "one bundle per device", body = sotto_wire::PreKeyBundles),
+        (status = 404, description = "`unknown_user`, `no_keys`"),
+        (status = 429, description = "`rate_limited`: bundle fetches per account"),
+    )
+)]
 pub async fn bundles(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -201,6 +222,14 @@ pub async fn bundles(
 }
 
 /// `GET /api/keys/{userId}/{deviceId}`.
+#[utoipa::path(
+    get, path = "/api/keys/{user_id}/{device_id}", tag = "keys", summary = "Claim the bundle of one device", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the bundle", body = sotto_wire::PreKeyBundles),
+        (status = 404, description = "`unknown_user`, `no_keys`"),
+        (status = 429, description = "`rate_limited`: bundle fetches per account"),
+    )
+)]
 pub async fn device_bundle(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -65,6 +65,18 @@ fn targets(
 }
 
 /// `POST /api/messages/send`.
+#[utoipa::path(
+    post, path = "/api/messages/send", operation_id = "send_message", tag = "messages", summary = "Queue one ciphertext per device", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "accepted (committed), or a retry of an accepted request", body = sotto_wire::SendMessageResponse),
+        (status = 400, description = "`no_messages`, `duplicate_device`, `empty_content`, `invalid_client_message_id`, `invalid_sync_messages`"),
+        (status = 404, description = "`unknown_user`"),
+        (status = 409, description = "`mismatched_devices` (body: MismatchedDevices), `client_message_id_reused`", body = crate::openapi::SendConflict),
+        (status = 410, description = "`stale_devices`", body = sotto_wire::StaleDevices),
+        (status = 413, description = "`payload_too_large`: a ciphertext is over the envelope limit"),
+        (status = 429, description = "`rate_limited`: sends per account"),
+    )
+)]
 pub async fn send(
     State(state): State<AppState>,
     Auth(sender): Auth,
@@ -156,6 +168,10 @@ pub async fn send(
 }
 
 /// `GET /api/messages/unread`.
+#[utoipa::path(
+    get, path = "/api/messages/unread", tag = "messages", summary = "Queued envelopes of this device", security(("bearer" = [])),
+    responses((status = 200, description = "the count", body = sotto_wire::UnreadCount))
+)]
 pub async fn unread(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -165,8 +181,9 @@ pub async fn unread(
 }
 
 /// Query of `GET /api/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Cursor: only envelopes with a greater `seq`.
     #[serde(default)]
@@ -177,6 +194,13 @@ pub struct PageQuery {
 }
 
 /// `GET /api/messages?after=&limit=`.
+#[utoipa::path(
+    get, path = "/api/messages", tag = "messages", params(PageQuery), summary = "Page through queued envelopes (not deleted until acked)", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "one page", body = sotto_wire::EnvelopePage),
+        (status = 400, description = "`invalid_limit`, `invalid_cursor`"),
+    )
+)]
 pub async fn fetch(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -250,6 +274,13 @@ pub async fn apply_ack(
 }
 
 /// `DELETE /api/messages/{seq}`: ack one envelope.
+#[utoipa::path(
+    delete, path = "/api/messages/{seq}", tag = "messages", summary = "Ack (delete) a queued envelope", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "`unknown_envelope`"),
+    )
+)]
 pub async fn ack(
     State(state): State<AppState>,
     Auth(device): Auth,

@@ -18,6 +18,13 @@ pub mod provisioning;
 pub mod users;
 
 /// `GET /healthz`: 200 when the database answers, 503 otherwise.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", summary = "Liveness and database check",
+    responses(
+        (status = 200, description = "serving", body = sotto_wire::Health),
+        (status = 503, description = "the database does not answer", body = sotto_wire::Health),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     match state.store().health().await {
         Ok(()) => (
@@ -39,6 +46,10 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let queued = state.store().queued_total().await.ok();
     (

@@ -126,6 +126,13 @@ async fn status_for(state: &AppState, user_id: &str, viewer: &str) -> Result<Use
 
 /// `GET /api/users/{userId}/status`: the real status for contacts (the user sent the caller a
 /// message, or they share a group), "offline, never seen" for everyone else.
+#[utoipa::path(
+    get, path = "/api/users/{user_id}/status", tag = "presence", summary = "Presence: online, away or offline with lastSeen (contacts and co-members only)", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the status", body = sotto_wire::UserStatus),
+        (status = 404, description = "`unknown_user`"),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     Auth(viewer): Auth,
@@ -145,6 +152,14 @@ fn not_connected() -> AppError {
 }
 
 /// `PUT /api/presence`.
+#[utoipa::path(
+    put, path = "/api/presence", tag = "presence", summary = "Set the calling (connected) device online or away", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "set"),
+        (status = 400, description = "`invalid_status`"),
+        (status = 409, description = "`not_connected`"),
+    )
+)]
 pub async fn set(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -170,6 +185,14 @@ pub async fn set(
 }
 
 /// `PUT /api/presence/subscriptions`.
+#[utoipa::path(
+    put, path = "/api/presence/subscriptions", tag = "presence", summary = "Replace the connected device's presence subscriptions", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the current statuses", body = sotto_wire::PresenceSnapshot),
+        (status = 400, description = "`too_many_users`"),
+        (status = 409, description = "`not_connected`"),
+    )
+)]
 pub async fn subscribe(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -213,6 +236,15 @@ pub async fn subscribe(
 }
 
 /// `POST /api/messages/ephemeral`: relayed to connected devices only, never stored.
+#[utoipa::path(
+    post, path = "/api/messages/ephemeral", tag = "presence", summary = "Relay an ephemeral envelope (typing) to connected devices only", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "relayed"),
+        (status = 400, description = "`invalid_content`, `invalid_ephemeral`, `duplicate_device`"),
+        (status = 404, description = "`unknown_user`, `unknown_group`"),
+        (status = 429, description = "`rate_limited`: ephemeral sends per account"),
+    )
+)]
 pub async fn ephemeral(
     State(state): State<AppState>,
     Auth(sender): Auth,

@@ -86,6 +86,14 @@ fn ms_after(now: i64, d: Duration) -> u64 {
 }
 
 /// `POST /api/provisioning`: opens a channel (no authentication).
+#[utoipa::path(
+    post, path = "/api/provisioning", tag = "linking", summary = "Open a provisioning channel (no authentication)",
+    responses(
+        (status = 201, description = "opened", body = sotto_wire::ProvisioningChannel),
+        (status = 429, description = "`rate_limited`: provisioning per address"),
+        (status = 503, description = "`too_many_channels`"),
+    )
+)]
 pub async fn open(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -106,9 +114,18 @@ pub async fn open(
 }
 
 /// `PUT /api/provisioning/{address}`: an existing device delivers the encrypted message.
+#[utoipa::path(
+    put, path = "/api/provisioning/{address}", tag = "linking", summary = "Deliver the encrypted provisioning message", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "delivered"),
+        (status = 400, description = "`invalid_message`"),
+        (status = 404, description = "`unknown_address`"),
+        (status = 409, description = "`already_delivered`"),
+    )
+)]
 pub async fn deliver(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(_caller): Auth,
     Path(address): Path<String>,
     Json(req): Json<ProvisioningMessage>,
 ) -> Result<StatusCode, AppError> {
@@ -129,8 +146,9 @@ pub async fn deliver(
 }
 
 /// Query of the long poll.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Seconds to wait for the message (0-30, default 0).
     #[serde(default)]
@@ -138,6 +156,14 @@ pub struct WaitQuery {
 }
 
 /// `GET /api/provisioning/{address}?waitSecs=n`: the new device picks up its message.
+#[utoipa::path(
+    get, path = "/api/provisioning/{address}", tag = "linking", params(WaitQuery), summary = "Long-poll for the provisioning message (no authentication)",
+    responses(
+        (status = 200, description = "the message", body = sotto_wire::ProvisioningMessage),
+        (status = 204, description = "nothing yet within waitSecs"),
+        (status = 404, description = "`unknown_address`"),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(address): Path<String>,
@@ -171,6 +197,13 @@ pub async fn receive(
 }
 
 /// `POST /api/devices/linking-codes`: a one-time code for linking a new device to this account.
+#[utoipa::path(
+    post, path = "/api/devices/linking-codes", tag = "linking", summary = "A one-time code for linking a new device", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "created", body = sotto_wire::LinkingCode),
+        (status = 429, description = "`rate_limited`: linking codes per account"),
+    )
+)]
 pub async fn create_code(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -198,6 +231,16 @@ pub async fn create_code(
 }
 
 /// `POST /api/devices/link`: the new device registers with its code (no authentication).
+#[utoipa::path(
+    post, path = "/api/devices/link", tag = "linking", summary = "Register a linked device with its code (no authentication)",
+    responses(
+        (status = 201, description = "linked", body = sotto_wire::LoginResponse),
+        (status = 400, description = "`invalid_registration_id`"),
+        (status = 403, description = "`invalid_linking_code`"),
+        (status = 409, description = "`too_many_devices`"),
+        (status = 429, description = "`rate_limited`: provisioning per address"),
+    )
+)]
 pub async fn link(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -262,6 +305,14 @@ pub async fn link(
 /// Policy (Signal's): any device may remove itself; only the primary device removes others. The
 /// primary is the account's lowest-numbered device: device 1, or, once it is gone, the oldest
 /// device left, so an account never holds devices nobody may remove.
+#[utoipa::path(
+    delete, path = "/api/devices/{device_id}", tag = "linking", summary = "Remove one of the caller's devices (itself, or any as the primary device)", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 403, description = "`not_primary_device`"),
+        (status = 404, description = "`unknown_device`"),
+    )
+)]
 pub async fn remove_device(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -38,6 +38,15 @@ fn valid_email(email: &str) -> bool {
 }
 
 /// `POST /api/users/register`.
+#[utoipa::path(
+    post, path = "/api/users/register", tag = "accounts", summary = "Create an account",
+    responses(
+        (status = 201, description = "created", body = sotto_wire::RegisterResponse),
+        (status = 400, description = "`invalid_username`, `invalid_email`, `invalid_password`"),
+        (status = 409, description = "`username_taken` (names are compared ignoring case)"),
+        (status = 429, description = "`rate_limited`: registrations per client address"),
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -99,6 +108,16 @@ pub async fn register(
 }
 
 /// `POST /api/users/login`: creates the account's first device.
+#[utoipa::path(
+    post, path = "/api/users/login", tag = "accounts", summary = "Create the account's first device and its bearer token",
+    responses(
+        (status = 200, description = "logged in", body = sotto_wire::LoginResponse),
+        (status = 400, description = "`invalid_registration_id`"),
+        (status = 401, description = "`invalid_credentials`"),
+        (status = 409, description = "`device_exists`: the account already has its first device (link more)"),
+        (status = 429, description = "`rate_limited`: logins per address, failed logins per account"),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -171,6 +190,10 @@ pub async fn login(
 }
 
 /// `POST /api/users/logout`: removes the device, its token, keys and mailbox.
+#[utoipa::path(
+    post, path = "/api/users/logout", tag = "accounts", summary = "Remove this device (token, keys, mailbox)", security(("bearer" = [])),
+    responses((status = 204, description = "removed"))
+)]
 pub async fn logout(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -182,6 +205,10 @@ pub async fn logout(
 }
 
 /// `GET /api/users/settings`: the caller's account settings.
+#[utoipa::path(
+    get, path = "/api/users/settings", tag = "accounts", summary = "The caller's account settings", security(("bearer" = [])),
+    responses((status = 200, description = "settings", body = sotto_wire::AccountSettings))
+)]
 pub async fn settings(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -192,6 +219,10 @@ pub async fn settings(
 }
 
 /// `PUT /api/users/settings`: changes the caller's account settings.
+#[utoipa::path(
+    put, path = "/api/users/settings", tag = "accounts", summary = "Change the caller's account settings (invitesOnly)", security(("bearer" = [])),
+    responses((status = 204, description = "stored"))
+)]
 pub async fn set_settings(
     State(state): State<AppState>,
     Auth(device): Auth,
@@ -205,9 +236,16 @@ pub async fn set_settings(
 }
 
 /// `GET /api/users/{userId}/devices`.
+#[utoipa::path(
+    get, path = "/api/users/{user_id}/devices", tag = "accounts", summary = "A user's devices", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the devices", body = sotto_wire::DeviceList),
+        (status = 404, description = "`unknown_user`"),
+    )
+)]
 pub async fn devices(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(_caller): Auth,
     Path(user_id): Path<String>,
 ) -> Result<Json<DeviceList>, AppError> {
     if !crate::api::valid_id(&user_id) || !state.store().user_exists(&user_id).await? {

@@ -49,6 +49,8 @@ pub struct NewGroup {
     /// Whether users who never wrote to the creator (or accept invitations only) get a pending
     /// invitation instead of membership.
     pub consent: bool,
+    /// When the pending invitations this write makes expire (ms).
+    pub invitation_expires_at: i64,
 }
 
 /// A membership operation by `actor`.
@@ -68,6 +70,8 @@ pub enum MemberOp {
     AcceptInvitation,
     /// The actor declines their pending invitation.
     DeclineInvitation,
+    /// The inviter or an admin cancels the pending invitation of this user.
+    CancelInvitation(String),
 }
 
 /// A membership change request.
@@ -87,6 +91,8 @@ pub struct MemberChange {
     pub expires_at: i64,
     /// See [`NewGroup::consent`].
     pub consent: bool,
+    /// See [`NewGroup::invitation_expires_at`].
+    pub invitation_expires_at: i64,
 }
 
 /// Outcome of a group write.
@@ -115,8 +121,12 @@ pub enum GroupWrite {
     GroupFull,
     /// The invite token is unknown, expired, revoked or for another group.
     InvalidInvite,
-    /// The actor has no pending invitation to this group.
+    /// No pending invitation (of the actor, or of the user named) to this group.
     NoInvitation,
+    /// The actor's invitation to this group expired.
+    InvitationExpired,
+    /// Only the inviter or an admin can cancel an invitation.
+    NotInviter,
 }
 
 /// A group as listed for a member.
@@ -173,6 +183,8 @@ pub struct InvitationRow {
     pub created_at: i64,
     /// The group's encrypted metadata.
     pub metadata: Vec<u8>,
+    /// When it expires (ms).
+    pub expires_at: i64,
 }
 
 /// A group send, validated for shape and size.
@@ -263,6 +275,7 @@ pub trait GroupStore: Send + Sync {
         &self,
         group_id: &str,
         asker: &str,
+        now: i64,
     ) -> Result<Option<GroupView>, StoreError>;
     /// Applies a membership change and queues its event.
     async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError>;
@@ -305,13 +318,18 @@ pub trait GroupStore: Send + Sync {
     async fn delete_acked(&self, acks: Vec<(i64, i64)>) -> Result<Vec<(i64, i64)>, StoreError>;
     /// Users sharing at least one group with `user_id`.
     async fn co_members(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
-    /// Pending invitations of a user, oldest first.
-    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError>;
+    /// Pending invitations of a user that have not expired by `now`, oldest first.
+    async fn invitations_of(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Vec<InvitationRow>, StoreError>;
     /// Whether the user accepts invitations only.
     async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError>;
     /// Sets whether the user accepts invitations only.
     async fn set_invites_only(&self, user_id: &str, on: bool) -> Result<(), StoreError>;
-    /// Deletes unreferenced or expired group messages, expired invites and linking codes;
+    /// Deletes unreferenced or expired group messages, expired invites, pending invitations
+    /// and linking codes;
     /// returns group messages deleted.
     async fn sweep_groups(&self, now: i64) -> Result<u64, StoreError>;
 }
@@ -475,7 +493,8 @@ macro_rules! group_queries {
         }
 
         /// Records pending invitations and queues an `invited` event for each invitee's devices
-        /// only. Returns the mailboxes to wake.
+        /// only. `until` is when the event envelopes and when the invitations expire. Returns
+        /// the mailboxes to wake.
         async fn invite(
             conn: &mut $conn,
             group_id: &str,
@@ -483,18 +502,23 @@ macro_rules! group_queries {
             actor: &DeviceAuth,
             users: &[String],
             now: i64,
-            expires_at: i64,
+            until: (i64, i64),
         ) -> Result<Vec<i64>, StoreError> {
+            let (expires_at, invitation_expires_at) = until;
             let mut notify = Vec::new();
             for user in users {
+                // A pending invitation stays as it is; an expired one is made anew.
                 let done = sqlx::query(
-                    "INSERT INTO group_invitations (group_id, user_id, inviter, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (group_id, user_id) DO NOTHING",
+                    "INSERT INTO group_invitations (group_id, user_id, inviter, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (group_id, user_id) DO UPDATE SET \
+                     inviter = excluded.inviter, created_at = excluded.created_at, \
+                     expires_at = excluded.expires_at WHERE group_invitations.expires_at <= $4",
                 )
                 .bind(group_id)
                 .bind(user)
                 .bind(&actor.user_id)
                 .bind(now)
+                .bind(invitation_expires_at)
                 .execute(&mut *conn)
                 .await?;
                 if done.rows_affected() == 0 {
@@ -548,15 +572,17 @@ macro_rules! group_queries {
             let Some(current) = lock_group(conn, gid).await? else {
                 return Ok(GroupWrite::NoInvitation);
             };
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM group_invitations WHERE group_id = $1 AND user_id = $2",
+            let expiry: Option<i64> = sqlx::query_scalar(
+                "SELECT expires_at FROM group_invitations WHERE group_id = $1 AND user_id = $2",
             )
             .bind(gid)
             .bind(&c.actor.user_id)
-            .fetch_one(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
-            if pending == 0 {
-                return Ok(GroupWrite::NoInvitation);
+            match expiry {
+                None => return Ok(GroupWrite::NoInvitation),
+                Some(at) if accept && at <= c.now => return Ok(GroupWrite::InvitationExpired),
+                Some(_) => {}
             }
             if accept && member_count(conn, gid).await? >= i64::from(c.max_size) {
                 return Ok(GroupWrite::GroupFull);
@@ -583,12 +609,14 @@ macro_rules! group_queries {
             Ok(GroupWrite::Done { revision, notify })
         }
 
-        async fn invitations_of_tx(conn: &mut $conn, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
+        async fn invitations_of_tx(conn: &mut $conn, user_id: &str, now: i64) -> Result<Vec<InvitationRow>, StoreError> {
             let rows = sqlx::query(
-                "SELECT i.group_id, i.inviter, i.created_at, g.metadata FROM group_invitations i \
-                 JOIN chat_groups g ON g.id = i.group_id WHERE i.user_id = $1 ORDER BY i.created_at, i.group_id",
+                "SELECT i.group_id, i.inviter, i.created_at, i.expires_at, g.metadata FROM group_invitations i \
+                 JOIN chat_groups g ON g.id = i.group_id WHERE i.user_id = $1 AND i.expires_at > $2 \
+                 ORDER BY i.created_at, i.group_id",
             )
             .bind(user_id)
+            .bind(now)
             .fetch_all(&mut *conn)
             .await?;
             rows.iter()
@@ -597,6 +625,7 @@ macro_rules! group_queries {
                         group_id: r.try_get("group_id")?,
                         inviter: r.try_get("inviter")?,
                         created_at: r.try_get("created_at")?,
+                        expires_at: r.try_get("expires_at")?,
                         metadata: r.try_get("metadata")?,
                     })
                 })
@@ -726,7 +755,9 @@ macro_rules! group_queries {
             everyone.extend(direct.iter().cloned());
             let ev = event(&g.id, 1, sotto_wire::GroupChange::Created, &g.creator, everyone, None);
             let mut notify = fan_out_event(conn, &g.creator, "", &ev, g.now, g.expires_at).await?;
-            notify.extend(invite(conn, &g.id, 1, &g.creator, &invited, g.now, g.expires_at).await?);
+            notify.extend(
+                invite(conn, &g.id, 1, &g.creator, &invited, g.now, (g.expires_at, g.invitation_expires_at)).await?,
+            );
             Ok(GroupWrite::Done { revision: 1, notify })
         }
 
@@ -768,6 +799,7 @@ macro_rules! group_queries {
             conn: &mut $conn,
             group_id: &str,
             asker: &str,
+            now: i64,
         ) -> Result<Option<GroupView>, StoreError> {
             if member_role(conn, group_id, asker).await?.is_none() {
                 return Ok(None);
@@ -796,9 +828,11 @@ macro_rules! group_queries {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
             let invited: Vec<String> = sqlx::query_scalar(
-                "SELECT user_id FROM group_invitations WHERE group_id = $1 ORDER BY created_at, user_id",
+                "SELECT user_id FROM group_invitations WHERE group_id = $1 AND expires_at > $2 \
+                 ORDER BY created_at, user_id",
             )
             .bind(group_id)
+            .bind(now)
             .fetch_all(&mut *conn)
             .await?;
             Ok(Some(GroupView {
@@ -849,6 +883,27 @@ macro_rules! group_queries {
             if needs_admin && !admin {
                 return Ok(GroupWrite::NotAdmin);
             }
+            if let MemberOp::CancelInvitation(user) = &c.op {
+                let inviter: Option<String> = sqlx::query_scalar(
+                    "SELECT inviter FROM group_invitations WHERE group_id = $1 AND user_id = $2",
+                )
+                .bind(gid)
+                .bind(user)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(inviter) = inviter else {
+                    return Ok(GroupWrite::NoInvitation);
+                };
+                if !admin && inviter != c.actor.user_id {
+                    return Ok(GroupWrite::NotInviter);
+                }
+                sqlx::query("DELETE FROM group_invitations WHERE group_id = $1 AND user_id = $2")
+                    .bind(gid)
+                    .bind(user)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(GroupWrite::Done { revision: current, notify: Vec::new() });
+            }
             let max = i64::from(c.max_size);
             match c.op.clone() {
                 MemberOp::Add(users) => {
@@ -880,7 +935,10 @@ macro_rules! group_queries {
                         let ev = event(gid, revision, GroupChange::MembersAdded, &c.actor, new, None);
                         (revision, fan_out_event(conn, &c.actor, "", &ev, c.now, c.expires_at).await?)
                     };
-                    notify.extend(invite(conn, gid, revision, &c.actor, &invited, c.now, c.expires_at).await?);
+                    notify.extend(
+                        invite(conn, gid, revision, &c.actor, &invited, c.now, (c.expires_at, c.invitation_expires_at))
+                            .await?,
+                    );
                     Ok(GroupWrite::Done { revision, notify })
                 }
                 MemberOp::JoinWithInvite(_) => {
@@ -941,7 +999,9 @@ macro_rules! group_queries {
                     Ok(GroupWrite::Done { revision, notify })
                 }
                 // Answered above.
-                MemberOp::AcceptInvitation | MemberOp::DeclineInvitation => Ok(GroupWrite::NoInvitation),
+                MemberOp::AcceptInvitation | MemberOp::DeclineInvitation | MemberOp::CancelInvitation(_) => {
+                    Ok(GroupWrite::NoInvitation)
+                }
             }
         }
 
@@ -1326,6 +1386,10 @@ macro_rules! group_queries {
             .execute(&mut *conn)
             .await?;
             sqlx::query("DELETE FROM group_invites WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM group_invitations WHERE expires_at <= $1")
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;

@@ -57,8 +57,9 @@ impl GroupStore for PgStore {
         &self,
         group_id: &str,
         asker: &str,
+        now: i64,
     ) -> Result<Option<GroupView>, StoreError> {
-        on_conn!(self, |conn| group_view_tx(&mut conn, group_id, asker))
+        on_conn!(self, |conn| group_view_tx(&mut conn, group_id, asker, now))
     }
 
     async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError> {
@@ -153,8 +154,12 @@ impl GroupStore for PgStore {
         on_conn!(self, |conn| co_members_tx(&mut conn, user_id))
     }
 
-    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
-        on_conn!(self, |conn| invitations_of_tx(&mut conn, user_id))
+    async fn invitations_of(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
+        on_conn!(self, |conn| invitations_of_tx(&mut conn, user_id, now))
     }
 
     async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError> {

@@ -36,8 +36,9 @@ impl GroupStore for SqliteStore {
         &self,
         group_id: &str,
         asker: &str,
+        now: i64,
     ) -> Result<Option<GroupView>, StoreError> {
-        on_reader!(self, |conn| group_view_tx(&mut conn, group_id, asker))
+        on_reader!(self, |conn| group_view_tx(&mut conn, group_id, asker, now))
     }
 
     async fn change_members(&self, change: MemberChange) -> Result<GroupWrite, StoreError> {
@@ -126,8 +127,12 @@ impl GroupStore for SqliteStore {
         on_reader!(self, |conn| co_members_tx(&mut conn, user_id))
     }
 
-    async fn invitations_of(&self, user_id: &str) -> Result<Vec<InvitationRow>, StoreError> {
-        on_reader!(self, |conn| invitations_of_tx(&mut conn, user_id))
+    async fn invitations_of(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Vec<InvitationRow>, StoreError> {
+        on_reader!(self, |conn| invitations_of_tx(&mut conn, user_id, now))
     }
 
     async fn invites_only(&self, user_id: &str) -> Result<bool, StoreError> {

@@ -116,22 +116,15 @@ async fn catalogue(b: Backend) {
             "messages": [{"deviceId": 1, "registrationId": bob.registration_id, "content": b64(b"another message")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
         Case { name: "clientMessageId reused for another recipient", req: req(Method::POST, "/api/messages/send", a, Some(&json!({"recipientId": carol.user_id, "clientMessageId": "q",
             "messages": [{"deviceId": 1, "registrationId": carol.registration_id, "content": b64(b"secret")}]}).to_string())), status: StatusCode::CONFLICT, code: "client_message_id_reused" },
+        Case { name: "cancel an invitation in an unknown group", req: req(Method::DELETE, &format!("/api/groups/nope/invitations/{}", bob.user_id), a, None), status: StatusCode::NOT_FOUND, code: "unknown_group" },
+        Case { name: "accept an invitation to an unknown group", req: req(Method::POST, "/api/groups/nope/invitation", a, None), status: StatusCode::NOT_FOUND, code: "unknown_invitation" },
         Case { name: "wrong method", req: req(Method::GET, "/api/messages/send", a, None), status: StatusCode::METHOD_NOT_ALLOWED, code: "method_not_allowed" },
     ];
 
     let before = t.snapshot().await;
-    let (_, doc) = t.call(Method::GET, "/openapi.json", None, None).await;
     for case in cases {
-        let method = case.req.method().as_str().to_ascii_lowercase();
-        let path = case.req.uri().path().to_owned();
+        // `raw` also checks the answer against the OpenAPI operation that served it.
         let (status, body) = t.raw(case.req).await;
-        if let Some(declared) = declared_statuses(&doc, &method, &path) {
-            assert!(
-                declared.contains(&status.as_u16().to_string()),
-                "{}: {method} {path} answered {status}, which the OpenAPI document does not declare ({declared:?})",
-                case.name
-            );
-        }
         assert_eq!(status, case.status, "{}: {body}", case.name);
         assert_eq!(body["code"], case.code, "{}: {body}", case.name);
         assert!(
@@ -155,25 +148,3 @@ async fn catalogue(b: Backend) {
     t.finish().await;
 }
 both!(catalogue);
-
-/// The statuses the OpenAPI document declares for the operation serving `method path` (`None`
-/// for paths no operation serves: the fallback's 404 and 405).
-fn declared_statuses(doc: &Value, method: &str, path: &str) -> Option<Vec<String>> {
-    let paths = doc["paths"].as_object()?;
-    let segments: Vec<&str> = path.split('/').collect();
-    let (_, ops) = paths.iter().find(|(template, ops)| {
-        let t: Vec<&str> = template.split('/').collect();
-        ops.get(method).is_some()
-            && t.len() == segments.len()
-            && t.iter()
-                .zip(&segments)
-                .all(|(a, b)| a == b || (a.starts_with('{') && !b.is_empty()))
-    })?;
-    Some(
-        ops[method]["responses"]
-            .as_object()?
-            .keys()
-            .cloned()
-            .collect(),
-    )
-}

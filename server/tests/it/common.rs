@@ -154,10 +154,18 @@ impl TestApp {
         self.raw(req).await
     }
 
-    /// Sends a prepared request.
+    /// Sends a prepared request. Every answer is checked against the OpenAPI document: the
+    /// route that served it must be documented, and its status declared for that operation.
     pub async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
+        let route = resp
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str().to_owned());
+        check_declared(&method, &path, route.as_deref(), status);
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let value = if bytes.is_empty() {
             Value::Null
@@ -252,6 +260,67 @@ impl TestApp {
         }
         out
     }
+}
+
+/// The relay's generated OpenAPI document.
+pub fn openapi() -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(sotto_server::openapi::document_value)
+}
+
+/// Panics unless the OpenAPI document declares `status` for the operation of `route` (the
+/// template that served `method path`); an answer from no route must be the fallback's 404 or
+/// 405.
+pub fn check_declared(method: &Method, path: &str, route: Option<&str>, status: StatusCode) {
+    let Some(route) = route else {
+        assert!(
+            matches!(status.as_u16(), 404 | 405),
+            "{method} {path} answered {status} without a route"
+        );
+        return;
+    };
+    let ops = &openapi()["paths"][route];
+    assert!(
+        ops.is_object(),
+        "{method} {path}: route {route} is served but not in the OpenAPI document"
+    );
+    let op = &ops[method.as_str().to_ascii_lowercase()];
+    if !op.is_object() {
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {route} has no {method} operation but answered {status}"
+        );
+        return;
+    }
+    let declared: Vec<&String> = op["responses"]
+        .as_object()
+        .map(|r| r.keys().collect())
+        .unwrap_or_default();
+    assert!(
+        declared.iter().any(|d| *d == status.as_str()),
+        "{method} {path} answered {status}, which the OpenAPI document does not declare for \
+         {method} {route} ({declared:?})"
+    );
+}
+
+/// The documented route template `path` matches (literal segments preferred over parameters),
+/// for answers read over a socket, where the router's match is not visible.
+pub fn route_of(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    openapi()["paths"]
+        .as_object()?
+        .keys()
+        .filter_map(|template| {
+            let t: Vec<&str> = template.split('/').collect();
+            let matches = t.len() == segments.len()
+                && t.iter()
+                    .zip(&segments)
+                    .all(|(a, b)| a == b || (a.starts_with('{') && !b.is_empty()));
+            matches.then(|| (t.iter().filter(|a| !a.starts_with('{')).count(), template))
+        })
+        .max_by_key(|(literal, _)| *literal)
+        .map(|(_, template)| template.clone())
 }
 
 pub fn b64(bytes: &[u8]) -> String {

@@ -36,7 +36,7 @@ where
             .unwrap();
     tokio::spawn(conn);
     let mut req = hyper::Request::builder()
-        .method(method)
+        .method(method.clone())
         .uri(path)
         .header("host", "localhost");
     if let Some(t) = token {
@@ -47,6 +47,8 @@ where
     }
     let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
+    let route = path.split('?').next().and_then(crate::common::route_of);
+    crate::common::check_declared(&method, path, route.as_deref(), status);
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, bytes)
