@@ -1,4 +1,4 @@
-//! Sotto in the browser: the client SDK's sans-IO core ([`sotto_client_core`]) with a browser
+//! Sotto in the browser: the client SDK's sans-IO core (`sotto-client-core`) with a browser
 //! runtime and an encrypted IndexedDB store, behind a JS/TS API built with wasm-bindgen.
 //!
 //! ```text
