@@ -396,6 +396,12 @@ impl DoubleRatchet {
         self.receiving.iter().any(|c| c.ratchet_key != *first)
     }
 
+    /// Whether we have a sending chain: from the start for the initiator; else since our first
+    /// send after the peer's last ratchet step (a step drops ours until we send again).
+    pub(crate) fn has_sending_chain(&self) -> bool {
+        self.sending.is_some()
+    }
+
     /// Number of receiving chains (for tests and diagnostics).
     pub(crate) fn receiver_chain_count(&self) -> usize {
         self.receiving.len()

@@ -298,6 +298,12 @@ impl Session {
         self.pending.is_some()
     }
 
+    /// Whether the peer has answered on this session (or set it up) and we have not sent on it
+    /// since the peer's last ratchet step: nothing of ours tells the peer we still use it.
+    fn awaits_our_reply(&self) -> bool {
+        self.pending.is_none() && !self.ratchet.has_sending_chain()
+    }
+
     /// Whether this is a pending session set up at least [`MAX_UNANSWERED_SESSION_AGE`] before
     /// `now`. (A clock that went backwards never expires a session.)
     pub fn is_expired(&self, now: Timestamp) -> bool {
@@ -448,18 +454,43 @@ pub struct PreKeyDecrypted {
 pub struct SessionRecord {
     current: Option<Session>,
     archived: VecDeque<Session>,
-    /// Set when the current (pending) session won the simultaneous-initiation tie-break against
-    /// an incoming one; cleared whenever the current session changes.
+    /// Set when the current session (pending, or not sent on since the peer's last ratchet step)
+    /// won the simultaneous-initiation tie-break against an incoming one; cleared whenever the current session changes.
     contest: Option<Contest>,
 }
 
-/// The sessions that lost the tie-break to the current, pending one (newest last, at most
-/// [`MAX_CONTEST_LOSERS`]), and whether we have sent on the current session since the last of them
-/// arrived: if the peer keeps using one after that, it never adopted ours.
+/// The sessions that lost the tie-break to the current one (newest last, at most
+/// [`MAX_CONTEST_LOSERS`]), and how far we got in offering the current session since the last of
+/// them arrived: if the peer keeps using one after that, it never adopted ours.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Contest {
     losers: Vec<[u8; X25519_PUBLIC_KEY_LEN]>,
-    offered: bool,
+    offered: Offered,
+}
+
+/// How far the current pending session got in being offered to the peer since the last
+/// tie-break loser arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Offered {
+    /// We have not sent on it since.
+    No = 0,
+    /// We have sent on it since.
+    Sent = 1,
+    /// We have sent on it, and then the peer sent once more on a loser: that message may have
+    /// crossed ours; the next one cannot have.
+    PeerSentOnce = 2,
+}
+
+impl Offered {
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            0 => Ok(Self::No),
+            1 => Ok(Self::Sent),
+            2 => Ok(Self::PeerSentOnce),
+            _ => Err(DecodeError::InvalidValue("contest offer state")),
+        }
+    }
 }
 
 /// The most tie-break losers a record remembers for its current pending session.
@@ -637,7 +668,8 @@ impl SessionRecord {
             .ok_or(EncryptError::NoSession)?
             .encrypt(plaintext, now, rng)?;
         if let Some(contest) = &mut self.contest {
-            contest.offered = true;
+            // A message of the peer's that arrives later may have crossed this one.
+            contest.offered = Offered::Sent;
         }
         Ok(wire)
     }
@@ -695,9 +727,10 @@ impl SessionRecord {
     /// 1. the current session is pending (the peer never answered it) and the peer demonstrably
     ///    uses the archived one: it sent a ratchet message on it (`ratchet`: the session is
     ///    established at the peer), or it is a session ours beat in the simultaneous-initiation
-    ///    tie-break and the peer still sends on it after we sent on ours (so it never adopted
-    ///    ours: it never got it, or lost it to a restore). A pre-key message alone is no evidence:
-    ///    in a simultaneous initiation both sides send those until they see each other's; or
+    ///    tie-break and the peer sent on it twice after we sent on ours (the first may have
+    ///    crossed ours in flight; the second means it never adopted ours: it never got it, or
+    ///    lost it to a restore). A pre-key message alone is no evidence: in a simultaneous
+    ///    initiation both sides send those until they see each other's; or
     /// 2. the archived one precedes the current one in the tie-break order (smaller id), unless
     ///    the message is a pre-key message and the peer has already stepped the ratchet on that
     ///    session (we hold a receiving chain under another of its ratchet keys): the message is
@@ -711,14 +744,17 @@ impl SessionRecord {
     /// devices converge instead of swapping back and forth. With no current session nothing is
     /// promoted: a reset stands until a new session is set up.
     fn after_archived_decrypt(&mut self, index: usize, ratchet: bool) {
+        // A message on a loser after we offered ours: the first may have crossed ours in flight,
+        // a second one means the peer did not adopt ours.
+        let mut heard_loser = false;
         let promote = match (&self.current, self.archived.get(index)) {
             (Some(current), Some(archived)) => {
                 let ignored_ours = current.is_pending()
                     && (ratchet
-                        || self
-                            .contest
-                            .as_ref()
-                            .is_some_and(|c| c.offered && c.lost(&archived.id())));
+                        || self.contest.as_ref().is_some_and(|c| {
+                            heard_loser = c.offered >= Offered::Sent && c.lost(&archived.id());
+                            heard_loser && c.offered == Offered::PeerSentOnce
+                        }));
                 // A setup message on a session in which the peer has already stepped the
                 // ratchet (so it had received our answer) is late, or comes from a restored copy
                 // that is behind ours: either way it says nothing about what the peer uses now.
@@ -731,6 +767,10 @@ impl SessionRecord {
         if promote {
             if let Some(session) = self.archived.remove(index) {
                 self.promote(session);
+            }
+        } else if heard_loser {
+            if let Some(contest) = &mut self.contest {
+                contest.offered = Offered::PeerSentOnce;
             }
         }
     }
@@ -806,6 +846,15 @@ impl SessionRecord {
             let plaintext = match location {
                 None => self.current.as_mut().map(|s| s.decrypt(&message.message)),
                 Some(index) => {
+                    // As in `decrypt`: a setup message past the announced end of the session's
+                    // first chain comes from a copy the peer restored from an older backup.
+                    if self
+                        .archived
+                        .get(index)
+                        .is_some_and(|s| s.ratchet.is_past_an_old_chain(&message.message))
+                    {
+                        return Err(DecryptError::AuthenticationFailed);
+                    }
                     let r = self
                         .archived
                         .get_mut(index)
@@ -849,22 +898,25 @@ impl SessionRecord {
         let identity_changed = self
             .remote_identity()
             .is_some_and(|k| *k != message.identity_key);
+        // The simultaneous-initiation tie-break (smaller id wins), while nothing we sent tells
+        // the peer which session we use: ours is pending, or we have not sent on it since the
+        // peer's last ratchet step (two of the peer's setups arrived out of order, its setup
+        // crossed its answer on ours, or one is from a copy the peer restored).
         let keep_current = self.current.as_ref().is_some_and(|c| {
-            c.is_pending()
-                && !c.is_expired(now)
+            ((c.is_pending() && !c.is_expired(now)) || c.awaits_our_reply())
                 && c.remote_identity == session.remote_identity
                 && c.id() < session.id()
         });
         if keep_current {
             let contest = self.contest.get_or_insert_with(|| Contest {
                 losers: Vec::new(),
-                offered: false,
+                offered: Offered::No,
             });
             if contest.losers.len() == MAX_CONTEST_LOSERS {
                 contest.losers.remove(0);
             }
             contest.losers.push(session.id());
-            contest.offered = false;
+            contest.offered = Offered::No;
             self.archive(session);
         } else {
             self.promote(session);
@@ -906,7 +958,7 @@ impl SessionRecord {
                 for id in &c.losers {
                     w.fixed(id);
                 }
-                w.bool(c.offered);
+                w.u8(c.offered as u8);
             }
             None => {
                 w.bool(false);
@@ -940,7 +992,7 @@ impl SessionRecord {
             }
             Some(Contest {
                 losers,
-                offered: r.bool()?,
+                offered: Offered::from_u8(r.u8()?)?,
             })
         } else {
             None

@@ -113,10 +113,10 @@ fn archive_is_bounded() {
 }
 
 #[test]
-fn late_prekey_message_after_an_answer_still_converges() {
+fn late_prekey_message_before_a_reply_keeps_the_pair_together() {
     // A and B initiate at once; B's pre-key message reaches A first and A answers at once, so B
-    // sees A's answer before A's own (delayed) pre-key message.
-    let mut diverged = 0;
+    // sees A's answer before A's own (delayed) pre-key message, and has not replied yet: the
+    // tie-break decides as in a simultaneous initiation, the same way A did.
     for seed in 0..8u8 {
         let (mut rng, mut alice, mut bob, mut a, mut b) = crossed(60 + seed);
         let delayed = a.encrypt(b"a's first", NOW, &mut rng).unwrap();
@@ -133,6 +133,40 @@ fn late_prekey_message_after_an_answer_still_converges() {
         assert_eq!(
             bob.receive(&mut b, &alice.address, &delayed).unwrap(),
             b"a's first"
+        );
+        assert_eq!(
+            a.current().unwrap().id(),
+            b.current().unwrap().id(),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn late_prekey_message_after_an_answer_still_converges() {
+    // As above, but B replies on A's answer before A's delayed pre-key message arrives.
+    let mut diverged = 0;
+    for seed in 0..8u8 {
+        let (mut rng, mut alice, mut bob, mut a, mut b) = crossed(60 + seed);
+        let delayed = a.encrypt(b"a's first", NOW, &mut rng).unwrap();
+        let from_b = b.encrypt(b"b's first", NOW, &mut rng).unwrap();
+        assert_eq!(
+            alice.receive(&mut a, &bob.address, &from_b).unwrap(),
+            b"b's first"
+        );
+        let answer = a.encrypt(b"a answers", NOW, &mut rng).unwrap();
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &answer).unwrap(),
+            b"a answers"
+        );
+        let reply = b.encrypt(b"b replies", NOW, &mut rng).unwrap();
+        assert_eq!(
+            bob.receive(&mut b, &alice.address, &delayed).unwrap(),
+            b"a's first"
+        );
+        assert_eq!(
+            alice.receive(&mut a, &bob.address, &reply).unwrap(),
+            b"b replies"
         );
         // In some runs B now holds A's late session as current while A uses B's: the case this
         // test is about.
