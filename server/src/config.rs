@@ -190,6 +190,22 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
+    /// NATS server that relay processes share for real-time events (wake-ups, presence, typing,
+    /// provisioning), e.g. `nats://127.0.0.1:4222`, instead of PostgreSQL LISTEN/NOTIFY on the
+    /// database. Needs a PostgreSQL database [default: off].
+    #[arg(long, env = "SOTTO_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// NATS subject for --nats-url; relays of one deployment share it [default: sotto.cluster].
+    #[arg(long, env = "SOTTO_NATS_SUBJECT")]
+    pub nats_subject: Option<String>,
+
+    /// How many relay processes share the database. Rate limits are counted per process; each
+    /// applies 1/N of every limit, so a client spreading requests over all of them gets the
+    /// configured quota in total [default: 1].
+    #[arg(long, env = "SOTTO_RELAY_PROCESSES")]
+    pub relay_processes: Option<u32>,
+
     /// Rate limits in the TOML file, as a `[rate-limits]` table (`messages = "100/minute"`,
     /// `bundle-fetch = "1000/hour"`, `login = "off"`, …). Defaults: see `docs/operator.md`.
     #[arg(skip)]
@@ -323,6 +339,12 @@ pub struct Config {
     pub group_invitation_ttl: Duration,
     /// The web chat page's folder, served at `/` when set.
     pub web_dir: Option<PathBuf>,
+    /// NATS for the events between relay processes (else PostgreSQL NOTIFY).
+    pub nats_url: Option<String>,
+    /// The NATS subject.
+    pub nats_subject: String,
+    /// Relay processes sharing the database (rate limits are divided among them).
+    pub relay_processes: u32,
 }
 
 impl Config {
@@ -369,6 +391,12 @@ impl Config {
                 .rate_limits
                 .set_from_flag(setting)
                 .map_err(ConfigError::Invalid)?;
+        }
+        if config.nats_url.is_some() && !config.is_postgres() {
+            return Err(ConfigError::Invalid(
+                "--nats-url connects several relay processes, which needs a PostgreSQL database"
+                    .into(),
+            ));
         }
         if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_insecure_http
         {
@@ -427,7 +455,19 @@ impl Config {
                 pick!(group_invitation_ttl_secs, 7 * 24 * 3600).max(1),
             ),
             web_dir: cli.web_dir.or(file.web_dir),
+            nats_url: cli.nats_url.or(file.nats_url),
+            nats_subject: pick!(
+                nats_subject,
+                crate::cluster::nats::DEFAULT_SUBJECT.to_owned()
+            ),
+            relay_processes: pick!(relay_processes, 1).max(1),
         }
+    }
+
+    /// Whether the database is PostgreSQL (several relay processes may share it).
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://")
     }
 
     /// The connection layer's limits.

@@ -1,5 +1,9 @@
 //! Which devices have a live WebSocket on this process, and how to wake them.
 //!
+//! With several relay processes ([`crate::cluster`]), what concerns a device that is not
+//! connected here goes on the bus: mailbox wake-ups, removals, and a new connection (which closes
+//! an older one at another process). The `*_local` methods apply what other processes say.
+//!
 //! A connection holds no envelopes: it keeps a cursor into its mailbox and reads from the store
 //! when woken. Waking is a [`Notify`] permit, so a wake-up that arrives while the connection is
 //! busy is not lost, and a burst of sends costs one read. This keeps an idle connection at a few
@@ -13,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::acks::AckBatcher;
 use crate::api::groups::GroupFrame;
+use crate::cluster::{Cluster, Event};
 use crate::store::StoredEnvelope;
 
 /// Most envelopes handed over to one connection between two of its wake-ups; past this the
@@ -75,6 +80,8 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub struct ConnSignal {
     id: u64,
+    /// When the connection registered (ms since the epoch), to tell which of two is newer.
+    since: i64,
     /// Woken when the mailbox may have new envelopes or the connection must close.
     pub notify: Notify,
     state: AtomicU8,
@@ -144,6 +151,7 @@ impl ConnSignal {
 /// Registry of live connections by device row id.
 #[derive(Debug, Default)]
 pub struct Hub {
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<i64, Arc<ConnSignal>>>,
     acks: AckBatcher,
@@ -174,15 +182,28 @@ impl Hub {
         gate
     }
 
+    /// Connects the hub to the other relay processes (once).
+    pub fn join(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The other relay processes, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
     /// The connections' shared ack batch.
     pub fn acks(&self) -> &AckBatcher {
         &self.acks
     }
 
-    /// Registers a connection for a device, replacing (and closing) any older one.
+    /// Registers a connection for a device, replacing (and closing) any older one, here or at
+    /// another process.
     pub fn register(&self, device_pk: i64) -> Arc<ConnSignal> {
+        let since = crate::now_ms();
         let signal = Arc::new(ConnSignal {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            since,
             notify: Notify::new(),
             state: AtomicU8::new(0),
             handoff: Mutex::new(Handoff::default()),
@@ -194,7 +215,24 @@ impl Hub {
         if let Some(old) = old {
             old.close(CloseReason::Replaced);
         }
+        if let Some(cluster) = self.cluster() {
+            cluster.publish(Event::Connected {
+                pk: device_pk,
+                at: since,
+            });
+        }
         signal
+    }
+
+    /// Another process registered a connection for the device at `at` (ms): ours closes if it is
+    /// older (ties go to the process with the larger origin id, the same answer everywhere).
+    pub fn replaced_elsewhere(&self, device_pk: i64, at: i64, origin: u64) {
+        let ours = self.cluster().map_or(0, |c| c.origin());
+        if let Some(signal) = self.get(device_pk) {
+            if (signal.since, ours) < (at, origin) {
+                signal.close(CloseReason::Replaced);
+            }
+        }
     }
 
     /// Removes a connection if it is still the registered one.
@@ -215,24 +253,43 @@ impl Hub {
         }
     }
 
-    /// Tells the device's connection (if any) that its mailbox changed.
+    /// Tells the device's connection (here, or at another process) that its mailbox changed.
     pub fn notify(&self, device_pk: i64) {
-        if let Some(signal) = self.get(device_pk) {
-            signal.mark_stale();
+        if !self.notify_local(device_pk) {
+            if let Some(cluster) = self.cluster() {
+                cluster.mailboxes(&[device_pk]);
+            }
         }
     }
 
-    /// Hands a committed envelope to the device's connection (if any); a connection that is not
-    /// at the head of its mailbox reads the store instead.
+    /// Tells the device's connection here (if any) that its mailbox changed; whether there is one.
+    pub fn notify_local(&self, device_pk: i64) -> bool {
+        match self.get(device_pk) {
+            Some(signal) => {
+                signal.mark_stale();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands a committed envelope to the device's connection here (if any; a connection that is
+    /// not at the head of its mailbox reads the store instead), or wakes it at another process.
     pub fn deliver(&self, device_pk: i64, envelope: StoredEnvelope) {
-        if let Some(signal) = self.get(device_pk) {
-            signal.hand_over(Handed::Stored(envelope));
+        match self.get(device_pk) {
+            Some(signal) => signal.hand_over(Handed::Stored(envelope)),
+            None => {
+                if let Some(cluster) = self.cluster() {
+                    cluster.mailboxes(&[device_pk]);
+                }
+            }
         }
     }
 
     /// Hands a committed group message to the connections of its recipients, given as `(device
     /// row, sequence)` of each reference; one look-up of the registry for all of them.
     pub fn deliver_group(&self, references: &[(i64, i64)], frame: &Arc<GroupFrame>) {
+        let mut elsewhere = Vec::new();
         let signals: Vec<(i64, Arc<ConnSignal>)> = {
             let map = match self.conns.lock() {
                 Ok(map) => map,
@@ -240,22 +297,39 @@ impl Hub {
             };
             references
                 .iter()
-                .filter_map(|(pk, seq)| map.get(pk).map(|s| (*seq, Arc::clone(s))))
+                .filter_map(|(pk, seq)| match map.get(pk) {
+                    Some(s) => Some((*seq, Arc::clone(s))),
+                    None => {
+                        elsewhere.push(*pk);
+                        None
+                    }
+                })
                 .collect()
         };
         for (seq, signal) in signals {
             signal.hand_over(Handed::Group(seq, Arc::clone(frame)));
         }
+        if let Some(cluster) = self.cluster() {
+            cluster.mailboxes(&elsewhere);
+        }
     }
 
-    /// Closes the device's connection (if any) because the device is gone.
+    /// Closes the device's connection (here or at another process) because the device is gone.
     pub fn revoke(&self, device_pk: i64) {
+        self.revoke_local(device_pk);
+        if let Some(cluster) = self.cluster() {
+            cluster.revoked(device_pk);
+        }
+    }
+
+    /// Closes the device's connection here (if any) because the device is gone.
+    pub fn revoke_local(&self, device_pk: i64) {
         if let Some(signal) = self.get(device_pk) {
             signal.close(CloseReason::Revoked);
         }
     }
 
-    /// Wakes every connection (after possibly missed notifications).
+    /// Wakes every connection here (after possibly missed notifications).
     pub fn notify_all(&self) {
         let signals: Vec<Arc<ConnSignal>> = match self.conns.lock() {
             Ok(map) => map.values().cloned().collect(),

@@ -11,6 +11,8 @@
 //!                         └─ ws             per device: cursor + Notify; reads the mailbox from
 //!                                           the store, pushes in order, ack ──▶ Store::ack
 //!   Store (trait) ── SqliteStore (group commit) | PgStore
+//!   cluster ── Bus: PostgreSQL LISTEN/NOTIFY | NATS: wake-ups, presence, typing, provisioning
+//!              between relay processes on one PostgreSQL database
 //! ```
 //!
 //! Tests drive [`app`] with `tower::ServiceExt::oneshot`, or bind it to port 0 with [`serve`].
@@ -27,6 +29,7 @@ pub mod acks;
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -67,7 +70,10 @@ impl AppState {
     /// Wraps an opened store.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let (shutdown, _) = watch::channel(false);
-        let limiter = Arc::new(ratelimit::LocalRateLimiter::new(&config.rate_limits));
+        // Counted per process: each of N processes applies 1/N of every limit.
+        let limiter = Arc::new(ratelimit::LocalRateLimiter::new(
+            &config.rate_limits.divided(config.relay_processes),
+        ));
         let services = services::Services::new(&config);
         Self {
             inner: Arc::new(Inner {
@@ -83,27 +89,25 @@ impl AppState {
     }
 
     /// Opens the configured store (running migrations) and wraps it. With PostgreSQL it also
-    /// listens for mailbox changes made by other relay processes on the same database.
+    /// joins the other relay processes on the same database ([`cluster`]): through NATS when
+    /// `nats_url` is set, else through LISTEN/NOTIFY on the database.
     pub async fn open(config: Config) -> Result<Self, store::StoreError> {
         let store = store::open(&config).await?;
+        let bus: Option<Arc<dyn cluster::Bus>> = match (&config.nats_url, config.is_postgres()) {
+            (Some(url), _) => Some(Arc::new(
+                cluster::nats::NatsBus::connect(url, &config.nats_subject).await?,
+            )),
+            (None, true) => Some(Arc::new(
+                cluster::postgres::PgBus::connect(&config.database_url).await?,
+            )),
+            (None, false) => None,
+        };
         let state = Self::new(config, store);
-        if let Some(mut wakeups) = state.store().subscribe().await? {
-            // Holds a weak reference: the task ends when the state is dropped.
-            let weak = Arc::downgrade(&state.inner);
-            tokio::spawn(async move {
-                while let Some(wakeup) = wakeups.recv().await {
-                    let Some(inner) = weak.upgrade() else { return };
-                    match wakeup {
-                        store::Wakeup::Mailboxes(pks) => {
-                            for pk in pks {
-                                inner.hub.notify(pk);
-                            }
-                        }
-                        store::Wakeup::Revoked(pk) => inner.hub.revoke(pk),
-                        store::Wakeup::All => inner.hub.notify_all(),
-                    }
-                }
-            });
+        if let Some(bus) = bus {
+            let cluster = cluster::Cluster::new(bus);
+            state.inner.hub.join(Arc::clone(&cluster));
+            // The tasks hold weak references: they end when the state is dropped.
+            cluster::start(&cluster, Arc::downgrade(&state.inner)).await?;
         }
         Ok(state)
     }
@@ -161,6 +165,87 @@ impl AppState {
     pub fn expires_at(&self, now_ms: i64) -> i64 {
         let ttl = i64::try_from(self.inner.config.envelope_ttl.as_millis()).unwrap_or(i64::MAX);
         now_ms.saturating_add(ttl)
+    }
+}
+
+/// What other relay processes say, applied here.
+impl cluster::Apply for Inner {
+    fn apply(self: Arc<Self>, origin: u64, event: cluster::Event) {
+        use cluster::Event;
+        let state = AppState {
+            inner: Arc::clone(&self),
+        };
+        let realtime = self.services.realtime();
+        match event {
+            Event::Mailboxes { pks } => {
+                for pk in pks {
+                    self.hub.notify_local(pk);
+                }
+            }
+            Event::Revoked { pks } => {
+                for pk in pks {
+                    self.hub.revoke_local(pk);
+                }
+            }
+            Event::Connected { pk, at } => self.hub.replaced_elsewhere(pk, at, origin),
+            Event::Presence { devices } => {
+                for device in devices {
+                    let transition = realtime.apply_remote(origin, &device);
+                    api::presence::announce_remote(&state, &device.user, transition);
+                }
+            }
+            Event::Push { pks, text, .. } => {
+                let text = axum::extract::ws::Utf8Bytes::from(text);
+                let now = std::time::Instant::now();
+                for pk in pks {
+                    realtime.push(pk, text.clone(), now);
+                }
+            }
+            Event::Away { pk, away, .. } => {
+                if let Some(device) = realtime.device(pk) {
+                    api::presence::set_away_here(&state, &device, away);
+                }
+            }
+            Event::Subscribe { pk, users, .. } => {
+                realtime.subscribe(pk, &users);
+            }
+            Event::Provision {
+                request,
+                address,
+                message,
+            } => {
+                let channels = self.services.provisioning();
+                if let Some(outcome) = channels.deliver_here(&address, message.into_bytes()) {
+                    if let Some(cluster) = self.hub.cluster() {
+                        cluster.publish(Event::Provisioned {
+                            to: origin,
+                            request,
+                            outcome,
+                        });
+                    }
+                }
+            }
+            Event::Alive | Event::Hello | Event::Provisioned { .. } => {}
+        }
+    }
+
+    fn gap(self: Arc<Self>) {
+        self.hub.notify_all();
+    }
+
+    fn process_gone(self: Arc<Self>, origin: u64) {
+        let state = AppState {
+            inner: Arc::clone(&self),
+        };
+        for (user, transition) in self.services.realtime().forget_origin(origin) {
+            // Its devices went offline with it: lastSeen is recorded here (as by every process
+            // that noticed; they agree to within the heartbeat).
+            api::presence::announce(&state, &user, transition);
+        }
+    }
+
+    fn local_presence(&self) -> Vec<cluster::DevicePresence> {
+        self.services.realtime().local_presence()
     }
 }
 

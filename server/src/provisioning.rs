@@ -117,6 +117,21 @@ impl Channels {
         Ok(())
     }
 
+    /// [`Self::deliver`] for a channel another relay process was asked about: `None` when this
+    /// process does not hold it (the process that does answers).
+    pub fn deliver_here(
+        &self,
+        address: &str,
+        message: Vec<u8>,
+    ) -> Option<crate::cluster::ProvisionOutcome> {
+        use crate::cluster::ProvisionOutcome;
+        match self.deliver(address, message, Instant::now()) {
+            Ok(()) => Some(ProvisionOutcome::Delivered),
+            Err(ChannelError::AlreadyDelivered) => Some(ProvisionOutcome::AlreadyDelivered),
+            Err(ChannelError::Unknown | ChannelError::Full) => None,
+        }
+    }
+
     /// Takes the message if it arrived (closing the channel), or a handle to wait on.
     pub fn take(
         &self,

@@ -293,6 +293,17 @@ impl Quota {
         }
     }
 
+    /// The share of one of `n` relay processes: the same count over an `n` times longer period,
+    /// and `1/n` of the burst (at least one token).
+    pub fn divided(self, n: u32) -> Self {
+        let n = n.max(1);
+        Quota {
+            count: self.count,
+            period: self.period.saturating_mul(n),
+            burst: at_least_one(self.burst.get().div_ceil(n)),
+        }
+    }
+
     /// Tokens granted per period.
     pub fn count(&self) -> u32 {
         self.count.get()
@@ -502,6 +513,27 @@ impl RateLimitConfig {
     }
 
     /// The quota of one limit.
+    /// Every limit divided among `n` relay processes ([`Quota::divided`]): limits are counted per
+    /// process, so that a client spreading its requests over all of them gets the quota in total.
+    pub fn divided(&self, n: u32) -> Self {
+        let d = |q: Option<Quota>| q.map(|q| q.divided(n));
+        RateLimitConfig {
+            messages: d(self.messages),
+            login: d(self.login),
+            registration: d(self.registration),
+            bundle_fetch: d(self.bundle_fetch),
+            provisioning: d(self.provisioning),
+            group_changes: d(self.group_changes),
+            ephemeral: d(self.ephemeral),
+            linking_codes: d(self.linking_codes),
+            invites: d(self.invites),
+            failed_logins: d(self.failed_logins),
+            attachment_kib: d(self.attachment_kib),
+            ..self.clone()
+        }
+    }
+
+    /// The quota of `limit`, if it is on.
     pub fn quota(&self, limit: Limit) -> Option<Quota> {
         match limit {
             Limit::Messages => self.messages,
@@ -1157,6 +1189,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.retry_after_secs(), 30);
         limiter.sweep();
+    }
+
+    #[test]
+    fn divided_quotas_add_up_to_the_whole() {
+        let q = Quota::per_minute(100).with_burst(10).divided(3);
+        assert_eq!(q.count(), 100);
+        assert_eq!(q.period, Duration::from_secs(180));
+        assert_eq!(q.burst.get(), 4);
+        assert_eq!(Quota::per_second(1).divided(5).burst.get(), 1);
+        assert_eq!(Quota::per_second(7).divided(0), Quota::per_second(7));
+        let config = RateLimitConfig::default().divided(2);
+        assert_eq!(
+            config.messages.map(|q| q.period),
+            RateLimitConfig::default()
+                .messages
+                .map(|q| q.period.saturating_mul(2))
+        );
     }
 
     #[test]

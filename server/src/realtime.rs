@@ -6,6 +6,9 @@
 //!     └── ready() / drain ──┘ per user: connected devices; per user: subscribed devices
 //! ```
 //!
+//! Devices connected at other relay processes are known from what those processes announce
+//! ([`crate::cluster`]): they count for a user's status, and a frame for one is sent there.
+//!
 //! A pushed frame waits in its connection's small queue until the connection task sends it; a
 //! frame older than [`EPHEMERAL_MAX_AGE`] is dropped instead, and a full queue drops its oldest
 //! frame. Nothing here survives the connection, and an idle connection costs one small struct.
@@ -19,6 +22,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use sotto_wire::PresenceStatus;
 use tokio::sync::Notify;
 
+use crate::cluster::{DevicePresence, DeviceState};
 use crate::store::DeviceAuth;
 
 /// Ephemeral frames older than this are dropped, never delivered.
@@ -36,6 +40,7 @@ pub struct LiveConn {
     id: u64,
     pk: i64,
     user_id: String,
+    device_id: u32,
     away: AtomicBool,
     queue: Mutex<VecDeque<(Instant, Utf8Bytes)>>,
     notify: Notify,
@@ -57,6 +62,28 @@ impl LiveConn {
             .collect()
     }
 
+    /// This connection's device as announced to other processes.
+    pub fn presence(&self) -> DevicePresence {
+        DevicePresence {
+            pk: self.pk,
+            user: self.user_id.clone(),
+            state: if self.away.load(Ordering::Relaxed) {
+                DeviceState::Away
+            } else {
+                DeviceState::Online
+            },
+        }
+    }
+
+    /// This connection's device as announced when it closes.
+    pub fn gone(&self) -> DevicePresence {
+        DevicePresence {
+            pk: self.pk,
+            user: self.user_id.clone(),
+            state: DeviceState::Offline,
+        }
+    }
+
     fn push(&self, text: Utf8Bytes, at: Instant) {
         {
             let mut queue = lock(&self.queue);
@@ -69,24 +96,50 @@ impl LiveConn {
     }
 }
 
+/// A device connected at another relay process.
+#[derive(Debug)]
+struct RemoteDevice {
+    origin: u64,
+    user_id: String,
+    away: bool,
+}
+
+/// Where a device is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// At this process.
+    Here,
+    /// At the relay process with this origin id.
+    At(u64),
+    /// Nowhere.
+    Nowhere,
+}
+
 #[derive(Debug, Default)]
 struct State {
     conns: HashMap<i64, Arc<LiveConn>>,
     by_user: HashMap<String, Vec<i64>>,
     watchers: HashMap<String, HashSet<i64>>,
     watching: HashMap<i64, Vec<String>>,
+    remote: HashMap<i64, RemoteDevice>,
+    remote_by_user: HashMap<String, HashSet<i64>>,
 }
 
 impl State {
     fn status(&self, user_id: &str) -> PresenceStatus {
-        let Some(pks) = self.by_user.get(user_id) else {
-            return PresenceStatus::Offline;
-        };
         let mut any = false;
-        for pk in pks {
+        for pk in self.by_user.get(user_id).into_iter().flatten() {
             if let Some(conn) = self.conns.get(pk) {
                 any = true;
                 if !conn.away.load(Ordering::Relaxed) {
+                    return PresenceStatus::Online;
+                }
+            }
+        }
+        for pk in self.remote_by_user.get(user_id).into_iter().flatten() {
+            if let Some(device) = self.remote.get(pk) {
+                any = true;
+                if !device.away {
                     return PresenceStatus::Online;
                 }
             }
@@ -96,6 +149,17 @@ impl State {
         } else {
             PresenceStatus::Offline
         }
+    }
+
+    fn remove_remote(&mut self, pk: i64) -> Option<RemoteDevice> {
+        let device = self.remote.remove(&pk)?;
+        if let Some(set) = self.remote_by_user.get_mut(&device.user_id) {
+            set.remove(&pk);
+            if set.is_empty() {
+                self.remote_by_user.remove(&device.user_id);
+            }
+        }
+        Some(device)
     }
 
     fn unsubscribe(&mut self, pk: i64) {
@@ -144,6 +208,7 @@ impl Realtime {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             pk: device.pk,
             user_id: device.user_id.clone(),
+            device_id: device.device_id,
             away: AtomicBool::new(false),
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
@@ -230,9 +295,107 @@ impl Realtime {
             .unwrap_or_default()
     }
 
-    /// Whether a device is connected.
+    /// Whether a device is connected here.
     pub fn is_connected(&self, device_pk: i64) -> bool {
         lock(&self.state).conns.contains_key(&device_pk)
+    }
+
+    /// A device connected here.
+    pub fn device(&self, device_pk: i64) -> Option<DeviceAuth> {
+        lock(&self.state).conns.get(&device_pk).map(|c| DeviceAuth {
+            pk: c.pk,
+            user_id: c.user_id.clone(),
+            device_id: c.device_id,
+        })
+    }
+
+    /// Where a device is connected.
+    pub fn locate(&self, device_pk: i64) -> Location {
+        let state = lock(&self.state);
+        if state.conns.contains_key(&device_pk) {
+            Location::Here
+        } else {
+            state
+                .remote
+                .get(&device_pk)
+                .map_or(Location::Nowhere, |d| Location::At(d.origin))
+        }
+    }
+
+    /// What process `origin` announced about one of its devices; the user's transition.
+    pub fn apply_remote(&self, origin: u64, device: &DevicePresence) -> Transition {
+        let mut state = lock(&self.state);
+        let before = state.status(&device.user);
+        match device.state {
+            DeviceState::Offline => {
+                if state
+                    .remote
+                    .get(&device.pk)
+                    .is_some_and(|d| d.origin == origin)
+                {
+                    state.remove_remote(device.pk);
+                }
+            }
+            DeviceState::Online | DeviceState::Away => {
+                state.remove_remote(device.pk);
+                state
+                    .remote_by_user
+                    .entry(device.user.clone())
+                    .or_default()
+                    .insert(device.pk);
+                state.remote.insert(
+                    device.pk,
+                    RemoteDevice {
+                        origin,
+                        user_id: device.user.clone(),
+                        away: device.state == DeviceState::Away,
+                    },
+                );
+            }
+        }
+        let after = state.status(&device.user);
+        Transition { before, after }
+    }
+
+    /// Forgets every device of process `origin` (it is gone); each affected user's transition.
+    pub fn forget_origin(&self, origin: u64) -> Vec<(String, Transition)> {
+        let mut state = lock(&self.state);
+        let pks: Vec<i64> = state
+            .remote
+            .iter()
+            .filter(|(_, d)| d.origin == origin)
+            .map(|(pk, _)| *pk)
+            .collect();
+        let users: HashSet<String> = pks
+            .iter()
+            .filter_map(|pk| state.remote.get(pk).map(|d| d.user_id.clone()))
+            .collect();
+        let before: Vec<(String, PresenceStatus)> = users
+            .into_iter()
+            .map(|u| {
+                let s = state.status(&u);
+                (u, s)
+            })
+            .collect();
+        for pk in pks {
+            state.remove_remote(pk);
+        }
+        before
+            .into_iter()
+            .map(|(u, before)| {
+                let after = state.status(&u);
+                (u, Transition { before, after })
+            })
+            .collect()
+    }
+
+    /// This process's connected devices, as announced to the others.
+    pub fn local_presence(&self) -> Vec<DevicePresence> {
+        lock(&self.state)
+            .conns
+            .values()
+            .map(|c| c.presence())
+            .collect()
     }
 
     /// Queues a frame for a connected device; `false` if it is not connected (nothing is kept).

@@ -18,9 +18,10 @@ use sotto_wire::{
 
 use crate::api::valid_id;
 use crate::auth::Auth;
+use crate::cluster::{DevicePresence, DeviceState, Event};
 use crate::error::{Json, Path};
 use crate::ratelimit::{Limit, RateKey};
-use crate::realtime::{LiveConn, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
+use crate::realtime::{LiveConn, Location, Transition, EPHEMERAL_MAX_AGE, MAX_SUBSCRIPTIONS};
 use crate::store::DeviceAuth;
 use crate::{now_ms, AppError, AppState};
 
@@ -68,7 +69,19 @@ pub async fn broadcast(state: &AppState, user_id: &str) {
     }
 }
 
-fn announce(state: &AppState, user_id: &str, transition: Transition) {
+/// After a user's status changed: lastSeen when it went offline (`record_last_seen`: by the
+/// process whose device caused it), then the pushes to this process's audience (every process
+/// tells its own).
+pub fn announce(state: &AppState, user_id: &str, transition: Transition) {
+    announce_with(state, user_id, transition, true);
+}
+
+/// [`announce`] for a change another process reported (it records lastSeen itself).
+pub fn announce_remote(state: &AppState, user_id: &str, transition: Transition) {
+    announce_with(state, user_id, transition, false);
+}
+
+fn announce_with(state: &AppState, user_id: &str, transition: Transition, record_last_seen: bool) {
     if transition.changed() {
         let state = state.clone();
         let user_id = user_id.to_owned();
@@ -76,7 +89,7 @@ fn announce(state: &AppState, user_id: &str, transition: Transition) {
             // While shutting down every connection closes at once: keep lastSeen, skip the pushes
             // (the audience is closing too) and the noise of writes racing the store's close.
             let closing = *state.shutdown_signal().borrow();
-            if transition.after == PresenceStatus::Offline {
+            if record_last_seen && transition.after == PresenceStatus::Offline {
                 if let Err(e) = state.store().set_last_seen(&user_id, now_ms()).await {
                     if closing {
                         tracing::debug!(error = %e, "last-seen update failed during shutdown");
@@ -95,14 +108,46 @@ fn announce(state: &AppState, user_id: &str, transition: Transition) {
 /// A device's WebSocket opened.
 pub fn on_connect(state: &AppState, device: &DeviceAuth) -> Arc<LiveConn> {
     let (conn, transition) = state.services().realtime().connect(device);
+    if let Some(cluster) = state.hub().cluster() {
+        cluster.presence(vec![conn.presence()]);
+    }
     announce(state, &device.user_id, transition);
     conn
 }
 
 /// A device's WebSocket closed.
 pub fn on_disconnect(state: &AppState, device: &DeviceAuth, conn: &LiveConn) {
-    let transition = state.services().realtime().disconnect(conn);
+    let realtime = state.services().realtime();
+    let transition = realtime.disconnect(conn);
+    if let Some(cluster) = state.hub().cluster() {
+        // Unless a newer connection of the device took over here.
+        if !realtime.is_connected(device.pk) {
+            cluster.presence(vec![conn.gone()]);
+        }
+    }
     announce(state, &device.user_id, transition);
+}
+
+/// Sets a device connected here away (or back) and tells everyone; `false` if it is not
+/// connected here.
+pub fn set_away_here(state: &AppState, device: &DeviceAuth, away: bool) -> bool {
+    let realtime = state.services().realtime();
+    let Some(transition) = realtime.set_away(device, away) else {
+        return false;
+    };
+    if let Some(cluster) = state.hub().cluster() {
+        cluster.presence(vec![DevicePresence {
+            pk: device.pk,
+            user: device.user_id.clone(),
+            state: if away {
+                DeviceState::Away
+            } else {
+                DeviceState::Online
+            },
+        }]);
+    }
+    announce(state, &device.user_id, transition);
+    true
 }
 
 /// What someone not entitled to a user's presence is told: offline, never seen, exactly what a
@@ -175,13 +220,24 @@ pub async fn set(
             ))
         }
     };
-    let transition = state
-        .services()
-        .realtime()
-        .set_away(&device, away)
-        .ok_or_else(not_connected)?;
-    announce(&state, &device.user_id, transition);
-    Ok(StatusCode::NO_CONTENT)
+    if set_away_here(&state, &device, away) {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Connected at another relay process: that one applies it.
+    match (
+        state.services().realtime().locate(device.pk),
+        state.hub().cluster(),
+    ) {
+        (Location::At(to), Some(cluster)) => {
+            cluster.publish(Event::Away {
+                to,
+                pk: device.pk,
+                away,
+            });
+            Ok(StatusCode::NO_CONTENT)
+        }
+        _ => Err(not_connected()),
+    }
 }
 
 /// `PUT /api/presence/subscriptions`.
@@ -221,8 +277,17 @@ pub async fn subscribe(
             visible.push((user, may));
         }
     }
-    if !state.services().realtime().subscribe(device.pk, &users) {
-        return Err(not_connected());
+    let realtime = state.services().realtime();
+    if !realtime.subscribe(device.pk, &users) {
+        // Connected at another relay process: that one holds the subscriptions.
+        match (realtime.locate(device.pk), state.hub().cluster()) {
+            (Location::At(to), Some(cluster)) => cluster.publish(Event::Subscribe {
+                to,
+                pk: device.pk,
+                users,
+            }),
+            _ => return Err(not_connected()),
+        }
     }
     let mut statuses = Vec::with_capacity(visible.len());
     for (user, may) in &visible {
@@ -233,6 +298,31 @@ pub async fn subscribe(
         });
     }
     Ok(Json(PresenceSnapshot { statuses }))
+}
+
+/// Queues a frame for devices connected here and sends it to the processes holding the others;
+/// devices connected nowhere get nothing.
+fn push_anywhere(state: &AppState, pks: &[i64], text: &Utf8Bytes, at: Instant) {
+    let realtime = state.services().realtime();
+    let mut elsewhere: std::collections::HashMap<u64, Vec<i64>> = Default::default();
+    for pk in pks {
+        match realtime.locate(*pk) {
+            Location::Here => {
+                realtime.push(*pk, text.clone(), at);
+            }
+            Location::At(origin) => elsewhere.entry(origin).or_default().push(*pk),
+            Location::Nowhere => {}
+        }
+    }
+    if let Some(cluster) = state.hub().cluster() {
+        for (to, pks) in elsewhere {
+            cluster.publish(Event::Push {
+                to,
+                pks,
+                text: text.as_str().to_owned(),
+            });
+        }
+    }
 }
 
 /// `POST /api/messages/ephemeral`: relayed to connected devices only, never stored.
@@ -266,7 +356,6 @@ pub async fn ephemeral(
         .unwrap_or(0)
         .saturating_sub(req.timestamp);
     let stale = u128::from(age_ms) > EPHEMERAL_MAX_AGE.as_millis();
-    let realtime = state.services().realtime();
     let envelope = |group_id: Option<String>, content: sotto_wire::Base64| {
         frame_text(&ServerFrame::Ephemeral(EphemeralEnvelope {
             source_user_id: sender.user_id.clone(),
@@ -310,8 +399,8 @@ pub async fn ephemeral(
                 let Some(device) = devices.iter().find(|d| d.device_id == m.device_id) else {
                     continue;
                 };
-                if device.pk != sender.pk && realtime.is_connected(device.pk) {
-                    realtime.push(device.pk, envelope(None, m.content.clone()), at);
+                if device.pk != sender.pk {
+                    push_anywhere(&state, &[device.pk], &envelope(None, m.content.clone()), at);
                 }
             }
         }
@@ -344,11 +433,12 @@ pub async fn ephemeral(
                 .check(Limit::Ephemeral, RateKey::Account(&sender.user_id), 1)
                 .await?;
             let text = envelope(Some(group_id.clone()), content.clone());
-            for (_, pk) in devices {
-                if pk != sender.pk {
-                    realtime.push(pk, text.clone(), at);
-                }
-            }
+            let pks: Vec<i64> = devices
+                .into_iter()
+                .map(|(_, pk)| pk)
+                .filter(|pk| *pk != sender.pk)
+                .collect();
+            push_anywhere(&state, &pks, &text, at);
         }
         _ => {
             return Err(AppError::bad_request(

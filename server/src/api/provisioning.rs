@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::cluster::ProvisionOutcome;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -57,6 +58,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ))
     }
+}
+
+/// Whether `address` has the shape of one [`crate::provisioning::Channels::open`] hands out (anything else is unknown
+/// everywhere, and is not asked about on the bus).
+fn valid_address(address: &str) -> bool {
+    (16..=64).contains(&address.len())
+        && address
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn unknown_address() -> AppError {
@@ -137,11 +147,23 @@ pub async fn deliver(
             format!("message must be 1-{max} bytes"),
         ));
     }
-    state
-        .services()
-        .provisioning()
-        .deliver(&address, req.message.into_bytes(), Instant::now())
-        .map_err(channel_error)?;
+    let channels = state.services().provisioning();
+    match channels.deliver(&address, req.message.0.clone(), Instant::now()) {
+        // The channel may be held by another relay process (the new device opened it there).
+        Err(ChannelError::Unknown) if valid_address(&address) => {
+            let Some(cluster) = state.hub().cluster() else {
+                return Err(channel_error(ChannelError::Unknown));
+            };
+            match cluster.provision(&address, req.message).await {
+                Some(ProvisionOutcome::Delivered) => {}
+                Some(ProvisionOutcome::AlreadyDelivered) => {
+                    return Err(channel_error(ChannelError::AlreadyDelivered))
+                }
+                None => return Err(channel_error(ChannelError::Unknown)),
+            }
+        }
+        r => r.map_err(channel_error)?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

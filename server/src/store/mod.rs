@@ -11,7 +11,6 @@
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 use crate::config::Config;
 
@@ -40,6 +39,9 @@ pub enum StoreError {
     /// The writer task is gone (shutting down).
     #[error("store closed")]
     Closed,
+    /// The bus to the other relay processes could not be joined (when opening).
+    #[error("cluster bus: {0}")]
+    Bus(#[from] crate::cluster::BusError),
 }
 
 /// A new account.
@@ -376,22 +378,6 @@ pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'stati
     async fn expire_attachments(&self, before: i64) -> Result<u64, StoreError>;
     /// Waits for pending writes and closes connections.
     async fn close(&self);
-    /// Mailbox changes made by other relay processes sharing this database, for stores that can
-    /// tell (PostgreSQL LISTEN/NOTIFY); `None` for single-process stores.
-    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
-        Ok(None)
-    }
-}
-
-/// A mailbox change reported by another relay process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Wakeup {
-    /// These mailboxes have new envelopes.
-    Mailboxes(Vec<i64>),
-    /// This device was removed.
-    Revoked(i64),
-    /// Notifications may have been missed (listener reconnected): check every mailbox.
-    All,
 }
 
 /// Opens the store the URL names and runs its migrations.

@@ -10,16 +10,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 use std::str::FromStr;
-use tokio::sync::mpsc;
 
 use super::{
     check_devices, duplicate_outcome, is_transient, to_u32, AckOutcome, ClaimedBundle, DeviceAuth,
     DeviceRow, KeyUpdate, NewUser, SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError,
-    StoredEnvelope, StoredKey, UserCredentials, Wakeup, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
-    KIND_EC, KIND_KEM,
+    StoredEnvelope, StoredKey, UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC,
+    KIND_KEM,
 };
 use crate::config::Config;
 
@@ -28,121 +27,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[path = "postgres_groups.rs"]
 mod groups;
 
-/// The LISTEN/NOTIFY channel relay processes use to wake each other's WebSockets.
-const CHANNEL: &str = "sotto_wake";
-
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
-    /// Identifies this process in notifications, so it ignores its own.
-    origin: u64,
-    /// The LISTEN task; it holds a pooled connection, so `close` stops it first.
-    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
-    /// Post-commit wake-ups for other processes.
-    notifier: std::sync::Arc<Notifier>,
-    notifier_task: tokio::task::AbortHandle,
-}
-
-/// Notification payload: `<origin> m <pk>,<pk>…` or `<origin> r <pk>`.
-fn payload(origin: u64, kind: char, pks: &[i64]) -> String {
-    let list: Vec<String> = pks.iter().map(i64::to_string).collect();
-    format!("{origin} {kind} {}", list.join(","))
-}
-
-fn parse_payload(origin: u64, text: &str) -> Option<Wakeup> {
-    let mut parts = text.splitn(3, ' ');
-    let from: u64 = parts.next()?.parse().ok()?;
-    if from == origin {
-        return None;
-    }
-    let kind = parts.next()?;
-    let pks: Vec<i64> = parts
-        .next()?
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    match (kind, pks.as_slice()) {
-        ("m", _) => Some(Wakeup::Mailboxes(pks)),
-        ("r", [pk]) => Some(Wakeup::Revoked(*pk)),
-        _ => None,
-    }
-}
-
-/// Wake-ups for other relay processes, sent after commit by one background task.
-///
-/// `pg_notify` inside a writing transaction takes PostgreSQL's global notification lock and holds
-/// it through that transaction's commit, which would serialize every send and ack. Instead,
-/// operations record the mailboxes to wake here after their commit; the task coalesces them and
-/// notifies in small autocommit statements. A wake-up lost in a crash costs nothing: a mailbox is
-/// read in full whenever a device (re)connects.
-#[derive(Debug, Default)]
-struct Notifier {
-    pending: std::sync::Mutex<Pending>,
-    wake: tokio::sync::Notify,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    mailboxes: Vec<i64>,
-    revoked: Vec<i64>,
-}
-
-/// At most this many mailbox ids per notification (PostgreSQL caps payloads at 8,000 bytes).
-const PKS_PER_NOTIFICATION: usize = 300;
-
-impl Notifier {
-    fn push(&self, kind: char, pks: &[i64]) {
-        if pks.is_empty() {
-            return;
-        }
-        {
-            let mut pending = match self.pending.lock() {
-                Ok(p) => p,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let list = if kind == 'r' {
-                &mut pending.revoked
-            } else {
-                &mut pending.mailboxes
-            };
-            list.extend_from_slice(pks);
-        }
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> Pending {
-        let mut pending = match self.pending.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        std::mem::take(&mut *pending)
-    }
-
-    async fn run(self: std::sync::Arc<Self>, pool: PgPool, origin: u64) {
-        loop {
-            self.wake.notified().await;
-            let Pending {
-                mut mailboxes,
-                revoked,
-            } = self.take();
-            mailboxes.sort_unstable();
-            mailboxes.dedup();
-            let batches = mailboxes
-                .chunks(PKS_PER_NOTIFICATION)
-                .map(|pks| payload(origin, 'm', pks))
-                .chain(revoked.iter().map(|pk| payload(origin, 'r', &[*pk])));
-            for text in batches {
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(text)
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::warn!(error = %e, "postgres notify failed");
-                }
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -161,17 +48,7 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let origin = rand::random();
-        let notifier = std::sync::Arc::new(Notifier::default());
-        let notifier_task =
-            tokio::spawn(std::sync::Arc::clone(&notifier).run(pool.clone(), origin)).abort_handle();
-        Ok(Self {
-            pool,
-            origin,
-            listener: std::sync::Mutex::new(None),
-            notifier,
-            notifier_task,
-        })
+        Ok(Self { pool })
     }
 }
 
@@ -393,7 +270,6 @@ impl PgStore {
             }
         }
         tx.commit().await?;
-        self.notifier.push('m', &outcome.notify);
         Ok(outcome)
     }
 
@@ -509,7 +385,6 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
-        self.notifier.push('m', &notify);
         Ok(SendOutcome::Accepted {
             server_message_id: batch.server_message_id.clone(),
             server_timestamp: batch.now,
@@ -656,7 +531,6 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.notifier.push('r', &[device_pk]);
         Ok(())
     }
 
@@ -929,69 +803,6 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
-        let listener = match self.listener.lock() {
-            Ok(mut l) => l.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(task) = listener {
-            task.abort();
-        }
-        self.notifier_task.abort();
         self.pool.close().await;
-    }
-
-    async fn subscribe(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        let (tx, rx) = mpsc::channel(1024);
-        let origin = self.origin;
-        let task = tokio::spawn(async move {
-            loop {
-                let wakeup = match listener.try_recv().await {
-                    Ok(Some(n)) => match parse_payload(origin, n.payload()) {
-                        Some(w) => w,
-                        None => continue,
-                    },
-                    // The connection dropped and was re-established: anything may be missed.
-                    Ok(None) => Wakeup::All,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "postgres listener failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Wakeup::All
-                    }
-                };
-                if tx.send(wakeup).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let previous = match self.listener.lock() {
-            Ok(mut l) => l.replace(task.abort_handle()),
-            Err(poisoned) => poisoned.into_inner().replace(task.abort_handle()),
-        };
-        if let Some(previous) = previous {
-            previous.abort();
-        }
-        Ok(Some(rx))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_and_own_are_ignored() {
-        let p = payload(7, 'm', &[1, 22, 333]);
-        assert_eq!(
-            parse_payload(8, &p),
-            Some(Wakeup::Mailboxes(vec![1, 22, 333]))
-        );
-        assert_eq!(parse_payload(7, &p), None);
-        assert_eq!(
-            parse_payload(8, &payload(7, 'r', &[5])),
-            Some(Wakeup::Revoked(5))
-        );
-        assert_eq!(parse_payload(8, "garbage"), None);
     }
 }

@@ -55,14 +55,14 @@ fn pg_admin_url() -> String {
 
 /// A database no other process has open: the test itself never connects to it, so a restart goes
 /// through the same recovery as after a real crash.
-struct Database {
-    url: String,
-    dir: tempfile::TempDir,
+pub(crate) struct Database {
+    pub(crate) url: String,
+    pub(crate) dir: tempfile::TempDir,
     pg_name: Option<String>,
 }
 
 impl Database {
-    async fn create(backend: Backend) -> Self {
+    pub(crate) async fn create(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
         match backend {
             Backend::Sqlite => Self {
@@ -127,15 +127,15 @@ impl Drop for Database {
 // The relay process.
 
 /// A 127.0.0.1 port nobody listens on right now.
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
 }
 
 /// A running `sotto-server`; killed (SIGKILL) when dropped, whatever happened.
-struct Relay {
+pub(crate) struct Relay {
     /// Shared with the senders, which fire the SIGKILL themselves (see [`sender`]).
-    child: Arc<Mutex<tokio::process::Child>>,
+    pub(crate) child: Arc<Mutex<tokio::process::Child>>,
     log: PathBuf,
 }
 
@@ -146,7 +146,7 @@ impl Drop for Relay {
 }
 
 /// Sends SIGKILL (`start_kill` on Unix) without waiting.
-fn sigkill(child: &Mutex<tokio::process::Child>) {
+pub(crate) fn sigkill(child: &Mutex<tokio::process::Child>) {
     if let Ok(mut child) = child.lock() {
         let _ = child.start_kill();
     }
@@ -155,7 +155,17 @@ fn sigkill(child: &Mutex<tokio::process::Child>) {
 impl Relay {
     /// Starts the binary on `db` at `addr` and waits until `/healthz` answers. The port was just
     /// released (by the probe in [`free_addr`] or by the kill), so a failed start is retried.
-    async fn start(db: &Database, addr: SocketAddr, run: usize) -> Self {
+    pub(crate) async fn start(db: &Database, addr: SocketAddr, run: usize) -> Self {
+        Self::start_with(db, addr, run, &[]).await
+    }
+
+    /// [`Self::start`] with more command-line arguments.
+    pub(crate) async fn start_with(
+        db: &Database,
+        addr: SocketAddr,
+        run: usize,
+        extra: &[String],
+    ) -> Self {
         let mut last_error = String::new();
         for attempt in 0..5 {
             let log = db.dir.path().join(format!("relay-{run}-{attempt}.log"));
@@ -168,6 +178,7 @@ impl Relay {
                 .arg("--config")
                 .arg(db.dir.path().join("relay.toml"))
                 .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+                .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().unwrap())
@@ -207,12 +218,12 @@ impl Relay {
         Err(format!("no healthy answer within {STARTUP_TIMEOUT:?}"))
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for the process to end (after [`sigkill`]); returns the signal that ended it.
-    async fn reap(&self) -> Option<i32> {
+    pub(crate) async fn reap(&self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let exited = self.child.lock().unwrap().try_wait().unwrap();
@@ -228,18 +239,18 @@ impl Relay {
 // ---------------------------------------------------------------------------------------------
 // HTTP over one kept-alive connection, reconnecting after a failure.
 
-struct Http {
+pub(crate) struct Http {
     addr: SocketAddr,
     conn: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Http {
-    fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self { addr, conn: None }
     }
 
     /// Status and JSON body (Null if not JSON), or why there was no answer.
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &str,
         path: &str,
@@ -312,7 +323,7 @@ impl Http {
 }
 
 /// Registers `name` and logs in its first device through the relay's API.
-async fn register(addr: SocketAddr, name: &str) -> Client {
+pub(crate) async fn register(addr: SocketAddr, name: &str) -> Client {
     let mut http = Http::new(addr);
     let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "password123"});
     let (status, v) = http
@@ -549,7 +560,7 @@ async fn drain(addr: SocketAddr, device: &Client) -> Vec<Value> {
     envelopes
 }
 
-async fn ack(ws: &mut crate::ws::Ws, seqs: &mut Vec<u64>) {
+pub(crate) async fn ack(ws: &mut crate::ws::Ws, seqs: &mut Vec<u64>) {
     if seqs.is_empty() {
         return;
     }

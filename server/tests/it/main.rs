@@ -13,6 +13,7 @@ mod common;
 mod accounts;
 mod attachments;
 mod bad_input;
+mod cluster;
 mod consent;
 mod crash;
 mod groups;

@@ -53,6 +53,8 @@ fn help_documents_every_setting() {
         "SOTTO_ENVELOPE_TTL_SECS",
         "SOTTO_CONFIG",
         "SOTTO_GROUP_INVITATION_TTL_SECS",
+        "SOTTO_NATS_URL",
+        "SOTTO_RELAY_PROCESSES",
         "127.0.0.1:7700",
     ] {
         assert!(help.contains(var), "--help lacks {var}");
