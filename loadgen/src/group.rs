@@ -272,7 +272,7 @@ pub async fn run(relay: &Relay, args: GroupArgs) -> Result<()> {
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(n);
     let mut receivers = Vec::with_capacity(n);
     for (me, account) in accounts.iter().enumerate() {
-        let ws = client::open_ws(relay.addr, &account.token, None, 64 * 1024).await?;
+        let ws = client::open_ws(relay.addr_for(me), &account.token, None, 64 * 1024).await?;
         receivers.push(tokio::spawn(receive(
             ws,
             u32::try_from(me)?,
@@ -457,8 +457,8 @@ async fn run_size(
         path: Arc::clone(&path),
     });
     let mut workers = Vec::with_capacity(args.in_flight);
-    for _ in 0..args.in_flight {
-        let http = Http::connect(relay.addr).await?;
+    for i in 0..args.in_flight {
+        let http = Http::connect(relay.addr_for(i)).await?;
         workers.push(tokio::spawn(send_loop(
             http,
             Arc::clone(shared),

@@ -55,6 +55,9 @@ enum Mode {
     Group(group::GroupArgs),
     /// M idle authenticated WebSockets: relay memory per connection.
     Idle(idle::IdleArgs),
+    /// One of `idle --client-processes`'s processes (started by it).
+    #[command(hide = true)]
+    IdleWorker(idle::WorkerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,15 +77,26 @@ fn main() -> std::process::ExitCode {
         let wanted = match &cli.mode {
             Mode::Send(args) => args.fd_budget(),
             Mode::Group(args) => args.fd_budget(),
-            Mode::Idle(args) => args.fd_budget(),
+            Mode::Idle(args) => args.fd_budget(cli.relay.processes),
+            Mode::IdleWorker(args) => args.fd_budget(),
         };
         relay::raise_fd_limit(wanted)?;
+        if let Mode::IdleWorker(args) = cli.mode {
+            return idle::worker(args).await;
+        }
         let relay = relay::Relay::start(&cli.relay).await?;
+        if relay.processes() > 1 {
+            eprintln!(
+                "relay: {} processes, accounts spread over them round-robin",
+                relay.processes()
+            );
+        }
         let run = async {
             match cli.mode {
                 Mode::Send(args) => send::run(&relay, args).await,
                 Mode::Group(args) => group::run(&relay, args).await,
                 Mode::Idle(args) => idle::run(&relay, args).await,
+                Mode::IdleWorker(_) => Ok(()),
             }
         };
         // On Ctrl-C or SIGTERM the started relay is stopped and its temporary files removed.

@@ -45,9 +45,16 @@ pub struct RelayArgs {
     pub keep_rate_limits: bool,
 
     /// File for the started relay's log [default: relay.log in the temporary directory, deleted
-    /// at exit]. RUST_LOG is passed through (default `warn`).
+    /// at exit]. RUST_LOG is passed through (default `warn`). With several processes, process i
+    /// logs to this path with `.i` appended.
     #[arg(long, conflicts_with = "url")]
     pub relay_log: Option<PathBuf>,
+
+    /// Relay processes to start on the one database (more than one needs PostgreSQL: give
+    /// --database-url); accounts are spread over them round-robin, each account's WebSocket and
+    /// requests going to its process. Memory and CPU are summed over the processes.
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    pub processes: usize,
 }
 
 /// The started relay's configuration file: every rate limit off.
@@ -59,35 +66,80 @@ bundle-fetch = \"off\"
 provisioning = \"off\"
 ";
 
-/// A relay to talk to.
+/// A relay to talk to: one process, or several on one database.
 #[derive(Debug)]
 pub struct Relay {
-    /// Its loopback address.
+    /// The (first) process's loopback address.
     pub addr: SocketAddr,
-    /// Its process, when known.
-    pub pid: Option<u32>,
-    child: Option<Child>,
+    procs: Vec<Proc>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// One relay process.
+#[derive(Debug)]
+struct Proc {
+    addr: SocketAddr,
+    pid: Option<u32>,
+    child: Option<Child>,
 }
 
 impl Relay {
     /// Starts or attaches to the relay and waits until `/healthz` answers.
     pub async fn start(args: &RelayArgs) -> Result<Self> {
         let relay = match &args.url {
-            Some(url) => Relay {
-                addr: parse_loopback_url(url)?,
-                pid: args.relay_pid,
-                child: None,
-                _dir: None,
-            },
+            Some(url) => {
+                let addr = parse_loopback_url(url)?;
+                Relay {
+                    addr,
+                    procs: vec![Proc {
+                        addr,
+                        pid: args.relay_pid,
+                        child: None,
+                    }],
+                    _dir: None,
+                }
+            }
             None => Self::spawn(args)?,
         };
         relay.wait_healthy(Duration::from_secs(60)).await?;
         Ok(relay)
     }
 
+    /// The process account `index` talks to (round-robin).
+    pub fn addr_for(&self, index: usize) -> SocketAddr {
+        self.procs
+            .get(index % self.procs.len().max(1))
+            .map_or(self.addr, |p| p.addr)
+    }
+
+    /// How many processes.
+    pub fn processes(&self) -> usize {
+        self.procs.len()
+    }
+
     fn spawn(args: &RelayArgs) -> Result<Self> {
+        let n = args.processes.max(1);
+        if n > 1
+            && !args
+                .database_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres"))
+        {
+            return Err("--processes above 1 needs a PostgreSQL --database-url".into());
+        }
         let dir = tempfile::Builder::new().prefix("sotto-load-").tempdir()?;
+        let mut procs = Vec::with_capacity(n);
+        for i in 0..n {
+            procs.push(Self::spawn_one(args, &dir, i, n)?);
+        }
+        Ok(Relay {
+            addr: procs.first().map(|p| p.addr).ok_or("no relay process")?,
+            procs,
+            _dir: Some(dir),
+        })
+    }
+
+    fn spawn_one(args: &RelayArgs, dir: &tempfile::TempDir, i: usize, n: usize) -> Result<Proc> {
         let bin = match &args.relay_bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?.with_file_name("sotto-server"),
@@ -101,10 +153,13 @@ impl Relay {
             .local_addr()?
             .port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let log_path = args
+        let mut log_path = args
             .relay_log
             .clone()
             .unwrap_or_else(|| dir.path().join("relay.log"));
+        if n > 1 {
+            log_path.as_mut_os_string().push(format!(".{i}"));
+        }
         let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(&bin);
         if !args.keep_rate_limits {
@@ -121,6 +176,7 @@ impl Relay {
             // The generated accounts never wrote to each other: without this, a group run's adds
             // would be pending invitations and no group message would be routed.
             .arg("--open-group-adds")
+            .arg(format!("--relay-processes={n}"))
             .args(&args.relay_args)
             .env(
                 "RUST_LOG",
@@ -135,56 +191,74 @@ impl Relay {
             .map_err(|e| format!("cannot start relay {}: {e}", bin.display()))?;
         let pid = child.id();
         eprintln!(
-            "relay: started {} (pid {}) on {addr}, database {database_url}, log {}",
+            "relay: started {} (pid {}, process {} of {n}) on {addr}, database {database_url}, log {}",
             bin.display(),
             pid.map_or_else(|| "?".into(), |p| p.to_string()),
+            i + 1,
             log_path.display()
         );
-        Ok(Relay {
+        Ok(Proc {
             addr,
             pid,
             child: Some(child),
-            _dir: Some(dir),
         })
     }
 
     async fn wait_healthy(&self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        loop {
-            if let Ok(mut http) = Http::connect(self.addr).await {
-                if let Ok((status, _)) = http.get("/healthz", None).await {
-                    if status.is_success() {
-                        return Ok(());
+        for proc in &self.procs {
+            loop {
+                if let Ok(mut http) = Http::connect(proc.addr).await {
+                    if let Ok((status, _)) = http.get("/healthz", None).await {
+                        if status.is_success() {
+                            break;
+                        }
                     }
                 }
+                if Instant::now() > deadline {
+                    return Err(
+                        format!("relay at {} not healthy after {within:?}", proc.addr).into(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if Instant::now() > deadline {
-                return Err(format!("relay at {} not healthy after {within:?}", self.addr).into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
     }
 
-    /// Resident memory of the relay in KiB (`VmRSS`), when its process is known.
+    /// Resident memory of the relay in KiB (`VmRSS`, summed over its processes), when every
+    /// process is known.
     pub fn rss_kib(&self) -> Option<u64> {
+        self.procs.iter().map(|p| p.rss_kib()).sum()
+    }
+
+    /// CPU time the relay has used so far (summed over its processes), when every process is
+    /// known.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.procs
+            .iter()
+            .map(|p| process_cpu_time(&format!("/proc/{}/stat", p.pid?)))
+            .sum()
+    }
+
+    /// Stops the processes started here.
+    pub async fn stop(self) {
+        for mut proc in self.procs {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            }
+        }
+    }
+}
+
+impl Proc {
+    fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    /// CPU time the relay has used so far, when its process is known.
-    pub fn cpu_time(&self) -> Option<Duration> {
-        process_cpu_time(&format!("/proc/{}/stat", self.pid?))
-    }
-
-    /// Stops a relay started here.
-    pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-        }
     }
 }
 

@@ -168,8 +168,8 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(n);
     let mut receivers = Vec::with_capacity(n);
-    for account in accounts.iter() {
-        let ws = client::open_ws(relay.addr, &account.token, None, 64 * 1024).await?;
+    for (i, account) in accounts.iter().enumerate() {
+        let ws = client::open_ws(relay.addr_for(i), &account.token, None, 64 * 1024).await?;
         receivers.push(tokio::spawn(receive(
             ws,
             Arc::clone(&shared),
@@ -198,8 +198,9 @@ pub async fn run(relay: &Relay, args: SendArgs) -> Result<()> {
         .window_end
         .store(shared.nanos(window_end), Ordering::Relaxed);
     let mut senders = Vec::with_capacity(args.in_flight);
-    for _ in 0..args.in_flight {
-        let http = Http::connect(relay.addr).await?;
+    for i in 0..args.in_flight {
+        // With several relay processes, sends and the recipients' sockets are spread over all.
+        let http = Http::connect(relay.addr_for(i)).await?;
         senders.push(tokio::spawn(send_loop(
             http,
             Arc::clone(&shared),

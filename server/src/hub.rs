@@ -217,8 +217,7 @@ impl Hub {
         }
         if let Some(cluster) = self.cluster() {
             cluster.publish(Event::Connected {
-                pk: device_pk,
-                at: since,
+                devices: vec![(device_pk, since)],
             });
         }
         signal

@@ -187,7 +187,11 @@ impl cluster::Apply for Inner {
                     self.hub.revoke_local(pk);
                 }
             }
-            Event::Connected { pk, at } => self.hub.replaced_elsewhere(pk, at, origin),
+            Event::Connected { devices } => {
+                for (pk, at) in devices {
+                    self.hub.replaced_elsewhere(pk, at, origin);
+                }
+            }
             Event::Presence { devices } => {
                 for device in devices {
                     let transition = realtime.apply_remote(origin, &device);

@@ -118,12 +118,11 @@ pub enum Event {
         /// Device row ids.
         pks: Vec<i64>,
     },
-    /// A device opened a connection at the origin at `at` (ms): an older one elsewhere closes.
+    /// Devices opened a connection at the origin, each at a time (ms since the epoch): an older
+    /// connection of one elsewhere closes.
     Connected {
-        /// Device row id.
-        pk: i64,
-        /// When, in ms since the epoch.
-        at: i64,
+        /// `(device row id, when)`.
+        devices: Vec<(i64, i64)>,
     },
     /// Devices connected at the origin changed state (or, after `Hello`, are as given).
     Presence {
@@ -331,7 +330,28 @@ impl Cluster {
         mailboxes.dedup();
         revoked.sort_unstable();
         revoked.dedup();
-        let mut out: Vec<Event> = events.into_iter().collect();
+        // Presence changes and new connections are merged (in order) into few events: a burst
+        // of reconnections costs a few notifications, not one per device.
+        let mut out: Vec<Event> = Vec::new();
+        let mut presence = Vec::new();
+        let mut connected = Vec::new();
+        for event in events {
+            match event {
+                Event::Presence { devices } => presence.extend(devices),
+                Event::Connected { devices } => connected.extend(devices),
+                other => out.push(other),
+            }
+        }
+        out.extend(presence.chunks(DEVICES_PER_EVENT).map(|d| Event::Presence {
+            devices: d.to_vec(),
+        }));
+        out.extend(
+            connected
+                .chunks(IDS_PER_EVENT / 2)
+                .map(|d| Event::Connected {
+                    devices: d.to_vec(),
+                }),
+        );
         out.extend(
             revoked
                 .chunks(IDS_PER_EVENT)
@@ -507,5 +527,36 @@ mod tests {
             })
             .collect();
         assert!(cluster.encode(Event::Presence { devices }).len() < 8000);
+    }
+
+    #[test]
+    fn bursts_are_merged_in_order() {
+        let cluster = Cluster::new(Arc::new(postgres::tests::Null));
+        for pk in 0..200 {
+            cluster.presence(vec![DevicePresence {
+                pk,
+                user: format!("user-{pk}"),
+                state: DeviceState::Online,
+            }]);
+            cluster.publish(Event::Connected {
+                devices: vec![(pk, i64::MAX - pk)],
+            });
+        }
+        cluster.publish(Event::Alive);
+        let events = cluster.take();
+        assert_eq!(events.first(), Some(&Event::Alive));
+        let mut seen = Vec::new();
+        let mut connected = 0;
+        for event in &events {
+            assert!(cluster.encode(event.clone()).len() < 8000);
+            match event {
+                Event::Presence { devices } => seen.extend(devices.iter().map(|d| d.pk)),
+                Event::Connected { devices } => connected += devices.len(),
+                _ => {}
+            }
+        }
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        assert_eq!(connected, 200);
+        assert_eq!(events.len(), 1 + 200usize.div_ceil(DEVICES_PER_EVENT) + 2);
     }
 }
