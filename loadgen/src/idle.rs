@@ -112,7 +112,7 @@ impl Counters {
         }
     }
 
-    fn from_workers(&self, pick: fn(&(u64, u64, u64)) -> u64) -> u64 {
+    fn workers_sum(&self, pick: fn(&(u64, u64, u64)) -> u64) -> u64 {
         self.workers
             .lock()
             .map(|w| w.iter().map(pick).sum())
@@ -120,15 +120,15 @@ impl Counters {
     }
 
     fn opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed) + self.from_workers(|w| w.0)
+        self.opened.load(Ordering::Relaxed) + self.workers_sum(|w| w.0)
     }
 
     fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed) + self.from_workers(|w| w.1)
+        self.failed.load(Ordering::Relaxed) + self.workers_sum(|w| w.1)
     }
 
     fn closed(&self) -> u64 {
-        self.closed.load(Ordering::Relaxed) + self.from_workers(|w| w.2)
+        self.closed.load(Ordering::Relaxed) + self.workers_sum(|w| w.2)
     }
 }
 
