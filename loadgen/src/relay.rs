@@ -176,7 +176,7 @@ impl Relay {
             // The generated accounts never wrote to each other: without this, a group run's adds
             // would be pending invitations and no group message would be routed.
             .arg("--open-group-adds")
-            .arg(format!("--relay-processes={n}"))
+            .args((n > 1).then(|| format!("--relay-processes={n}")))
             .args(&args.relay_args)
             .env(
                 "RUST_LOG",

@@ -243,8 +243,8 @@ impl cluster::Apply for Inner {
         };
         for (user, transition) in self.services.realtime().forget_origin(origin) {
             // Its devices went offline with it: lastSeen is recorded here (as by every process
-            // that noticed; they agree to within the heartbeat).
-            api::presence::announce(&state, &user, transition);
+            // that noticed; they agree to within the heartbeat), and each tells its own audience.
+            api::presence::announce_here(&state, &user, transition);
         }
     }
 

@@ -295,6 +295,20 @@ impl Realtime {
             .unwrap_or_default()
     }
 
+    /// Devices of a user connected at other processes, with their process.
+    pub fn remote_devices_of(&self, user_id: &str) -> Vec<(u64, i64)> {
+        let state = lock(&self.state);
+        state
+            .remote_by_user
+            .get(user_id)
+            .map(|pks| {
+                pks.iter()
+                    .filter_map(|pk| state.remote.get(pk).map(|d| (d.origin, *pk)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether a device is connected here.
     pub fn is_connected(&self, device_pk: i64) -> bool {
         lock(&self.state).conns.contains_key(&device_pk)

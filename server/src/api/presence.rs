@@ -43,8 +43,19 @@ async fn user_status(state: &AppState, user_id: &str) -> Result<UserStatus, AppE
     })
 }
 
-/// Pushes a user's current status to everyone entitled to it.
-pub async fn broadcast(state: &AppState, user_id: &str) {
+/// Who hears about a status change from this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// Its subscribers here, and the co-members' devices wherever they are connected: for a
+    /// change of one of this process's devices (other processes tell only their subscribers).
+    Everywhere,
+    /// Its subscribers and co-members' devices here: for devices of a process that is gone
+    /// (every process tells its own).
+    Here,
+}
+
+/// Pushes a user's current status to everyone entitled to it (see [`Audience`]).
+async fn broadcast(state: &AppState, user_id: &str, audience: Audience) {
     let status = match user_status(state, user_id).await {
         Ok(s) => s,
         Err(e) => {
@@ -54,10 +65,16 @@ pub async fn broadcast(state: &AppState, user_id: &str) {
     };
     let realtime = state.services().realtime();
     let mut targets: HashSet<i64> = realtime.watchers_of(user_id).into_iter().collect();
+    let mut elsewhere: std::collections::HashMap<u64, Vec<i64>> = Default::default();
     match state.store().co_members(user_id).await {
         Ok(users) => {
             for user in users {
                 targets.extend(realtime.devices_of(&user));
+                if audience == Audience::Everywhere {
+                    for (origin, pk) in realtime.remote_devices_of(&user) {
+                        elsewhere.entry(origin).or_default().push(pk);
+                    }
+                }
             }
         }
         Err(e) => tracing::warn!(error = %e, "presence audience lookup failed"),
@@ -67,21 +84,55 @@ pub async fn broadcast(state: &AppState, user_id: &str) {
     for pk in targets {
         realtime.push(pk, text.clone(), now);
     }
+    if let Some(cluster) = state.hub().cluster() {
+        for (to, pks) in elsewhere {
+            cluster.publish(Event::Push {
+                to,
+                pks,
+                text: text.as_str().to_owned(),
+            });
+        }
+    }
 }
 
-/// After a user's status changed: lastSeen when it went offline (`record_last_seen`: by the
-/// process whose device caused it), then the pushes to this process's audience (every process
-/// tells its own).
+/// After a status change of one of this process's devices: lastSeen when the user went
+/// offline, then the pushes to its audience (subscribers here, co-members everywhere).
 pub fn announce(state: &AppState, user_id: &str, transition: Transition) {
-    announce_with(state, user_id, transition, true);
+    announce_with(state, user_id, transition, Audience::Everywhere);
 }
 
-/// [`announce`] for a change another process reported (it records lastSeen itself).
+/// After devices of a relay process that is gone went offline with it: lastSeen, then the pushes
+/// to this process's audience (every process that noticed tells its own).
+pub fn announce_here(state: &AppState, user_id: &str, transition: Transition) {
+    announce_with(state, user_id, transition, Audience::Here);
+}
+
+/// After a change another process reported (it records lastSeen and tells the co-members): the
+/// subscribers here hear it, with no database read. A device that is both a subscriber here and
+/// a co-member's may hear it twice (presence frames are states: the second changes nothing).
 pub fn announce_remote(state: &AppState, user_id: &str, transition: Transition) {
-    announce_with(state, user_id, transition, false);
+    if !transition.changed() || *state.shutdown_signal().borrow() {
+        return;
+    }
+    let realtime = state.services().realtime();
+    let watchers = realtime.watchers_of(user_id);
+    if watchers.is_empty() {
+        return;
+    }
+    let status = UserStatus {
+        user_id: user_id.to_owned(),
+        status: transition.after,
+        // Online: now, as for local devices; offline: the change just happened.
+        last_seen: u64::try_from(now_ms()).ok(),
+    };
+    let text = frame_text(&ServerFrame::Presence(status));
+    let now = Instant::now();
+    for pk in watchers {
+        realtime.push(pk, text.clone(), now);
+    }
 }
 
-fn announce_with(state: &AppState, user_id: &str, transition: Transition, record_last_seen: bool) {
+fn announce_with(state: &AppState, user_id: &str, transition: Transition, audience: Audience) {
     if transition.changed() {
         let state = state.clone();
         let user_id = user_id.to_owned();
@@ -89,7 +140,7 @@ fn announce_with(state: &AppState, user_id: &str, transition: Transition, record
             // While shutting down every connection closes at once: keep lastSeen, skip the pushes
             // (the audience is closing too) and the noise of writes racing the store's close.
             let closing = *state.shutdown_signal().borrow();
-            if record_last_seen && transition.after == PresenceStatus::Offline {
+            if transition.after == PresenceStatus::Offline {
                 if let Err(e) = state.store().set_last_seen(&user_id, now_ms()).await {
                     if closing {
                         tracing::debug!(error = %e, "last-seen update failed during shutdown");
@@ -99,7 +150,7 @@ fn announce_with(state: &AppState, user_id: &str, transition: Transition, record
                 }
             }
             if !closing {
-                broadcast(&state, &user_id).await;
+                broadcast(&state, &user_id, audience).await;
             }
         });
     }

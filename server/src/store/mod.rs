@@ -194,6 +194,51 @@ pub struct SendBatch {
     pub digest: [u8; 32],
 }
 
+/// Most contact pairs a [`ContactCache`] remembers; past this it starts over.
+const MAX_CACHED_CONTACTS: usize = 200_000;
+
+/// The sender → recipient contacts this process has committed, so that a send between two users
+/// who already wrote costs no contact write. Contact rows are never deleted but with their
+/// account, whose sends then fail anyway, so a pair remembered here is always stored.
+#[derive(Debug, Default)]
+pub struct ContactCache {
+    pairs: std::sync::Mutex<std::collections::HashSet<[u8; 16]>>,
+}
+
+impl ContactCache {
+    fn key(from: &str, to: &str) -> [u8; 16] {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(from.as_bytes())
+            .chain_update([0])
+            .chain_update(to.as_bytes())
+            .finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+        key
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<[u8; 16]>> {
+        self.pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `from` → `to` must still be written (not a self-send, not committed here before).
+    pub fn needs(&self, from: &str, to: &str) -> bool {
+        from != to && !self.lock().contains(&Self::key(from, to))
+    }
+
+    /// Remembers a committed `from` → `to`.
+    pub fn remember(&self, from: &str, to: &str) {
+        let mut pairs = self.lock();
+        if pairs.len() >= MAX_CACHED_CONTACTS {
+            pairs.clear();
+        }
+        pairs.insert(Self::key(from, to));
+    }
+}
+
 /// Devices that do not match a send.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceMismatch {

@@ -30,6 +30,7 @@ mod groups;
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    contacts: super::ContactCache,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -48,7 +49,10 @@ impl PgStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            contacts: super::ContactCache::default(),
+        })
     }
 }
 
@@ -273,7 +277,11 @@ impl PgStore {
         Ok(outcome)
     }
 
-    async fn send_once(&self, batch: &SendBatch) -> Result<SendOutcome, StoreError> {
+    async fn send_once(
+        &self,
+        batch: &SendBatch,
+        record_contact: bool,
+    ) -> Result<SendOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
             .bind(&batch.recipient)
@@ -375,7 +383,7 @@ impl PgStore {
             notify.push(pk);
             envelopes.push((pk, env));
         }
-        if batch.recipient != batch.sender.user_id {
+        if record_contact {
             sqlx::query(
                 "INSERT INTO contacts (user_id, contact_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
@@ -689,7 +697,13 @@ impl Store for PgStore {
     }
 
     async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
-        retry_transient(|| self.send_once(&batch)).await
+        let record_contact = self.contacts.needs(&batch.sender.user_id, &batch.recipient);
+        let outcome = retry_transient(|| self.send_once(&batch, record_contact)).await?;
+        if record_contact && matches!(outcome, SendOutcome::Accepted { .. }) {
+            self.contacts
+                .remember(&batch.sender.user_id, &batch.recipient);
+        }
+        Ok(outcome)
     }
 
     async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {

@@ -44,6 +44,7 @@ pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<Work>,
     tokens: std::sync::Mutex<TokenCache>,
+    contacts: super::ContactCache,
 }
 
 /// Most tokens the cache holds; past this it starts over.
@@ -90,6 +91,7 @@ impl SqliteStore {
             readers,
             writer: tx,
             tokens: std::sync::Mutex::default(),
+            contacts: super::ContactCache::default(),
         })
     }
 
@@ -376,7 +378,11 @@ async fn claim_tx(
     Ok(Some((identity, bundles)))
 }
 
-async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOutcome, StoreError> {
+async fn send_tx(
+    conn: &mut SqliteConnection,
+    batch: SendBatch,
+    record_contact: bool,
+) -> Result<SendOutcome, StoreError> {
     // Claims the idempotency key first; any outcome but `Accepted` is rolled back (see `send`).
     let claimed = sqlx::query(
         "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
@@ -492,7 +498,7 @@ async fn send_tx(conn: &mut SqliteConnection, batch: SendBatch) -> Result<SendOu
             },
         ));
     }
-    if batch.recipient != batch.sender.user_id {
+    if record_contact {
         sqlx::query(
             "INSERT INTO contacts (user_id, contact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
@@ -847,11 +853,18 @@ impl Store for SqliteStore {
     async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
         // Only an accepted send keeps its changes (the idempotency record and the sequences it
         // reserved).
-        self.write_if(
-            |outcome| matches!(outcome, SendOutcome::Accepted { .. }),
-            move |conn| Box::pin(send_tx(conn, batch)),
-        )
-        .await
+        let (from, to) = (batch.sender.user_id.clone(), batch.recipient.clone());
+        let record_contact = self.contacts.needs(&from, &to);
+        let outcome = self
+            .write_if(
+                |outcome| matches!(outcome, SendOutcome::Accepted { .. }),
+                move |conn| Box::pin(send_tx(conn, batch, record_contact)),
+            )
+            .await?;
+        if record_contact && matches!(outcome, SendOutcome::Accepted { .. }) {
+            self.contacts.remember(&from, &to);
+        }
+        Ok(outcome)
     }
 
     async fn unread(&self, device_pk: i64) -> Result<u64, StoreError> {
