@@ -1,6 +1,6 @@
 //! The bus on PostgreSQL LISTEN/NOTIFY, on the relay's own database.
 //!
-//! One channel, `sotto_cluster`. A payload over [`MAX_NOTIFY_BYTES`] is written to the
+//! One channel, `sotto_cluster`. A payload over 7,900 bytes is written to the
 //! `cluster_spill` table and the notification carries `@<row id>`; receivers read the row. Each
 //! publish is one autocommit statement outside any writing transaction (`pg_notify` inside one
 //! would hold PostgreSQL's global notification lock until its commit).
