@@ -255,9 +255,14 @@ impl Hub {
     /// Tells the device's connection (here, or at another process) that its mailbox changed.
     pub fn notify(&self, device_pk: i64) {
         if !self.notify_local(device_pk) {
-            if let Some(cluster) = self.cluster() {
-                cluster.mailboxes(&[device_pk]);
-            }
+            self.wake_elsewhere(&[device_pk]);
+        }
+    }
+
+    /// Wakes the mailboxes of devices not connected here at the process holding them, if any.
+    fn wake_elsewhere(&self, device_pks: &[i64]) {
+        if let Some(cluster) = self.cluster() {
+            cluster.mailboxes(device_pks);
         }
     }
 
@@ -277,11 +282,7 @@ impl Hub {
     pub fn deliver(&self, device_pk: i64, envelope: StoredEnvelope) {
         match self.get(device_pk) {
             Some(signal) => signal.hand_over(Handed::Stored(envelope)),
-            None => {
-                if let Some(cluster) = self.cluster() {
-                    cluster.mailboxes(&[device_pk]);
-                }
-            }
+            None => self.wake_elsewhere(&[device_pk]),
         }
     }
 
@@ -308,9 +309,7 @@ impl Hub {
         for (seq, signal) in signals {
             signal.hand_over(Handed::Group(seq, Arc::clone(frame)));
         }
-        if let Some(cluster) = self.cluster() {
-            cluster.mailboxes(&elsewhere);
-        }
+        self.wake_elsewhere(&elsewhere);
     }
 
     /// Closes the device's connection (here or at another process) because the device is gone.

@@ -295,17 +295,12 @@ impl Realtime {
             .unwrap_or_default()
     }
 
-    /// Devices of a user connected at other processes, with their process.
-    pub fn remote_devices_of(&self, user_id: &str) -> Vec<(u64, i64)> {
-        let state = lock(&self.state);
-        state
+    /// Devices of a user connected at other processes.
+    pub fn remote_devices_of(&self, user_id: &str) -> Vec<i64> {
+        lock(&self.state)
             .remote_by_user
             .get(user_id)
-            .map(|pks| {
-                pks.iter()
-                    .filter_map(|pk| state.remote.get(pk).map(|d| (d.origin, *pk)))
-                    .collect()
-            })
+            .map(|pks| pks.iter().copied().collect())
             .unwrap_or_default()
     }
 

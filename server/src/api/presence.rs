@@ -65,34 +65,20 @@ async fn broadcast(state: &AppState, user_id: &str, audience: Audience) {
     };
     let realtime = state.services().realtime();
     let mut targets: HashSet<i64> = realtime.watchers_of(user_id).into_iter().collect();
-    let mut elsewhere: std::collections::HashMap<u64, Vec<i64>> = Default::default();
     match state.store().co_members(user_id).await {
         Ok(users) => {
             for user in users {
                 targets.extend(realtime.devices_of(&user));
                 if audience == Audience::Everywhere {
-                    for (origin, pk) in realtime.remote_devices_of(&user) {
-                        elsewhere.entry(origin).or_default().push(pk);
-                    }
+                    targets.extend(realtime.remote_devices_of(&user));
                 }
             }
         }
         Err(e) => tracing::warn!(error = %e, "presence audience lookup failed"),
     }
     let text = frame_text(&ServerFrame::Presence(status));
-    let now = Instant::now();
-    for pk in targets {
-        realtime.push(pk, text.clone(), now);
-    }
-    if let Some(cluster) = state.hub().cluster() {
-        for (to, pks) in elsewhere {
-            cluster.publish(Event::Push {
-                to,
-                pks,
-                text: text.as_str().to_owned(),
-            });
-        }
-    }
+    let targets: Vec<i64> = targets.into_iter().collect();
+    push_anywhere(state, &targets, &text, Instant::now());
 }
 
 /// After a status change of one of this process's devices: lastSeen when the user went
