@@ -213,7 +213,9 @@ pub struct Cli {
 
     /// One rate limit, over the file's `[rate-limits]` table: `messages=100/minute`,
     /// `login=off`, `bundle-fetch=1000/hour burst 50`. Repeatable; comma-separated in the
-    /// environment. Limits: messages, login, registration, bundle-fetch, provisioning.
+    /// environment. Limits: messages, login, registration, bundle-fetch, provisioning,
+    /// group-changes, ephemeral, linking-codes, invites, failed-logins, attachment-kib,
+    /// user-lookups.
     #[arg(
         long = "rate-limit",
         env = "SOTTO_RATE_LIMITS",

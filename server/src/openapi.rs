@@ -54,6 +54,8 @@ pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::AppState> {
         .routes(routes!(api::users::login))
         .routes(routes!(api::users::logout))
         .routes(routes!(api::users::devices))
+        .routes(routes!(api::users::lookup))
+        .routes(routes!(api::users::profile))
         .routes(routes!(api::users::settings, api::users::set_settings))
         .routes(routes!(api::keys::upload))
         .routes(routes!(api::keys::count))

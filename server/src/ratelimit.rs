@@ -94,11 +94,13 @@ pub enum Limit {
     FailedLogins,
     /// Attachment upload volume in KiB (rounded up), keyed by the uploading account.
     AttachmentKib,
+    /// Username lookups, keyed by the asking account (account enumeration).
+    UserLookups,
 }
 
 impl Limit {
     /// Every limit, in table order.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Messages,
         Limit::Login,
         Limit::Registration,
@@ -110,6 +112,7 @@ impl Limit {
         Limit::Invites,
         Limit::FailedLogins,
         Limit::AttachmentKib,
+        Limit::UserLookups,
     ];
 
     /// A stable name for logs and metrics labels.
@@ -126,6 +129,7 @@ impl Limit {
             Limit::Invites => "invites",
             Limit::FailedLogins => "failed_logins",
             Limit::AttachmentKib => "attachment_kib",
+            Limit::UserLookups => "user_lookups",
         }
     }
 
@@ -142,6 +146,7 @@ impl Limit {
             Limit::Invites => 8,
             Limit::FailedLogins => 9,
             Limit::AttachmentKib => 10,
+            Limit::UserLookups => 11,
         }
     }
 }
@@ -435,6 +440,9 @@ pub struct RateLimitConfig {
     /// Attachment upload KiB per account. Default `2097152/day` (2 GiB a day).
     #[serde(with = "setting")]
     pub attachment_kib: Option<Quota>,
+    /// Username lookups per account. Default `300/hour`.
+    #[serde(with = "setting")]
+    pub user_lookups: Option<Quota>,
     /// Most buckets tracked per limit; beyond it the buckets closest to full are forgotten.
     /// Default 100,000 (a few MiB per limit at most).
     pub max_keys_per_limit: usize,
@@ -457,6 +465,7 @@ impl Default for RateLimitConfig {
                 at_least_one(2 * 1024 * 1024),
                 Duration::from_secs(86_400),
             )),
+            user_lookups: Some(Quota::per_hour(300)),
             max_keys_per_limit: 100_000,
         }
     }
@@ -477,6 +486,7 @@ impl RateLimitConfig {
             invites: None,
             failed_logins: None,
             attachment_kib: None,
+            user_lookups: None,
             ..RateLimitConfig::default()
         }
     }
@@ -499,11 +509,12 @@ impl RateLimitConfig {
             "invites" => &mut self.invites,
             "failed-logins" => &mut self.failed_logins,
             "attachment-kib" => &mut self.attachment_kib,
+            "user-lookups" => &mut self.user_lookups,
             other => {
                 return Err(format!(
                     "unknown rate limit {other:?} (messages, login, registration, bundle-fetch, \
                      provisioning, group-changes, ephemeral, linking-codes, invites, failed-logins, \
-                     attachment-kib)"
+                     attachment-kib, user-lookups)"
                 ))
             }
         };
@@ -529,6 +540,7 @@ impl RateLimitConfig {
             invites: d(self.invites),
             failed_logins: d(self.failed_logins),
             attachment_kib: d(self.attachment_kib),
+            user_lookups: d(self.user_lookups),
             ..self.clone()
         }
     }
@@ -547,6 +559,7 @@ impl RateLimitConfig {
             Limit::Invites => self.invites,
             Limit::FailedLogins => self.failed_logins,
             Limit::AttachmentKib => self.attachment_kib,
+            Limit::UserLookups => self.user_lookups,
         }
     }
 }

@@ -309,6 +309,18 @@ pub struct DeviceList {
     pub devices: Vec<DeviceInfo>,
 }
 
+/// Answer of `GET /api/usernames/{username}` and `GET /api/users/{userId}/profile`: who an account
+/// is. The username is spelled as it was registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct UserProfile {
+    /// The account's user id.
+    pub user_id: String,
+    /// Its username, as registered.
+    pub username: String,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keys
 

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use sotto_wire::{
     AccountSettings, DeviceInfo, DeviceList, LoginRequest, LoginResponse, RegisterRequest,
-    RegisterResponse,
+    RegisterResponse, UserProfile,
 };
 
 use crate::api::provisioning::ClientAddr;
@@ -263,6 +263,61 @@ pub async fn devices(
             })
             .collect(),
     }))
+}
+
+/// `GET /api/usernames/{username}`: the account a username names (in any case).
+#[utoipa::path(
+    get, path = "/api/usernames/{username}", tag = "accounts", summary = "Look up an account by username", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the account", body = sotto_wire::UserProfile),
+        (status = 400, description = "`invalid_username`"),
+        (status = 404, description = "`unknown_user`"),
+        (status = 429, description = "`rate_limited`: lookups per account"),
+    )
+)]
+pub async fn lookup(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(username): Path<String>,
+) -> Result<Json<UserProfile>, AppError> {
+    if !valid_username(&username) {
+        return Err(AppError::bad_request(
+            "invalid_username",
+            "usernames are 3-20 of [A-Za-z0-9_]",
+        ));
+    }
+    state
+        .limiter()
+        .check(Limit::UserLookups, RateKey::Account(&caller.user_id), 1)
+        .await?;
+    match state.store().user_by_username(&username).await? {
+        Some((user_id, username)) => Ok(Json(UserProfile { user_id, username })),
+        None => Err(AppError::not_found("unknown_user", "no such user")),
+    }
+}
+
+/// `GET /api/users/{userId}/profile`: a user's username.
+#[utoipa::path(
+    get, path = "/api/users/{user_id}/profile", tag = "accounts", summary = "A user's username", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the account", body = sotto_wire::UserProfile),
+        (status = 404, description = "`unknown_user`"),
+    )
+)]
+pub async fn profile(
+    State(state): State<AppState>,
+    Auth(_caller): Auth,
+    Path(user_id): Path<String>,
+) -> Result<Json<UserProfile>, AppError> {
+    let username = if crate::api::valid_id(&user_id) {
+        state.store().username(&user_id).await?
+    } else {
+        None
+    };
+    match username {
+        Some(username) => Ok(Json(UserProfile { user_id, username })),
+        None => Err(AppError::not_found("unknown_user", "no such user")),
+    }
 }
 
 #[cfg(test)]

@@ -349,6 +349,14 @@ pub trait Store: GroupStore + LinkStore + Send + Sync + std::fmt::Debug + 'stati
         -> Result<Option<UserCredentials>, StoreError>;
     /// Whether the user exists.
     async fn user_exists(&self, user_id: &str) -> Result<bool, StoreError>;
+    /// `(user id, username as registered)` of the account a username names in any case (where
+    /// accounts from before case-insensitive names differ only by case, the exact spelling wins).
+    async fn user_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<(String, String)>, StoreError>;
+    /// The username of a user id, as registered.
+    async fn username(&self, user_id: &str) -> Result<Option<String>, StoreError>;
     /// Creates device 1 of an account that has none, with its token; `None` if it has a device.
     async fn create_first_device(
         &self,

@@ -461,6 +461,30 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn user_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, username FROM users WHERE lower(username) = lower($1) \
+             ORDER BY (username = $1) DESC, created_at LIMIT 1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get("id")?, row.try_get("username")?)))
+            .transpose()
+    }
+
+    async fn username(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT username FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn user_exists(&self, user_id: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
             .bind(user_id)

@@ -135,3 +135,60 @@ async fn usernames_are_unique_ignoring_case(b: Backend) {
     t.finish().await;
 }
 both!(usernames_are_unique_ignoring_case);
+
+async fn usernames_are_looked_up(b: Backend) {
+    let t = TestApp::new(b).await;
+    let alice = t.client("alice").await;
+    let (s, v) = t
+        .post(
+            "/api/users/register",
+            None,
+            json!({"username": "Bob_Case", "email": "b@example.com", "password": "password123"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let bob_id = v["userId"].clone();
+    // Any case finds the account; the registered spelling comes back.
+    for name in ["Bob_Case", "bob_case", "BOB_CASE"] {
+        let (s, v) = t.get(&format!("/api/usernames/{name}"), &alice.token).await;
+        assert_eq!(s, StatusCode::OK, "{name}: {v}");
+        assert_eq!(v, json!({"userId": bob_id, "username": "Bob_Case"}));
+    }
+    let (s, v) = t
+        .get(
+            &format!("/api/users/{}/profile", bob_id.as_str().unwrap_or("")),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["username"], "Bob_Case");
+    let (s, v) = t.get("/api/usernames/nobody_here", &alice.token).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_user"))
+    );
+    for bad in ["ab", "has-dash", "waytoolongusername_over20"] {
+        let (s, v) = t.get(&format!("/api/usernames/{bad}"), &alice.token).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_username")),
+            "{bad}"
+        );
+    }
+    let (s, v) = t
+        .get(
+            "/api/users/00000000-0000-4000-8000-000000000000/profile",
+            &alice.token,
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_user"))
+    );
+    let (s, _) = t
+        .call(Method::GET, "/api/usernames/alice", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    t.finish().await;
+}
+both!(usernames_are_looked_up);

@@ -473,3 +473,40 @@ async fn group_list_pages(b: Backend) {
     t.finish().await;
 }
 both!(group_list_pages);
+
+async fn username_lookups_per_account(b: Backend) {
+    let t = limited(b, &["user-lookups=3/hour"]).await;
+    let alice = t.client("alice").await;
+    let bob = t.client("bob").await;
+    for name in ["bob", "nobody1", "nobody2"] {
+        let a = answer(
+            &t,
+            Method::GET,
+            &format!("/api/usernames/{name}"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+        assert_ne!(a.0, StatusCode::TOO_MANY_REQUESTS, "{name}: {}", a.1);
+    }
+    let a = answer(
+        &t,
+        Method::GET,
+        "/api/usernames/bob",
+        Some(&alice.token),
+        None,
+    )
+    .await;
+    assert_limited(&a, "the fourth lookup in an hour");
+    let a = answer(
+        &t,
+        Method::GET,
+        "/api/usernames/alice",
+        Some(&bob.token),
+        None,
+    )
+    .await;
+    assert_eq!(a.0, StatusCode::OK, "per account: {}", a.1);
+    t.finish().await;
+}
+both!(username_lookups_per_account);
