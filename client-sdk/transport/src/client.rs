@@ -374,6 +374,21 @@ impl RelayClient {
             .await
     }
 
+    /// `GET /api/usernames/{username}`: the account a username names (any case).
+    pub async fn lookup_username(
+        &self,
+        username: &str,
+    ) -> Result<wire::UserProfile, TransportError> {
+        self.get(&format!("/api/usernames/{}", seg(username, "username")?))
+            .await
+    }
+
+    /// `GET /api/users/{userId}/profile`: a user's username.
+    pub async fn profile(&self, user_id: &str) -> Result<wire::UserProfile, TransportError> {
+        self.get(&format!("/api/users/{}/profile", seg(user_id, "user id")?))
+            .await
+    }
+
     /// `DELETE /api/devices/{deviceId}`: removes one of the caller's devices.
     pub async fn remove_device(&self, device_id: u32) -> Result<(), TransportError> {
         self.no_body(Method::DELETE, &format!("/api/devices/{device_id}"))

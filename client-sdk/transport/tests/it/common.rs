@@ -213,6 +213,7 @@ impl Relay {
 /// A registered, logged-in device.
 pub struct Device {
     pub user_id: String,
+    pub username: String,
     pub device_id: u32,
     pub registration_id: u32,
     pub client: RelayClient,
@@ -236,7 +237,7 @@ pub async fn device(relay: &Relay, name: &str) -> Device {
     let registration_id = 1000 + n;
     let login = anonymous
         .login(&wire::LoginRequest {
-            username,
+            username: username.clone(),
             password: "correct horse battery".into(),
             registration_id,
         })
@@ -245,6 +246,7 @@ pub async fn device(relay: &Relay, name: &str) -> Device {
     assert_eq!(login.user_id, registered.user_id);
     Device {
         user_id: login.user_id,
+        username,
         device_id: login.device_id,
         registration_id,
         client: anonymous.with_token(&login.token),

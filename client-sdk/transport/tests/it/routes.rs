@@ -256,3 +256,27 @@ async fn linking_a_device() {
     let gone = new_device.with_token(&linked.token);
     assert_eq!(gone.unread().await.unwrap_err().status(), Some(401));
 }
+
+#[tokio::test]
+async fn usernames() {
+    let relay = Relay::start().await;
+    let alice = device(&relay, "alice").await;
+    let bob = device(&relay, "bob").await;
+    let found = alice
+        .client
+        .lookup_username(&bob.username.to_uppercase())
+        .await
+        .unwrap();
+    assert_eq!(found.user_id, bob.user_id);
+    assert_eq!(found.username, bob.username);
+    let profile = bob.client.profile(&alice.user_id).await.unwrap();
+    assert_eq!(profile.username, alice.username);
+    let err = alice
+        .client
+        .lookup_username("nobody_at_all")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    let err = alice.client.lookup_username("no").await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+}
