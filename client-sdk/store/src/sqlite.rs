@@ -146,19 +146,7 @@ impl SqliteBackend {
         let mut writer = SqliteConnection::connect_with(&connect)
             .await
             .map_err(storage)?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut writer)
-            .await
-            .map_err(storage)?;
-        if version > SCHEMA_VERSION {
-            return Err(failed(format!(
-                "store schema version {version} is newer than this build's {SCHEMA_VERSION}"
-            )));
-        }
-        sqlx::raw_sql(SCHEMA)
-            .execute(&mut writer)
-            .await
-            .map_err(storage)?;
+        migrate(&mut writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .connect_with(connect.read_only(true))
@@ -237,6 +225,26 @@ async fn put_rows(
         puts = rest;
     }
     Ok(())
+}
+
+/// Checks the schema version and creates what is missing.
+fn migrate(conn: &mut SqliteConnection) -> BoxFuture<'_, Result<(), BackendError>> {
+    // Boxed for the same reason as `apply_jobs`: so that `open` stays `Send`.
+    Box::pin(async move {
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(storage)?;
+        if version > SCHEMA_VERSION {
+            return Err(failed(format!(
+                "store schema version {version} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        sqlx::Executor::execute(&mut *conn, SCHEMA)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    })
 }
 
 /// Applies the jobs' ops in order inside the caller's transaction: consecutive puts (across
@@ -578,6 +586,22 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[tokio::test]
+    async fn open_runs_on_a_spawned_task() {
+        // `open` is `Send`: a multi-threaded runtime can spawn it directly.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spawned.sqlite");
+        let backend = tokio::spawn(async move { SqliteBackend::open(path).await })
+            .await
+            .unwrap()
+            .unwrap();
+        backend.meta_put("probe", b"1").await.unwrap();
+        assert_eq!(
+            backend.meta_get("probe").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+    }
 
     fn raw(b: u8) -> StoreKey {
         StoreKey::Raw(Zeroizing::new([b; 32]))
