@@ -1458,19 +1458,37 @@ impl Client {
     }
 
     fn pump_once(&mut self, now_ms: u64) {
-        let mut in_flight = self.outbox.values().filter(|i| i.in_flight).count();
-        let ready: Vec<u64> = self
-            .outbox
-            .values()
-            .filter(|i| !i.in_flight && i.not_before <= now_ms)
-            .map(|i| i.seq)
-            .collect();
-        for seq in ready {
-            if in_flight >= self.config.max_sends_in_flight {
-                break;
+        // In sequence order, counting what is in flight on the way and stopping once the window
+        // is full: with a long queue (thousands of messages queued at once) each answer costs a
+        // walk over the window, not over the whole outbox.
+        let max = self.config.max_sends_in_flight;
+        let mut in_flight = 0usize;
+        let mut next = 0u64;
+        loop {
+            let mut candidate = None;
+            for (seq, item) in self.outbox.range(next..) {
+                if item.in_flight {
+                    in_flight += 1;
+                    if in_flight >= max {
+                        return;
+                    }
+                } else if item.not_before <= now_ms {
+                    candidate = Some(*seq);
+                    break;
+                }
             }
+            let Some(seq) = candidate else {
+                return;
+            };
             if self.try_send(now_ms, seq) {
                 in_flight += 1;
+                if in_flight >= max {
+                    return;
+                }
+            }
+            match seq.checked_add(1) {
+                Some(after) => next = after,
+                None => return,
             }
         }
     }

@@ -681,3 +681,46 @@ fn verified_contacts_sync_to_own_devices() {
             .verified
     );
 }
+
+#[test]
+fn a_long_queue_keeps_the_send_window_and_the_order() {
+    let mut net = Net::new(11);
+    let alice = net.user("alice");
+    let bob = net.user("bob");
+    net.nodes[alice]
+        .client
+        .send_text(net.now, "bob", "first")
+        .unwrap();
+    net.run();
+    let queued = 300;
+    for i in 0..queued {
+        net.nodes[alice]
+            .client
+            .send_text(net.now, "bob", &format!("m{i}"))
+            .unwrap();
+    }
+    // Nothing answered yet: exactly the window is out.
+    let mut held = Vec::new();
+    while let Some(req) = net.nodes[alice].client.poll_request() {
+        held.push(req);
+    }
+    let window = sotto_client_core::Config::default().max_sends_in_flight;
+    let sends = held
+        .iter()
+        .filter(|r| matches!(r.call, RelayCall::SendMessage(_)))
+        .count();
+    assert_eq!(sends, window);
+    // Answers free the window one by one; everything arrives, in the order queued.
+    let user = net.nodes[alice].user.clone();
+    let device = net.nodes[alice].device;
+    for req in held {
+        let answer = net.relay.handle((&user, device), &req.call);
+        let now = net.now;
+        net.nodes[alice].client.handle_response(now, req.id, answer);
+    }
+    net.run();
+    let expected: Vec<String> = std::iter::once("first".to_owned())
+        .chain((0..queued).map(|i| format!("m{i}")))
+        .collect();
+    assert_eq!(net.texts(bob), expected);
+}
