@@ -103,9 +103,9 @@ async function register(p, url, username) {
   return id;
 }
 
-async function newChat(p, userId, name) {
+async function newChat(p, who, name) {
   await p.page.click("#new-chat");
-  await p.page.fill("#d-user", userId);
+  await p.page.fill("#d-user", who);
   await p.page.fill("#d-name", name);
   await p.page.click("#dialog-ok");
 }
@@ -146,9 +146,11 @@ try {
   await shot(alice, "01-signed-in");
 
   step("alice writes to bob; bob sees it decrypted, with an unread badge");
-  await newChat(alice, bobId, "Bob");
+  // By username (looked up on the relay, any case); the conversation is keyed by the user id.
+  await newChat(alice, "BOB_WEB", "Bob");
   await send(alice, "Hi Bob, this is Alice in Chromium");
   await alice.page.waitForSelector(`${mine("Hi Bob, this is Alice in Chromium")}[data-status="sent"], ${mine("Hi Bob, this is Alice in Chromium")}[data-status="delivered"], ${mine("Hi Bob, this is Alice in Chromium")}[data-status="read"]`);
+  await alice.page.waitForSelector(`.conversation[data-conversation="direct:${bobId}"]`);
   await bob.page.waitForSelector(`.conversation[data-conversation="direct:${aliceId}"] .badge`, { timeout: 30000 });
   await shot(bob, "02-unread-badge");
   await bob.page.click(`.conversation[data-conversation="direct:${aliceId}"]`);
@@ -203,7 +205,7 @@ try {
   step("a group of three: alice (admin), bob (web) and carol (CLI)");
   await alice.page.click("#new-group");
   await alice.page.fill("#d-gname", "Web and CLI");
-  await alice.page.fill("#d-members", `${bobId}, ${carolId}`);
+  await alice.page.fill("#d-members", `bob_web, ${carolId}`);
   await alice.page.click("#dialog-ok");
   await alice.page.waitForSelector('#chat-name:text-is("Web and CLI")');
   const groupId = await until("the group conversation", async () => {

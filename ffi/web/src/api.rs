@@ -939,6 +939,50 @@ impl SottoClient {
         })
     }
 
+    /// The account a username names (any case), with its username as registered. Errors:
+    /// `invalidUsername`, `unknownUser`, `rateLimited`, `unreachable`.
+    #[wasm_bindgen(js_name = lookupUser, unchecked_return_type = "Promise<UserProfile>")]
+    pub fn lookup_user(&self, username: String) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        promise(async move {
+            let p: sotto_wire::UserProfile = inner
+                .http
+                .json(
+                    "GET",
+                    &format!("/api/usernames/{}", segment(&username)),
+                    None::<&()>,
+                )
+                .await
+                .map_err(|e| match e.status() {
+                    Some(400) => error("invalidUsername", "usernames are 3-20 of A-Z, a-z, 0-9, _"),
+                    Some(404) => error("unknownUser", "no user has this username"),
+                    _ => relay_error(&e),
+                })?;
+            Ok(to_js(&json!({"userId": p.user_id, "username": p.username})))
+        })
+    }
+
+    /// A user's username. Errors: `unknownUser`, `unreachable`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<UserProfile>")]
+    pub fn profile(&self, #[wasm_bindgen(js_name = userId)] user_id: String) -> Promise {
+        let inner = Rc::clone(&self.inner);
+        promise(async move {
+            let p: sotto_wire::UserProfile = inner
+                .http
+                .json(
+                    "GET",
+                    &format!("/api/users/{}/profile", segment(&user_id)),
+                    None::<&()>,
+                )
+                .await
+                .map_err(|e| match e.status() {
+                    Some(400 | 404) => error("unknownUser", "unknown user"),
+                    _ => relay_error(&e),
+                })?;
+            Ok(to_js(&json!({"userId": p.user_id, "username": p.username})))
+        })
+    }
+
     /// A user's presence (contacts and co-members only; others look offline).
     #[wasm_bindgen(unchecked_return_type = "Promise<Presence>")]
     pub fn presence(&self, #[wasm_bindgen(js_name = userId)] user_id: String) -> Promise {

@@ -85,6 +85,7 @@ export interface SentMessage { id: string; serverTimestamp: number; }
 export interface SafetyNumber { display: string; qrPayload: string; verified: boolean; }
 export interface Device { deviceId: number; createdAt: number; thisDevice: boolean; }
 export interface Presence { userId: string; status: "online" | "away" | "offline"; lastSeen: number | null; }
+export interface UserProfile { userId: string; username: string; }
 export interface GroupMember { userId: string; admin: boolean; }
 export interface Group { groupId: string; name: string; members: GroupMember[]; revision: number; active: boolean; }
 export interface GroupInvitation { groupId: string; fromUserId: string; invitedAt: number; }

@@ -490,27 +490,43 @@ function notice(text) {
 
 $("me-id").addEventListener("click", () => navigator.clipboard?.writeText(profile.userId).catch(() => {}));
 
+// A username (looked up on the relay) or a user id, as the person typed it.
+const USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+async function resolveUser(text) {
+  if (USER_ID.test(text)) return { userId: text.toLowerCase(), username: null };
+  return client.lookupUser(text);
+}
+
 $("new-chat").addEventListener("click", async () => {
   const ok = await dialog("New chat", () => [
-    field("Their user id", "d-user", { required: true, placeholder: "e.g. 3f2c…", autocomplete: "off" }),
+    field("Their username or user id", "d-user", { required: true, placeholder: "e.g. bob", autocomplete: "off" }),
     field("Name (only you see it)", "d-name", { placeholder: "Bob" }),
   ]);
   if (!ok) return;
-  const userId = $("d-user").value.trim();
-  if (!userId) return;
-  if ($("d-name").value.trim()) setName(userId, $("d-name").value.trim());
-  openConversation({ kind: "direct", id: userId });
+  const who = $("d-user").value.trim();
+  if (!who) return;
+  let found;
+  try { found = await resolveUser(who); } catch (e) { notice(`No chat started: ${describe(e)}`); return; }
+  const name = $("d-name").value.trim() || (names()[found.userId] ? "" : found.username || "");
+  if (name) setName(found.userId, name);
+  openConversation({ kind: "direct", id: found.userId });
 });
 
 $("new-group").addEventListener("click", async () => {
   const ok = await dialog("New group", () => [
     field("Group name", "d-gname", { required: true, maxLength: 100 }),
-    field("Members' user ids (comma separated)", "d-members", { required: true, autocomplete: "off" }),
+    field("Members' usernames or user ids (comma separated)", "d-members", { required: true, autocomplete: "off" }),
   ]);
   if (!ok) return;
   const name = $("d-gname").value.trim();
-  const members = $("d-members").value.split(/[\s,]+/).filter(Boolean);
+  const entered = $("d-members").value.split(/[\s,]+/).filter(Boolean);
   try {
+    const members = [];
+    for (const who of entered) {
+      const found = await resolveUser(who);
+      if (found.username && !names()[found.userId]) setName(found.userId, found.username);
+      members.push(found.userId);
+    }
     const groupId = await client.createGroup(members, name);
     openConversation({ kind: "group", id: groupId });
   } catch (e) {
