@@ -724,3 +724,64 @@ fn a_long_queue_keeps_the_send_window_and_the_order() {
         .collect();
     assert_eq!(net.texts(bob), expected);
 }
+
+#[test]
+fn signed_and_kem_prekeys_rotate_weekly_and_keys_in_flight_still_open() {
+    const WEEK: u64 = 7 * 24 * 3600 * 1000;
+    let mut net = Net::new(21);
+    let alice = net.user("alice");
+    let bob = net.user("bob");
+    let published = |net: &Net| {
+        let d = &net.relay.users["bob"].devices[&1];
+        (
+            d.signed.as_ref().map(|k| k.key_id),
+            d.last_resort.as_ref().map(|k| k.key_id),
+        )
+    };
+    let first = published(&net);
+    assert!(first.0.is_some() && first.1.is_some());
+
+    // Alice's first message is set up on the week-one keys and waits while Bob is offline.
+    net.set_online(bob, false);
+    net.nodes[alice]
+        .client
+        .send_text(net.now, "bob", "set up on last week's keys")
+        .unwrap();
+    net.run();
+
+    // Short of a week: nothing changes.
+    net.advance(WEEK - 60_000);
+    net.run();
+    assert_eq!(published(&net), first);
+
+    // A week: a new signed prekey and last-resort KEM key are signed and published.
+    net.advance(60_000);
+    net.run();
+    let second = published(&net);
+    assert_ne!(second.0, first.0, "signed prekey rotated");
+    assert_ne!(second.1, first.1, "last-resort KEM key rotated");
+
+    // The message set up on the old keys still opens; a new contact uses the new ones.
+    net.set_online(bob, true);
+    net.run();
+    assert_eq!(net.texts(bob), ["set up on last week's keys"]);
+    let carol = net.user("carol");
+    net.nodes[carol]
+        .client
+        .send_text(net.now, "bob", "set up on this week's keys")
+        .unwrap();
+    net.run();
+    assert_eq!(
+        net.texts(bob),
+        ["set up on last week's keys", "set up on this week's keys"]
+    );
+
+    // The rotation time survives a restart: no second rotation before the next week.
+    net.restart(bob);
+    net.advance(WEEK - 120_000);
+    net.run();
+    assert_eq!(published(&net), second);
+    net.advance(120_000);
+    net.run();
+    assert_ne!(published(&net), second, "rotated again a week later");
+}
