@@ -78,21 +78,24 @@ enum Command {
         #[arg(long)]
         remove: Option<u32>,
     },
-    /// Send a text message to a user id.
+    /// Send a text message to a user (by username or user id).
     Send {
-        /// The recipient's user id.
+        /// The recipient's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
         /// The text (1-1000 characters).
         text: String,
     },
     /// Chat with a user: type lines to send; messages, typing and receipts show live.
     Chat {
-        /// The other user's id.
+        /// The other user's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
     },
     /// Show a conversation's history, newest first.
     History {
-        /// The other user's id.
+        /// The other user's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
         /// Messages per page (1-100).
         #[arg(long, default_value_t = 20)]
@@ -105,7 +108,8 @@ enum Command {
     Conversations,
     /// Show the safety number with a contact (compare it out of band).
     SafetyNumber {
-        /// The contact's user id.
+        /// The contact's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
         /// Mark the contact verified (after comparing).
         #[arg(long)]
@@ -113,7 +117,8 @@ enum Command {
     },
     /// Accept a contact's changed identity key.
     Approve {
-        /// The contact's user id.
+        /// The contact's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
     },
     /// Groups: list, create, send, history, add, remove, rename, leave, invitations.
@@ -139,7 +144,8 @@ enum GroupCommand {
         /// The group's name (1-100 characters; travels only end to end).
         #[arg(long)]
         name: String,
-        /// Member user ids.
+        /// Members: usernames or user ids.
+        #[arg(value_name = "USER")]
         members: Vec<String>,
     },
     /// Send a text to a group.
@@ -164,14 +170,16 @@ enum GroupCommand {
     Add {
         /// The group id.
         group_id: String,
-        /// User ids to add.
+        /// Users to add: usernames or user ids.
+        #[arg(value_name = "USER")]
         members: Vec<String>,
     },
     /// Remove a member (admins); what follows is closed to them.
     Remove {
         /// The group id.
         group_id: String,
-        /// The member's user id.
+        /// The member's username or user id.
+        #[arg(value_name = "USER")]
         user_id: String,
     },
     /// Rename a group (admins).
@@ -488,6 +496,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Send { user_id, text } => {
             let client = open(&cli).await?;
+            let user_id = &resolve(&client, user_id).await?;
             let sent =
                 tokio::time::timeout(Duration::from_secs(30), client.send_text(user_id, text))
                     .await
@@ -506,9 +515,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             before,
         } => {
             let client = open(&cli).await?;
+            let user_id = resolve(&client, user_id).await?;
             catch_up(&client, 5).await;
             let page = client
-                .history(&ConversationId::Direct(user_id.clone()), *before, *limit)
+                .history(&ConversationId::Direct(user_id), *before, *limit)
                 .await?;
             print_history(&page, true);
             client.close().await;
@@ -528,6 +538,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::SafetyNumber { user_id, verified } => {
             let client = open(&cli).await?;
+            let user_id = &resolve(&client, user_id).await?;
             if *verified {
                 client
                     .set_verified(user_id, true)
@@ -544,6 +555,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Approve { user_id } => {
             let client = open(&cli).await?;
+            let user_id = &resolve(&client, user_id).await?;
             client
                 .approve_identity(user_id)
                 .await
@@ -598,6 +610,7 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
             }
         }
         GroupCommand::Create { name, members } => {
+            let members = &resolve_all(&client, members).await?;
             let id = client.create_group(members, name).await?;
             println!("created group {id}");
         }
@@ -623,10 +636,12 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
             print_history(&page, false);
         }
         GroupCommand::Add { group_id, members } => {
+            let members = &resolve_all(&client, members).await?;
             client.add_group_members(group_id, members).await?;
             println!("added {}", members.join(", "));
         }
         GroupCommand::Remove { group_id, user_id } => {
+            let user_id = &resolve(&client, user_id).await?;
             client.remove_group_member(group_id, user_id).await?;
             println!("removed {user_id}");
         }
@@ -654,8 +669,39 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
     Ok(())
 }
 
+/// Whether `s` has the shape of a user id (a UUID) rather than of a username.
+fn is_user_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A user id as given, or the account a username names (looked up on the relay).
+async fn resolve(client: &SottoClient, who: &str) -> Result<String, CliError> {
+    if is_user_id(who) {
+        return Ok(who.to_ascii_lowercase());
+    }
+    match client.lookup_user(who).await {
+        Ok(user) => Ok(user.user_id),
+        Err(QueryError::Unknown) => Err(CliError(format!("no user is called {who:?}"))),
+        Err(e) => Err(CliError(format!("could not look up {who:?}: {e}"))),
+    }
+}
+
+async fn resolve_all(client: &SottoClient, who: &[String]) -> Result<Vec<String>, CliError> {
+    let mut ids = Vec::with_capacity(who.len());
+    for w in who {
+        ids.push(resolve(client, w).await?);
+    }
+    Ok(ids)
+}
+
 async fn chat(cli: &Cli, user_id: &str) -> Result<(), CliError> {
     let client = open(cli).await?;
+    let user_id = &resolve(&client, user_id).await?;
     println!("chatting with {user_id}; type a line to send, Ctrl-D to quit");
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {

@@ -61,3 +61,52 @@ async fn clear_errors_never_a_panic() {
     let help = run(&["demo", "--help"]);
     assert!(help.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_are_addressed_by_username() {
+    let bin = sotto_bin();
+    let relay = Relay::start(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |profile: &str, args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(["--profile", &dir.path().join(profile).display().to_string()])
+            .args(["--passphrase", "cli test passphrase"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for name in ["Ana_cli", "ben_cli"] {
+        let (ok, out, err) = run(
+            name,
+            &[
+                "register",
+                "--server",
+                &relay.url,
+                "--username",
+                name,
+                "--email",
+                &format!("{name}@example.com"),
+                "--password",
+                "a good password",
+            ],
+        );
+        assert!(ok, "{out}{err}");
+    }
+    // Any case of the username finds the account.
+    let (ok, out, err) = run("Ana_cli", &["send", "BEN_CLI", "hello by name"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run("ben_cli", &["history", "ana_cli"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("hello by name"), "{out}");
+    // An unknown name: a clear error, nothing sent.
+    let (ok, _, err) = run("Ana_cli", &["send", "nobody_cli", "lost"]);
+    assert!(!ok);
+    assert!(err.contains("no user is called"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    relay.finish().await;
+}

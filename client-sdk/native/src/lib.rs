@@ -141,6 +141,15 @@ pub struct HistoryPage {
     pub next_cursor: Option<u64>,
 }
 
+/// Who an account is: its user id and its username (spelled as registered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user id messages are addressed to.
+    pub user_id: String,
+    /// The username.
+    pub username: String,
+}
+
 /// One device of this account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -281,9 +290,12 @@ pub enum QueryError {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
-    /// Bad argument (limit, cursor).
+    /// Bad argument (limit, cursor, username).
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// Too many requests of this kind; try again later.
+    #[error("too many requests; try again later")]
+    RateLimited,
 }
 
 /// The SQLite backend for a profile file (WAL; a commit is durable when it returns).

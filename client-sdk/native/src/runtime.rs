@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::http::{segment, CallError, Http};
 
 mod groups;
+mod users;
 use crate::storage::{self, SESSION_TABLE};
 use crate::{
     ClientEvent, ClientOptions, ConnectionState, DeviceRecord, HistoryPage, LoginError,

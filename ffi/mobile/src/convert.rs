@@ -137,6 +137,15 @@ fn presence_status(s: &str) -> PresenceStatus {
     }
 }
 
+impl From<sdk::UserRecord> for UserProfile {
+    fn from(u: sdk::UserRecord) -> Self {
+        Self {
+            user_id: u.user_id,
+            username: u.username,
+        }
+    }
+}
+
 impl From<sdk::PresenceRecord> for Presence {
     fn from(p: sdk::PresenceRecord) -> Self {
         Self {

@@ -219,12 +219,15 @@ pub enum QueryError {
         /// What failed.
         reason: String,
     },
-    /// A bad argument (limit, cursor, no session yet).
+    /// A bad argument (limit, cursor, username, no session yet).
     #[error("invalid argument: {reason}")]
     Invalid {
         /// Which.
         reason: String,
     },
+    /// Too many requests of this kind (e.g. username lookups); try again later.
+    #[error("too many requests; try again later")]
+    RateLimited,
     /// The task did not finish (the runtime stopped).
     #[error("interrupted")]
     Interrupted,
@@ -241,6 +244,7 @@ impl From<sotto_client::QueryError> for QueryError {
             E::Invalid(reason) => Self::Invalid {
                 reason: reason.to_owned(),
             },
+            E::RateLimited => Self::RateLimited,
             e => Self::Rejected {
                 reason: e.to_string(),
             },

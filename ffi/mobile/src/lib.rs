@@ -48,7 +48,7 @@ pub use groups::{Group, GroupError, GroupInvitation, GroupMember};
 pub use records::{
     Attachment, ClientConfig, ConnectionState, Conversation, ConversationId, Device, Event,
     HistoryPage, IdentityPolicy, Message, MessagePreview, MessageStatus, Presence, PresenceStatus,
-    SafetyNumber, SendFailure, SentMessage, StoreKey,
+    SafetyNumber, SendFailure, SentMessage, StoreKey, UserProfile,
 };
 
 /// Longest server URL accepted.
@@ -599,6 +599,30 @@ impl Client {
             .await
             .map_err(|Interrupted| QueryError::Interrupted)??;
         Ok(p.into())
+    }
+
+    /// The account a username names (in any case). `Unknown` when nobody has it.
+    pub async fn lookup_user(&self, username: String) -> Result<UserProfile, QueryError> {
+        let client = self.inner.clone();
+        let u = on_runtime(
+            &self.handle,
+            async move { client.lookup_user(&username).await },
+        )
+        .await
+        .map_err(|Interrupted| QueryError::Interrupted)??;
+        Ok(u.into())
+    }
+
+    /// A user id's username. `Unknown` when the relay knows no such user.
+    pub async fn user_profile(&self, user_id: String) -> Result<UserProfile, QueryError> {
+        let client = self.inner.clone();
+        let u = on_runtime(
+            &self.handle,
+            async move { client.user_profile(&user_id).await },
+        )
+        .await
+        .map_err(|Interrupted| QueryError::Interrupted)??;
+        Ok(u.into())
     }
 
     /// Waits until no relay request the client started is outstanding.

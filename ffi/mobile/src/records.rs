@@ -219,6 +219,15 @@ pub struct Presence {
     pub last_seen: Option<u64>,
 }
 
+/// Who an account is.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UserProfile {
+    /// The user id messages are addressed to.
+    pub user_id: String,
+    /// The username, spelled as registered.
+    pub username: String,
+}
+
 /// A safety number and its QR payload.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SafetyNumber {

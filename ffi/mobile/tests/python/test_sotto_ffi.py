@@ -189,8 +189,16 @@ class MessagingTest(RelayTest):
         self.assertEqual(older.messages[0].text, "hello bob")
 
     async def test_typing_presence_and_devices(self):
-        _, alice, alice_ev = await self.user()
-        _, bob, bob_ev = await self.user()
+        alice_name, alice, alice_ev = await self.user()
+        bob_name, bob, bob_ev = await self.user()
+        # People are found by username (any case); the relay answers with the registered spelling.
+        found = await alice.lookup_user(bob_name.upper())
+        self.assertEqual((found.user_id, found.username), (bob.user_id(), bob_name))
+        self.assertEqual((await bob.user_profile(alice.user_id())).username, alice_name)
+        with self.assertRaises(s.QueryError.Unknown):
+            await alice.lookup_user("nobody_" + uuid.uuid4().hex[:8])
+        with self.assertRaises(s.QueryError.Invalid):
+            await alice.lookup_user("no")
         await alice.send_text(bob.user_id(), "session first")
         await bob_ev.wait("message", is_message("session first"))
         await bob.send_text(alice.user_id(), "and back")
@@ -524,6 +532,8 @@ class HostileArgumentsTest(RelayTest):
                 outcomes += 1
             await expect_error(alice.set_typing, bad, True)
             await expect_error(alice.presence, bad)
+            await expect_error(alice.lookup_user, bad)
+            await expect_error(alice.user_profile, bad)
             await expect_error(alice.safety_number, bad)
             await expect_error(alice.set_verified, bad, True)
             await expect_error(alice.approve_identity, bad)
@@ -571,7 +581,7 @@ class HostileArgumentsTest(RelayTest):
             await alice.remove_device(-1)
         with self.assertRaises((TypeError, ValueError)):
             await alice.history(s.ConversationId.DIRECT(user_id=bob.user_id()), None, 2**32)
-        self.assertGreaterEqual(outcomes, len(HOSTILE) * 13 + 12)
+        self.assertGreaterEqual(outcomes, len(HOSTILE) * 15 + 12)
         for message_id in queued:
             await alice_ev.wait(f"failure of {message_id}", lambda e: e.is_SEND_FAILED() and e.message_id == message_id)
         page = await alice.history(s.ConversationId.DIRECT(user_id=bob.user_id()), None, 10)
