@@ -170,7 +170,7 @@ async fn groups_create_invite_chat_remove_rotate(db: Db) {
     assert!(!carol.client.group(&g).unwrap().active);
     assert!(matches!(
         carol.client.send_group_text(&g, "let me in").await,
-        Err(SendTextError::Invalid(_))
+        Err(SendTextError::InvalidRecipient)
     ));
 
     // The relay's database holds none of the texts, nor the group's name.

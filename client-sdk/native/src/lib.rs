@@ -224,9 +224,15 @@ pub enum LoginError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendTextError {
-    /// Text is empty or over 1000 characters, or the recipient is invalid or this account.
-    #[error("invalid message: {0}")]
-    Invalid(String),
+    /// The text is empty or over 1000 characters.
+    #[error("a message is 1 to 1000 characters")]
+    InvalidText,
+    /// The recipient is not a valid user id, or (for a group) not a group this account is in.
+    #[error("invalid recipient")]
+    InvalidRecipient,
+    /// A conversation is with someone else: this is this account.
+    #[error("cannot send to yourself")]
+    ToSelf,
     /// The message was given up (see the reason).
     #[error("not sent: {0:?}")]
     Failed(SendFailure),

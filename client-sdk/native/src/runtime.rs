@@ -55,10 +55,21 @@ pub(crate) enum NotSent<E> {
     Stopped,
 }
 
+impl From<sotto_client_core::SendError> for SendTextError {
+    fn from(e: sotto_client_core::SendError) -> Self {
+        use sotto_client_core::SendError as E;
+        match e {
+            E::InvalidText => Self::InvalidText,
+            E::ToSelf => Self::ToSelf,
+            _ => Self::InvalidRecipient,
+        }
+    }
+}
+
 impl From<NotSent<sotto_client_core::SendError>> for SendTextError {
     fn from(e: NotSent<sotto_client_core::SendError>) -> Self {
         match e {
-            NotSent::Refused(e) => Self::Invalid(e.to_string()),
+            NotSent::Refused(e) => e.into(),
             NotSent::Failed(f) => Self::Failed(f),
             NotSent::Stopped => Self::Stopped,
         }
@@ -137,16 +148,9 @@ async fn open_store(options: &ClientOptions) -> Result<EncryptedStore, LoginErro
     let backend: Arc<dyn Backend> = match &options.store {
         StoreLocation::Memory => Arc::new(MemoryBackend::new()),
         StoreLocation::Backend(b) => Arc::clone(b),
-        StoreLocation::Sqlite(path) => {
-            // SqliteBackend::open's future is not `Send` for every lifetime (sqlx's executor
-            // bounds); opened on a blocking thread, the login future stays `Send` and spawnable.
-            let path = path.clone();
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || handle.block_on(crate::sqlite_backend(&path)))
-                .await
-                .map_err(|e| LoginError::Store(e.to_string()))?
-                .map_err(LoginError::Store)?
-        }
+        StoreLocation::Sqlite(path) => crate::sqlite_backend(path)
+            .await
+            .map_err(LoginError::Store)?,
     };
     let (key, params) = store_key(&options.store_secret);
     let mut rng = rand::rngs::OsRng;
@@ -578,7 +582,7 @@ impl SottoClient {
             .inner
             .core()
             .send_text(now_ms(), to_user_id, text)
-            .map_err(|e| SendTextError::Invalid(e.to_string()))?;
+            .map_err(SendTextError::from)?;
         // Not awaited: messages queued back to back share one commit and one request batch.
         tokio::spawn(self.inner.drain());
         Ok(id)

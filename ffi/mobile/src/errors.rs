@@ -181,8 +181,17 @@ impl From<sotto_client::SendTextError> for SendError {
     fn from(e: sotto_client::SendTextError) -> Self {
         use sotto_client::SendTextError as E;
         match e {
-            // Text was checked before the call, so what the core still refuses is the recipient.
-            E::Invalid(reason) => Self::InvalidRecipient { reason },
+            // Text is checked before the call (to report its length): a text the core still
+            // refuses broke a rule the binding does not know.
+            E::InvalidText => Self::Rejected {
+                code: "invalid_text".into(),
+            },
+            E::InvalidRecipient => Self::InvalidRecipient {
+                reason: "not a user id, or not a group this account is in".into(),
+            },
+            E::ToSelf => Self::InvalidRecipient {
+                reason: "this account".into(),
+            },
             E::Failed(SdkFailure::UnknownUser) => Self::UnknownUser,
             E::Failed(SdkFailure::NoVerifiedDevices) => Self::NoVerifiedDevices,
             E::Failed(SdkFailure::DeviceListUnresolved) => Self::DeviceListUnresolved,
