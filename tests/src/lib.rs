@@ -45,6 +45,8 @@ pub struct Relay {
     pub blob_dir: PathBuf,
     db: Db,
     port: u16,
+    /// `(certificate chain, key)` PEM files when it serves HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     pg_name: Option<String>,
@@ -71,6 +73,16 @@ pub fn server_bin() -> PathBuf {
 impl Relay {
     /// Starts a relay on a fresh database.
     pub async fn start(db: Db) -> Result<Self, String> {
+        Self::start_with(db, None).await
+    }
+
+    /// Starts a relay on a fresh database serving HTTPS and WSS with this certificate (PEM
+    /// files), at `https://localhost:PORT`.
+    pub async fn start_tls(db: Db, cert: PathBuf, key: PathBuf) -> Result<Self, String> {
+        Self::start_with(db, Some((cert, key))).await
+    }
+
+    async fn start_with(db: Db, tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("sotto-e2e-")
             .tempdir()
@@ -101,11 +113,15 @@ impl Relay {
         std::fs::write(dir.path().join("relay.toml"), CONFIG).map_err(|e| e.to_string())?;
         let blob_dir = dir.path().join("blobs");
         let mut relay = Relay {
-            url: format!("http://127.0.0.1:{port}"),
+            url: match tls {
+                Some(_) => format!("https://localhost:{port}"),
+                None => format!("http://127.0.0.1:{port}"),
+            },
             database_url,
             blob_dir,
             db,
             port,
+            tls,
             child: None,
             dir,
             pg_name,
@@ -128,7 +144,15 @@ impl Relay {
             .open(self.dir.path().join("relay.log"))
             .map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
+        let child = command
             .arg("--config")
             .arg(self.dir.path().join("relay.toml"))
             .arg("--listen")

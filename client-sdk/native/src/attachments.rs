@@ -5,8 +5,6 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, StreamBody};
-use hyper::body::Frame;
 use sotto_client_core::AttachmentPointer;
 use sotto_crypto::attachment::{
     ciphertext_len, AttachmentDigest, AttachmentKey, Decryptor, Encryptor, CHUNK_SIZE,
@@ -38,9 +36,6 @@ pub enum AttachmentError {
     /// The blob does not match the key and digest in the message (the file was removed).
     #[error("the attachment failed verification")]
     Corrupt,
-    /// Streamed uploads go over plain HTTP to a loopback relay only in this build.
-    #[error("streamed upload needs an http:// relay URL in this build")]
-    Unsupported,
     /// The message could not be sent.
     #[error("not sent: {0}")]
     Send(String),
@@ -57,11 +52,6 @@ pub(crate) async fn upload(
     if size == 0 || size > MAX_ATTACHMENT_BYTES {
         return Err(AttachmentError::Size);
     }
-    let authority = http
-        .base()
-        .strip_prefix("http://")
-        .ok_or(AttachmentError::Unsupported)?
-        .to_owned();
     let key = AttachmentKey::generate(&mut rand::rngs::OsRng);
     let mut encryptor = Encryptor::new(&key, &mut rand::rngs::OsRng);
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -101,45 +91,21 @@ pub(crate) async fn upload(
             let _ = digest_tx.send(digest);
         }
     });
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    });
-    let body = StreamBody::new(stream);
-    let tcp = tokio::net::TcpStream::connect(authority.as_str())
-        .await
-        .map_err(|_| AttachmentError::Unreachable)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|_| AttachmentError::Unreachable)?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method("POST")
-        .uri("/api/attachments")
-        .header("host", authority.as_str())
-        .header("content-type", "application/octet-stream")
-        .header("content-length", ciphertext_len(size).to_string());
-    if let Some(t) = http.token() {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(body).map_err(|_| AttachmentError::Unsupported)?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|_| AttachmentError::Unreachable)?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|_| AttachmentError::Unreachable)?
-        .to_bytes();
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let answer = http
+        .post_stream(
+            "/api/attachments",
+            reqwest::Body::wrap_stream(stream),
+            ciphertext_len(size),
+        )
+        .await;
     let _ = producer.await;
-    if status != 201 {
-        return Err(AttachmentError::Rejected(status));
+    let answer = answer.map_err(|_| AttachmentError::Unreachable)?;
+    if answer.status != 201 {
+        return Err(AttachmentError::Rejected(answer.status));
     }
-    let uploaded: sotto_wire::AttachmentUploaded =
-        serde_json::from_slice(&bytes).map_err(|_| AttachmentError::Rejected(status))?;
+    let uploaded: sotto_wire::AttachmentUploaded = serde_json::from_slice(&answer.body)
+        .map_err(|_| AttachmentError::Rejected(answer.status))?;
     let digest = digest_rx
         .await
         .map_err(|_| AttachmentError::File("encryption failed".into()))?;

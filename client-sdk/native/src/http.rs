@@ -11,6 +11,8 @@ use sotto_client_core::{relay_http, RelayAnswer, RelayCall, RelayFailure};
 
 /// Most bytes read from one JSON answer.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// How long an attachment upload or download may take in all (50 MB at ~60 KB/s).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// A raw answer.
 #[derive(Debug)]
@@ -184,9 +186,43 @@ impl Http {
         }
     }
 
+    /// A POST of a streamed body of `len` bytes (declared, so the relay can refuse one over its
+    /// limits before reading it); the answer's status and body, whatever the status.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<Answer, CallError> {
+        let mut req = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .timeout(TRANSFER_TIMEOUT)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = req.send().await.map_err(|_| CallError::Unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|_| CallError::Unreachable)?;
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(CallError::Malformed);
+        }
+        Ok(Answer {
+            status,
+            body: body.to_vec(),
+            retry_after: None,
+        })
+    }
+
     /// A GET whose body the caller reads chunk by chunk; `Err(status)` (0: unreachable).
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, u16> {
-        let mut req = self.client.get(format!("{}{}", self.base, path));
+        let mut req = self
+            .client
+            .get(format!("{}{}", self.base, path))
+            .timeout(TRANSFER_TIMEOUT);
         if let Some(t) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }

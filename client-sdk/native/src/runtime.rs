@@ -914,6 +914,32 @@ const BATCH: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Opens the WebSocket: the token in the `Authorization` header (never in the URL, where proxies
+/// log it), and `wss://` verified like the HTTPS calls (the platform's trust store).
+async fn connect_ws(
+    http: &Http,
+) -> Option<(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = http.ws_url().into_client_request().ok()?;
+    let bearer = format!("Bearer {}", http.token().unwrap_or_default());
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().ok()?);
+    let connector = if http.base().starts_with("https://") {
+        use rustls_platform_verifier::ConfigVerifierExt as _;
+        let config = tokio_rustls::rustls::ClientConfig::with_platform_verifier().ok()?;
+        Some(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    } else {
+        None
+    };
+    tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+        .await
+        .ok()
+}
+
 async fn run_ws(inner: Arc<Inner>, mut acks_rx: mpsc::UnboundedReceiver<Vec<u64>>) {
     let mut backoff = Duration::from_millis(250);
     let mut pending_acks: Vec<u64> = Vec::new();
@@ -922,13 +948,8 @@ async fn run_ws(inner: Arc<Inner>, mut acks_rx: mpsc::UnboundedReceiver<Vec<u64>
             return;
         }
         inner.connection(ConnectionState::Connecting);
-        let url = format!(
-            "{}?token={}",
-            inner.http.ws_url(),
-            inner.http.token().unwrap_or_default()
-        );
         let connected = tokio::select! {
-            r = tokio_tungstenite::connect_async(url.as_str()) => r.ok(),
+            r = connect_ws(&inner.http) => r,
             _ = inner.shutdown.notified() => return,
         };
         if let Some((ws, _)) = connected {

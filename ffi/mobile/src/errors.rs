@@ -327,9 +327,6 @@ pub enum AttachmentError {
     /// The blob does not match the message's key and digest.
     #[error("the attachment failed verification")]
     Corrupt,
-    /// This build streams uploads only to an http:// loopback relay.
-    #[error("streamed upload is not supported for this relay URL")]
-    Unsupported,
     /// The message carrying it could not be sent.
     #[error("not sent: {reason}")]
     NotSent {
@@ -350,7 +347,6 @@ impl From<sotto_client::AttachmentError> for AttachmentError {
             E::Unreachable => Self::Unreachable,
             E::Rejected(status) => Self::Rejected { status },
             E::Corrupt => Self::Corrupt,
-            E::Unsupported => Self::Unsupported,
             E::Send(reason) => Self::NotSent { reason },
             e => Self::NotSent {
                 reason: e.to_string(),
