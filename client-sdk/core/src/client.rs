@@ -286,6 +286,8 @@ pub struct Client {
     quarantine: BTreeMap<u64, Envelope>,
     groups: BTreeMap<String, groups::Group>,
     sender_keys: HashMap<(String, String, u32), sotto_crypto::sender_key::SenderKeyRecord>,
+    /// Sender-key requests sent and answered lately (rate limits; see `groups`).
+    key_requests: groups::KeyRequests,
     pending: HashMap<RequestId, Pending>,
     fetching: BTreeSet<(String, Option<u32>)>,
     key_count_pending: bool,
@@ -464,6 +466,7 @@ impl Client {
             quarantine: BTreeMap::new(),
             groups: BTreeMap::new(),
             sender_keys: HashMap::new(),
+            key_requests: groups::KeyRequests::default(),
             pending: HashMap::new(),
             fetching: BTreeSet::new(),
             key_count_pending: false,
@@ -2136,7 +2139,7 @@ impl Client {
 
     fn direct_content(&mut self, now_ms: u64, env: &Envelope, payload: Payload) {
         let _ = now_ms;
-        if self.group_content(env, &payload) {
+        if self.group_content(now_ms, env, &payload) {
             return;
         }
         let user = env.source_user_id.clone();
@@ -2197,7 +2200,7 @@ impl Client {
             }
             Body::Read { .. } => self.read_receipt(env, conversation, payload),
             Body::Typing { .. } | Body::Verified { .. } => {}
-            Body::SenderKey { .. } | Body::GroupChange { .. } => {}
+            Body::SenderKey { .. } | Body::SenderKeyRequest { .. } | Body::GroupChange { .. } => {}
         }
     }
 

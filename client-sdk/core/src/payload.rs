@@ -79,6 +79,12 @@ pub enum Body {
         /// `SenderKeyDistributionMessage` bytes, hex.
         distribution: String,
     },
+    /// A device that got a group message it cannot open asks its sender's device for the
+    /// sender's current chain (1:1 only; see `groups`).
+    SenderKeyRequest {
+        /// The group.
+        group_id: String,
+    },
     /// A group change signed by an admin (1:1 only; see `groups`).
     GroupChange {
         /// The signed change, as `groups::SignedChange` JSON.
@@ -144,6 +150,17 @@ pub fn check_text(text: &str) -> Result<(), PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sender_key_request_wire_form() {
+        let body = Body::SenderKeyRequest {
+            group_id: "g1".into(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        assert_eq!(json, r#"{"type":"senderKeyRequest","group_id":"g1"}"#);
+        let back: Body = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, body);
+    }
 
     #[test]
     fn round_trip_and_limits() {

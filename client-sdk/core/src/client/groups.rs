@@ -34,6 +34,35 @@ pub const MAX_GROUP_MEMBERS: usize = 1_000;
 pub const MAX_GROUPS: usize = 1_000;
 /// Most sender keys kept for groups this device does not know (yet).
 const MAX_STRAY_SENDER_KEYS: usize = 256;
+/// A sender-key request for one (group, sender device) goes out at most once per this long, and
+/// one from a requesting device is answered at most once per this long.
+const KEY_REQUEST_EVERY_MS: u64 = 60_000;
+/// Most sender-key requests sent, and answered, per [`KEY_REQUEST_EVERY_MS`] in all: a relay
+/// that invents devices or envelopes cannot make a device flood its contacts.
+const MAX_KEY_REQUESTS: usize = 32;
+
+/// When sender-key requests were sent and answered lately, by (group, user, device).
+#[derive(Debug, Default)]
+pub(super) struct KeyRequests {
+    sent: BTreeMap<(String, String, u32), u64>,
+    answered: BTreeMap<(String, String, u32), u64>,
+}
+
+impl KeyRequests {
+    /// Whether one more for `key` may go now (and records it if so).
+    fn allow(
+        log: &mut BTreeMap<(String, String, u32), u64>,
+        key: (String, String, u32),
+        now_ms: u64,
+    ) -> bool {
+        log.retain(|_, at| now_ms.saturating_sub(*at) < KEY_REQUEST_EVERY_MS);
+        if log.contains_key(&key) || log.len() >= MAX_KEY_REQUESTS {
+            return false;
+        }
+        log.insert(key, now_ms);
+        true
+    }
+}
 /// Most characters of a group name.
 pub const MAX_GROUP_NAME_CHARS: usize = 100;
 
@@ -904,7 +933,6 @@ impl Client {
 
     /// A `groupMessage` envelope: one Sender-Key ciphertext.
     pub(super) fn incoming_group_message(&mut self, now_ms: u64, env: &Envelope) {
-        let _ = now_ms;
         let (Some(group_id), Some(content)) = (env.group_id.clone(), env.content.as_ref()) else {
             return self.dropped(env, "group envelope without group or content");
         };
@@ -918,12 +946,16 @@ impl Client {
         };
         let key = (group_id.clone(), user.clone(), device);
         let Some(record) = self.sender_keys.get_mut(&key) else {
-            return self.dropped(env, "no sender key from this device");
+            self.ask_for_sender_key(now_ms, &group_id, &user, device);
+            return self.dropped(env, "no sender key from this device (asked its sender)");
         };
         let plain = match record.decrypt(&message) {
             Ok(p) => Zeroizing::new(p),
             Err(sotto_crypto::sender_key::SenderKeyDecryptError::Replay { .. }) => return,
-            Err(e) => return self.dropped(env, &e.to_string()),
+            Err(e) => {
+                self.ask_for_sender_key(now_ms, &group_id, &user, device);
+                return self.dropped(env, &e.to_string());
+            }
         };
         self.write_sender_key(&group_id, &user, device);
         let payload = match Payload::decode(&plain) {
@@ -1001,11 +1033,102 @@ impl Client {
         }
     }
 
+    /// A group message from `user`'s `device` could not be opened here (no chain from it, or
+    /// one this device cannot follow): ask that user's devices for their current chain over 1:1,
+    /// and, for a group this device does not know yet, this account's other devices for its state.
+    /// Rate limited per (group, sender device) and in all ([`KeyRequests`]); a group this device
+    /// knows is asked about only for a roster member (or this account).
+    fn ask_for_sender_key(&mut self, now_ms: u64, group_id: &str, user: &str, device: u32) {
+        if !valid_group_id(group_id) {
+            return;
+        }
+        let me = self.user_id.clone();
+        let known = match self.groups.get(group_id) {
+            Some(g) if !g.active => return,
+            Some(g) => {
+                if user != me && !g.members.contains_key(user) {
+                    return;
+                }
+                true
+            }
+            None => false,
+        };
+        let key = (group_id.to_owned(), user.to_owned(), device);
+        if !KeyRequests::allow(&mut self.key_requests.sent, key, now_ms) {
+            return;
+        }
+        let mut ask = vec![user.to_owned()];
+        if !known && user != me {
+            ask.push(me);
+        }
+        for peer in ask {
+            let id = self.new_id();
+            let body = Body::SenderKeyRequest {
+                group_id: group_id.to_owned(),
+            };
+            self.enqueue_group_item(now_ms, &peer, id, body, group_id);
+        }
+    }
+
+    /// A device asked (over an authenticated 1:1 session) for this device's chain in a group:
+    /// handed, at its current iteration, only to a member of the roster this device holds (or to
+    /// this account's own device, which also gets the group's state). Nothing for anyone else.
+    fn answer_sender_key_request(
+        &mut self,
+        now_ms: u64,
+        env: &Envelope,
+        user: &str,
+        group_id: &str,
+    ) {
+        let me = self.user_id.clone();
+        let Some(g) = self.groups.get(group_id).filter(|g| g.active) else {
+            return;
+        };
+        let own = user == me;
+        if !own && !g.members.contains_key(user) {
+            return self.dropped(env, "sender key asked for by a non-member");
+        }
+        let key = (group_id.to_owned(), user.to_owned(), env.source_device_id);
+        if !KeyRequests::allow(&mut self.key_requests.answered, key, now_ms) {
+            return;
+        }
+        let state_change = own.then(|| GroupChange::State {
+            group_id: group_id.to_owned(),
+            revision: g.revision,
+            name: g.name.clone(),
+            members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
+        });
+        let distribution = g
+            .sender_key
+            .as_ref()
+            .and_then(|b| SenderKeyState::from_bytes(b.as_bytes()).ok())
+            .map(|state| hex::encode(&*state.distribution_message().to_bytes()));
+        if let Some(change) = state_change {
+            let body = Body::GroupChange {
+                change: serde_json::to_string(&change).unwrap_or_default(),
+            };
+            let id = self.new_id();
+            self.enqueue_group_item(now_ms, &me, id, body, group_id);
+        }
+        if let Some(distribution) = distribution {
+            let body = Body::SenderKey {
+                group_id: group_id.to_owned(),
+                distribution,
+            };
+            let id = self.new_id();
+            self.enqueue_group_item(now_ms, user, id, body, group_id);
+        }
+    }
+
     /// A group change or sender key out of a 1:1 session from `env`'s sender. Returns `false` if
     /// the body was not about groups.
-    pub(super) fn group_content(&mut self, env: &Envelope, payload: &Payload) -> bool {
+    pub(super) fn group_content(&mut self, now_ms: u64, env: &Envelope, payload: &Payload) -> bool {
         let user = env.source_user_id.clone();
         match &payload.body {
+            Body::SenderKeyRequest { group_id } => {
+                self.answer_sender_key_request(now_ms, env, &user, group_id);
+                true
+            }
             Body::GroupChange { change } => {
                 match serde_json::from_str::<GroupChange>(change) {
                     Ok(c) => self.apply_change(env, &user, c),

@@ -577,3 +577,134 @@ fn a_stranger_cannot_make_a_device_keep_unbounded_groups() {
         .count();
     assert_eq!(refused, 3);
 }
+
+fn one_to_one_sends_to(net: &Net, node: usize, peer: &str) -> usize {
+    net.nodes[node]
+        .sent
+        .iter()
+        .filter(|c| matches!(c, RelayCall::SendMessage(r) if r.recipient_id == peer))
+        .count()
+}
+
+#[test]
+fn a_device_linked_later_asks_for_what_it_lacks_and_reads_the_next_message() {
+    let mut net = Net::new(27);
+    let [alice, _laptop, bob, carol] = setup(&mut net);
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "before the tablet")
+        .unwrap();
+    net.run();
+    let tablet = net.link("bob", bob);
+    net.run();
+    // Nobody wrote to Bob since: his phone has handed the tablet nothing yet.
+    assert!(net.nodes[tablet].client.group(GROUP).is_none());
+
+    // Carol writes. The tablet cannot open it: it asks Carol for her chain and Bob's own
+    // devices for the group's state.
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "the tablet misses this one")
+        .unwrap();
+    net.run();
+    assert!(group_texts(&net, tablet).is_empty());
+    assert!(net.nodes[tablet].events.iter().any(|e| matches!(
+        e,
+        Event::DecryptionFailed { user_id, .. } if user_id == "carol"
+    )));
+    let g = net.nodes[tablet]
+        .client
+        .group(GROUP)
+        .expect("the phone answered with the state");
+    assert_eq!(g.name, "Hiking");
+
+    // Within that round trip the tablet holds Carol's chain: her next message opens there.
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "welcome, tablet")
+        .unwrap();
+    net.run();
+    assert_eq!(group_texts(&net, tablet), ["welcome, tablet"]);
+    // Alice's messages reach the tablet too.
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "alice, first after the tablet")
+        .unwrap();
+    net.run();
+    net.nodes[alice]
+        .client
+        .send_group_text(net.now, GROUP, "alice's second")
+        .unwrap();
+    net.run();
+    // (Alice may already have learned of the tablet by then and handed it her chain first.)
+    let texts = group_texts(&net, tablet);
+    assert_eq!(texts.first().map(String::as_str), Some("welcome, tablet"));
+    assert_eq!(texts.last().map(String::as_str), Some("alice's second"));
+    // Bob's phone read everything all along.
+    assert!(group_texts(&net, bob).contains(&"the tablet misses this one".to_string()));
+}
+
+#[test]
+fn a_non_member_asking_for_a_chain_gets_nothing_and_requests_stay_bounded() {
+    let mut net = Net::new(28);
+    let [_alice, _laptop, bob, carol] = setup(&mut net);
+    let dave = net.user("dave");
+    net.run();
+    // A hostile relay routes the group to Dave: he cannot open it and asks Carol.
+    route(&mut net, &["alice", "bob", "carol", "dave"]);
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "not for dave")
+        .unwrap();
+    net.run();
+    // Carol refused: no sender key (nor anything else) went to Dave.
+    assert_eq!(one_to_one_sends_to(&net, carol, "dave"), 0);
+    assert!(net.nodes[carol].events.iter().any(|e| matches!(
+        e,
+        Event::DecryptionFailed { user_id, reason, .. }
+            if user_id == "dave" && reason.contains("non-member")
+    )));
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "still not for dave")
+        .unwrap();
+    net.run();
+    assert!(group_texts(&net, dave).is_empty());
+
+    // A flood of group ciphertexts from devices Carol does not have: Bob asks a bounded
+    // number of times, and once per sender device per minute.
+    net.set_online(bob, false);
+    net.nodes[carol]
+        .client
+        .send_group_text(net.now, GROUP, "copied by the relay")
+        .unwrap();
+    net.run();
+    let original = net
+        .relay
+        .mailbox("bob", 1)
+        .into_iter()
+        .find(|e| e.group_id.as_deref() == Some(GROUP))
+        .expect("queued for bob");
+    net.set_online(bob, true);
+    net.run();
+    let before = one_to_one_sends_to(&net, bob, "carol");
+    for device in 2..500u32 {
+        for _ in 0..3 {
+            let mut forged = original.clone();
+            forged.source_device_id = device;
+            forged.seq = 1_000_000 + u64::from(device);
+            let now = net.now;
+            net.nodes[bob].client.handle_envelope(now, forged);
+        }
+    }
+    net.run();
+    let asked = one_to_one_sends_to(&net, bob, "carol") - before;
+    assert!((1..=32).contains(&asked), "{asked} requests");
+    assert_eq!(
+        group_texts(&net, bob)
+            .iter()
+            .filter(|t| *t == "copied by the relay")
+            .count(),
+        1
+    );
+}
