@@ -184,3 +184,60 @@ async fn groups_create_invite_chat_remove_rotate(db: Db) {
     relay.finish().await;
 }
 both!(groups_create_invite_chat_remove_rotate);
+
+async fn a_device_linked_later_reads_the_group_after_one_message(db: Db) {
+    let relay = relay(db).await;
+    let mut alice = user(&relay, "alice").await;
+    let mut bob = user(&relay, "bob").await;
+    let b = bob.id();
+    alice.client.send_text(&b, "hi").await.unwrap();
+    bob.wait_texts(1).await;
+    bob.client.send_text(&alice.id(), "hi back").await.unwrap();
+    alice.wait_texts(1).await;
+    let g = alice
+        .client
+        .create_group(std::slice::from_ref(&b), "Late device")
+        .await
+        .unwrap();
+    wait_roster(&mut bob, &g, 2).await;
+    alice
+        .client
+        .send_group_text(&g, "before the tablet")
+        .await
+        .unwrap();
+    wait_group_text(&mut bob, &g, "before the tablet").await;
+
+    // Bob links a tablet; nobody writes to Bob's account after that.
+    let mut tablet = link(&relay, &bob).await;
+    // Alice's next group message: the tablet cannot open it and asks for what it lacks.
+    alice
+        .client
+        .send_group_text(&g, "the tablet misses this one")
+        .await
+        .unwrap();
+    wait_group_text(&mut bob, &g, "the tablet misses this one").await;
+    wait_roster(&mut tablet, &g, 2).await;
+    tablet
+        .wait(30, "the undecryptable message", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, ClientEvent::Event(Event::DecryptionFailed { .. })))
+        })
+        .await;
+    // The request is accepted by the relay, reaches Alice, and her answer goes out before her
+    // next group message (group sends wait for the keys queued before them).
+    tablet.client.idle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    alice.client.idle().await;
+    alice
+        .client
+        .send_group_text(&g, "welcome, tablet")
+        .await
+        .unwrap();
+    wait_group_text(&mut tablet, &g, "welcome, tablet").await;
+    assert!(!group_texts(&tablet, &g).contains(&"before the tablet".to_string()));
+    alice.close().await;
+    bob.close().await;
+    tablet.close().await;
+    relay.finish().await;
+}
+both!(a_device_linked_later_reads_the_group_after_one_message);
