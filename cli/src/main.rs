@@ -189,6 +189,30 @@ enum GroupCommand {
         /// The new name.
         name: String,
     },
+    /// Set a group's description (admins; 0-500 characters, "" clears it).
+    Describe {
+        /// The group id.
+        group_id: String,
+        /// The description (travels only end to end).
+        description: String,
+    },
+    /// Set a group's avatar from an image file (admins; at most 5 MB), clear it, or save it.
+    Avatar {
+        /// The group id.
+        group_id: String,
+        /// The image to set.
+        #[arg(conflicts_with_all = ["clear", "save"])]
+        image: Option<PathBuf>,
+        /// The image's content type.
+        #[arg(long = "type", default_value = "image/png")]
+        content_type: String,
+        /// Remove the avatar.
+        #[arg(long)]
+        clear: bool,
+        /// Download, verify and decrypt the avatar into this file.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+    },
     /// Leave a group.
     Leave {
         /// The group id.
@@ -607,6 +631,12 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
                     if g.active { "" } else { " (left)" },
                     members.join(", ")
                 );
+                if !g.description.is_empty() {
+                    println!("    {}", g.description);
+                }
+                if let Some(a) = &g.avatar {
+                    println!("    avatar: {} bytes ({})", a.size, a.content_type);
+                }
             }
         }
         GroupCommand::Create { name, members } => {
@@ -648,6 +678,38 @@ async fn groups(cli: &Cli, command: Option<&GroupCommand>) -> Result<(), CliErro
         GroupCommand::Rename { group_id, name } => {
             client.rename_group(group_id, name).await?;
             println!("renamed");
+        }
+        GroupCommand::Describe {
+            group_id,
+            description,
+        } => {
+            client.set_group_description(group_id, description).await?;
+            println!("description set");
+        }
+        GroupCommand::Avatar {
+            group_id,
+            image,
+            content_type,
+            clear,
+            save,
+        } => {
+            if let Some(dest) = save {
+                match client.download_group_avatar(group_id, dest).await {
+                    Ok(Some(n)) => println!("saved the avatar ({n} bytes) to {}", dest.display()),
+                    Ok(None) => println!("the group has no avatar"),
+                    Err(e) => return Err(CliError(e.to_string())),
+                }
+            } else if *clear {
+                client.set_group_avatar(group_id, None).await?;
+                println!("avatar cleared");
+            } else if let Some(path) = image {
+                client
+                    .set_group_avatar(group_id, Some((path.as_path(), content_type.as_str())))
+                    .await?;
+                println!("avatar set");
+            } else {
+                return Err(CliError::from("give an image file, --clear or --save FILE"));
+            }
         }
         GroupCommand::Leave { group_id } => {
             client.leave_group(group_id).await?;

@@ -241,3 +241,80 @@ async fn a_device_linked_later_reads_the_group_after_one_message(db: Db) {
     relay.finish().await;
 }
 both!(a_device_linked_later_reads_the_group_after_one_message);
+
+async fn description_and_avatar_reach_members_and_not_the_relay(db: Db) {
+    let relay = relay(db).await;
+    let alice = user(&relay, "alice").await;
+    let mut bob = user(&relay, "bob").await;
+    let b = bob.id();
+    alice.client.send_text(&b, "hi").await.unwrap();
+    bob.wait_texts(1).await;
+    bob.client.send_text(&alice.id(), "hi back").await.unwrap();
+    let g = alice
+        .client
+        .create_group(std::slice::from_ref(&b), "Choir")
+        .await
+        .unwrap();
+    wait_roster(&mut bob, &g, 2).await;
+    let description = "rehearsals on thursdays, bring the sheet music";
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("choir.png");
+    let marker = b"SOTTO-AVATAR-PLAINTEXT-MARKER";
+    let mut bytes = Vec::new();
+    while bytes.len() < 200_000 {
+        bytes.extend_from_slice(marker);
+    }
+    std::fs::write(&image, &bytes).unwrap();
+    assert!(matches!(
+        bob.client.set_group_description(&g, "mine").await,
+        Err(GroupOpError::NotAdmin)
+    ));
+    assert!(matches!(
+        alice
+            .client
+            .set_group_avatar(&g, Some((image.as_path(), "text/plain")))
+            .await,
+        Err(GroupOpError::InvalidAvatar)
+    ));
+    alice
+        .client
+        .set_group_description(&g, description)
+        .await
+        .unwrap();
+    alice
+        .client
+        .set_group_avatar(&g, Some((image.as_path(), "image/png")))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bob.client.group(&g).is_none_or(|i| i.avatar.is_none()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "avatar never arrived"
+        );
+        if let Ok(Some(e)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            bob.client.next_event(),
+        )
+        .await
+        {
+            bob.events.push(e);
+        }
+    }
+    assert_eq!(bob.client.group(&g).unwrap().description, description);
+    let dest = dir.path().join("got.png");
+    let n = bob.client.download_group_avatar(&g, &dest).await.unwrap();
+    assert_eq!(n, Some(bytes.len() as u64));
+    assert!(std::fs::read(&dest).unwrap() == bytes);
+    let dump = relay.dump().await.unwrap();
+    for secret in [description, "SOTTO-AVATAR-PLAINTEXT-MARKER", "Choir"] {
+        assert!(
+            !contains_plaintext(&dump, secret),
+            "{secret:?} in the relay"
+        );
+    }
+    alice.close().await;
+    bob.close().await;
+    relay.finish().await;
+}
+both!(description_and_avatar_reach_members_and_not_the_relay);

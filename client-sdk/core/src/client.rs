@@ -33,7 +33,10 @@ use crate::store::{tables, StoreOp};
 use crate::trust::{self, DecryptFailure, InitiateFailure};
 
 mod groups;
-pub use groups::{GroupError, MAX_GROUPS, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS};
+pub use groups::{
+    GroupError, MAX_GROUPS, MAX_GROUP_AVATAR_BYTES, MAX_GROUP_DESCRIPTION_CHARS, MAX_GROUP_MEMBERS,
+    MAX_GROUP_NAME_CHARS,
+};
 
 /// How a send is retried after the relay corrects the device list, before giving up.
 const MAX_SEND_ATTEMPTS: u32 = 5;

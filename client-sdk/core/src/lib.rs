@@ -69,8 +69,8 @@ pub mod trust;
 
 pub use client::{
     Client, Config, CreateError, GroupError, IdentityError, IdentityPolicy, NewAccount,
-    RestoreError, SendError, TypingError, MAX_GROUPS, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS,
-    TYPING_TIMEOUT_MS,
+    RestoreError, SendError, TypingError, MAX_GROUPS, MAX_GROUP_AVATAR_BYTES,
+    MAX_GROUP_DESCRIPTION_CHARS, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS, TYPING_TIMEOUT_MS,
 };
 pub use model::*;
 pub use requests::{RelayAnswer, RelayCall, RelayFailure, Request, RequestId};

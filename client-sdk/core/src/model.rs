@@ -326,6 +326,10 @@ pub struct GroupInfo {
     pub group_id: String,
     /// The name (end-to-end encrypted; never sent to the relay in the clear).
     pub name: String,
+    /// The description (0-500 characters; end to end only, like the name).
+    pub description: String,
+    /// The group's picture, an image attachment (download it like any attachment).
+    pub avatar: Option<AttachmentPointer>,
     /// The verified roster, this account included while it is a member.
     pub members: Vec<GroupMemberInfo>,
     /// The end-to-end revision of the roster (grows with every admin change).

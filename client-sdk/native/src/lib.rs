@@ -254,6 +254,12 @@ pub enum GroupOpError {
     /// A group name must be 1 to 100 characters.
     #[error("a group name must be 1 to 100 characters")]
     InvalidName,
+    /// A group description is at most 500 characters.
+    #[error("a group description is at most 500 characters")]
+    InvalidDescription,
+    /// A group avatar is an image (`image/*`) of at most 5 MB.
+    #[error("a group avatar is an image of at most 5 MB")]
+    InvalidAvatar,
     /// A member id is invalid or this account, or too many members.
     #[error("invalid member list")]
     InvalidMembers,

@@ -70,14 +70,7 @@ impl From<core::Message> for Message {
             sent_at: m.sent_at,
             server_timestamp: m.server_timestamp,
             text: m.text,
-            attachment: m.attachment.map(|a| Attachment {
-                attachment_id: a.attachment_id,
-                key: a.key,
-                digest: a.digest,
-                size: a.size,
-                file_name: a.file_name,
-                content_type: a.content_type,
-            }),
+            attachment: m.attachment.map(Attachment::from),
             status: m.status.into(),
             sort: m.sort,
         }
@@ -303,4 +296,17 @@ pub(crate) fn event(e: sdk::ClientEvent) -> Option<Event> {
         },
         _ => return None,
     })
+}
+
+impl From<core::AttachmentPointer> for Attachment {
+    fn from(a: core::AttachmentPointer) -> Self {
+        Self {
+            attachment_id: a.attachment_id,
+            key: a.key,
+            digest: a.digest,
+            size: a.size,
+            file_name: a.file_name,
+            content_type: a.content_type,
+        }
+    }
 }

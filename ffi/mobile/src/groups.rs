@@ -2,8 +2,8 @@
 //! The roster and name come end to end from the group's admins (the relay only routes).
 
 use crate::{
-    check_attachment_path, check_text, on_runtime, AttachmentError, Client, Interrupted,
-    QueryError, SendError, SentMessage,
+    check_attachment_path, check_text, on_runtime, Attachment, AttachmentError, Client,
+    Interrupted, QueryError, SendError, SentMessage,
 };
 
 /// A member of a group's verified roster.
@@ -22,6 +22,10 @@ pub struct Group {
     pub group_id: String,
     /// Its name (end-to-end encrypted).
     pub name: String,
+    /// Its description (end-to-end encrypted; empty when none).
+    pub description: String,
+    /// Its avatar, an image attachment (`download_group_avatar` fetches it).
+    pub avatar: Option<Attachment>,
     /// The verified roster.
     pub members: Vec<GroupMember>,
     /// Whether this account is still a member.
@@ -50,6 +54,12 @@ pub enum GroupError {
     /// A group name must be 1 to 100 characters.
     #[error("a group name must be 1 to 100 characters")]
     InvalidName,
+    /// A group description is at most 500 characters.
+    #[error("a group description is at most 500 characters")]
+    InvalidDescription,
+    /// A group avatar is an image (`image/*`) of at most 5 MB.
+    #[error("a group avatar is an image of at most 5 MB")]
+    InvalidAvatar,
     /// A member id is invalid or this account, or too many members.
     #[error("invalid member list")]
     InvalidMembers,
@@ -89,6 +99,8 @@ impl From<sotto_client::GroupOpError> for GroupError {
             E::UnknownGroup => Self::UnknownGroup,
             E::NotAdmin => Self::NotAdmin,
             E::InvalidName => Self::InvalidName,
+            E::InvalidDescription => Self::InvalidDescription,
+            E::InvalidAvatar => Self::InvalidAvatar,
             E::InvalidMembers => Self::InvalidMembers,
             E::UnknownUser => Self::UnknownUser,
             E::UnknownMember => Self::UnknownMember,
@@ -108,6 +120,8 @@ fn group(g: sotto_client::GroupInfo) -> Group {
     Group {
         group_id: g.group_id,
         name: g.name,
+        description: g.description,
+        avatar: g.avatar.map(Attachment::from),
         members: g
             .members
             .into_iter()
@@ -173,6 +187,54 @@ impl Client {
     /// Renames the group (admins only).
     pub async fn rename_group(&self, group_id: String, name: String) -> Result<(), GroupError> {
         group_call!(self, |c| c.rename_group(&group_id, &name))
+    }
+
+    /// Sets the group's description (admins only; 0-500 characters, empty clears it).
+    pub async fn set_group_description(
+        &self,
+        group_id: String,
+        description: String,
+    ) -> Result<(), GroupError> {
+        group_call!(self, |c| c.set_group_description(&group_id, &description))
+    }
+
+    /// Sets the group's avatar from an image file (admins only; `image/*`, at most 5 MB), or
+    /// clears it when `path` is `None`.
+    pub async fn set_group_avatar(
+        &self,
+        group_id: String,
+        path: Option<String>,
+        content_type: String,
+    ) -> Result<(), GroupError> {
+        if let Some(p) = &path {
+            if check_attachment_path(p).is_err() {
+                return Err(GroupError::InvalidAvatar);
+            }
+        }
+        group_call!(self, |c| c.set_group_avatar(
+            &group_id,
+            path.as_deref()
+                .map(|p| (std::path::Path::new(p), content_type.as_str()))
+        ))
+    }
+
+    /// Downloads, verifies and decrypts the group's avatar into `dest`; its size, or `None`
+    /// when the group has none.
+    pub async fn download_group_avatar(
+        &self,
+        group_id: String,
+        dest: String,
+    ) -> Result<Option<u64>, AttachmentError> {
+        check_attachment_path(&dest)?;
+        let client = self.inner.clone();
+        on_runtime(&self.handle, async move {
+            client
+                .download_group_avatar(&group_id, std::path::Path::new(&dest))
+                .await
+        })
+        .await
+        .map_err(|Interrupted| AttachmentError::Interrupted)?
+        .map_err(AttachmentError::from)
     }
 
     /// Leaves the group.

@@ -65,6 +65,10 @@ impl KeyRequests {
 }
 /// Most characters of a group name.
 pub const MAX_GROUP_NAME_CHARS: usize = 100;
+/// Most characters of a group description.
+pub const MAX_GROUP_DESCRIPTION_CHARS: usize = 500;
+/// Largest group avatar (an image attachment).
+pub const MAX_GROUP_AVATAR_BYTES: u64 = 5 * 1024 * 1024;
 
 /// Why a group operation was refused. Nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +83,12 @@ pub enum GroupError {
     /// A group name must be 1-100 characters.
     #[error("a group name must be 1 to 100 characters")]
     InvalidName,
+    /// A group description is at most 500 characters.
+    #[error("a group description is at most 500 characters")]
+    InvalidDescription,
+    /// A group avatar is an image of at most 5 MB.
+    #[error("a group avatar is an image of at most 5 MB")]
+    InvalidAvatar,
     /// A member id is not a valid user id, is this account, or the roster would be too big.
     #[error("invalid member list")]
     InvalidMembers,
@@ -104,6 +114,12 @@ pub(crate) enum GroupChange {
         name: String,
         /// Every member with its role (`true` = admin), at most [`MAX_GROUP_MEMBERS`].
         members: Vec<(String, bool)>,
+        /// 0-500 characters (absent: none).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        description: String,
+        /// The group's picture: an image attachment (absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar: Option<Box<AttachmentPointer>>,
     },
     /// The sender leaves the group.
     Leave {
@@ -123,6 +139,10 @@ pub(crate) struct Group {
     /// Verified roster: user id → admin.
     pub(crate) members: BTreeMap<String, bool>,
     pub(crate) active: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) avatar: Option<AttachmentPointer>,
     /// This device's outbound sender-key state (secret; sealed by the store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sender_key: Option<Base64>,
@@ -143,6 +163,22 @@ fn valid_group_id(id: &str) -> bool {
 fn valid_name(name: &str) -> bool {
     let n = name.chars().count();
     n > 0 && n <= MAX_GROUP_NAME_CHARS
+}
+
+fn valid_description(description: &str) -> bool {
+    description.chars().count() <= MAX_GROUP_DESCRIPTION_CHARS
+}
+
+fn valid_avatar(avatar: &AttachmentPointer) -> bool {
+    avatar.size > 0
+        && avatar.size <= MAX_GROUP_AVATAR_BYTES
+        && avatar.content_type.starts_with("image/")
+        && avatar.content_type.len() <= 100
+        && !avatar.attachment_id.is_empty()
+        && avatar.attachment_id.len() <= 128
+        && avatar.key.len() == 64
+        && avatar.digest.len() == 64
+        && avatar.file_name.len() <= 255
 }
 
 pub(super) fn sender_key_partition(group: &str, user: &str, device: u32) -> Vec<u8> {
@@ -166,10 +202,24 @@ pub(crate) struct SenderKeyRow {
 }
 
 impl Group {
+    /// The whole state, as an admin (or this account's own device) announces it.
+    fn state_change(&self) -> GroupChange {
+        GroupChange::State {
+            group_id: self.group_id.clone(),
+            revision: self.revision,
+            name: self.name.clone(),
+            members: self.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
+            description: self.description.clone(),
+            avatar: self.avatar.clone().map(Box::new),
+        }
+    }
+
     fn info(&self) -> GroupInfo {
         GroupInfo {
             group_id: self.group_id.clone(),
             name: self.name.clone(),
+            description: self.description.clone(),
+            avatar: self.avatar.clone(),
             members: self
                 .members
                 .iter()
@@ -315,6 +365,50 @@ impl Client {
         Ok(())
     }
 
+    /// Sets the group's description (admins only; 0-500 characters, empty clears it). It
+    /// travels only end to end.
+    pub fn set_group_description(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        description: &str,
+    ) -> Result<(), GroupError> {
+        if !valid_description(description) {
+            return Err(GroupError::InvalidDescription);
+        }
+        self.require_admin(group_id)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        g.description = description.to_owned();
+        g.revision += 1;
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
+    /// Sets (or with `None` clears) the group's avatar: an image attachment already uploaded
+    /// (admins only). The pointer, with the key that opens the blob, travels only end to end.
+    pub fn set_group_avatar(
+        &mut self,
+        now_ms: u64,
+        group_id: &str,
+        avatar: Option<AttachmentPointer>,
+    ) -> Result<(), GroupError> {
+        if avatar.as_ref().is_some_and(|a| !valid_avatar(a)) {
+            return Err(GroupError::InvalidAvatar);
+        }
+        self.require_admin(group_id)?;
+        let g = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownGroup)?;
+        g.avatar = avatar;
+        g.revision += 1;
+        self.announce(now_ms, group_id, &[]);
+        Ok(())
+    }
+
     /// This account left the group (the runtime called `DELETE .../leave`): tells the members
     /// and this account's other devices, and forgets the sender keys.
     pub fn group_left(&mut self, now_ms: u64, group_id: &str) -> Result<(), GroupError> {
@@ -435,14 +529,8 @@ impl Client {
         let Some(g) = self.groups.get(group_id) else {
             return;
         };
-        let change = GroupChange::State {
-            group_id: group_id.to_owned(),
-            revision: g.revision,
-            name: g.name.clone(),
-            members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
-        };
         let body = Body::GroupChange {
-            change: serde_json::to_string(&change).unwrap_or_default(),
+            change: serde_json::to_string(&g.state_change()).unwrap_or_default(),
         };
         let me = self.user_id.clone();
         let mut peers: Vec<String> = g.members.keys().filter(|u| **u != me).cloned().collect();
@@ -812,14 +900,8 @@ impl Client {
             let Some(g) = self.groups.get(&group_id) else {
                 continue;
             };
-            let change = GroupChange::State {
-                group_id: group_id.clone(),
-                revision: g.revision,
-                name: g.name.clone(),
-                members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
-            };
             let body = Body::GroupChange {
-                change: serde_json::to_string(&change).unwrap_or_default(),
+                change: serde_json::to_string(&g.state_change()).unwrap_or_default(),
             };
             let id = self.new_id();
             self.enqueue_group_item(now_ms, &me, id, body, &group_id);
@@ -1092,12 +1174,7 @@ impl Client {
         if !KeyRequests::allow(&mut self.key_requests.answered, key, now_ms) {
             return;
         }
-        let state_change = own.then(|| GroupChange::State {
-            group_id: group_id.to_owned(),
-            revision: g.revision,
-            name: g.name.clone(),
-            members: g.members.iter().map(|(u, a)| (u.clone(), *a)).collect(),
-        });
+        let state_change = own.then(|| g.state_change());
         let distribution = g
             .sender_key
             .as_ref()
@@ -1214,9 +1291,13 @@ impl Client {
                 revision,
                 name,
                 members,
+                description,
+                avatar,
             } => {
                 if !valid_group_id(&group_id)
                     || !valid_name(&name)
+                    || !valid_description(&description)
+                    || avatar.as_ref().is_some_and(|a| !valid_avatar(a))
                     || members.len() > MAX_GROUP_MEMBERS
                     || members
                         .iter()
@@ -1271,6 +1352,8 @@ impl Client {
                     revision,
                     members: roster,
                     active,
+                    description,
+                    avatar: avatar.map(|a| *a),
                     sender_key: old.sender_key,
                     distributed: old.distributed,
                     relay_only,

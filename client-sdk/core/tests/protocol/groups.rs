@@ -708,3 +708,83 @@ fn a_non_member_asking_for_a_chain_gets_nothing_and_requests_stay_bounded() {
         1
     );
 }
+
+fn avatar(size: u64, content_type: &str) -> sotto_client_core::AttachmentPointer {
+    sotto_client_core::AttachmentPointer {
+        attachment_id: "a1b2c3".into(),
+        key: "11".repeat(32),
+        digest: "22".repeat(32),
+        size,
+        file_name: "avatar.png".into(),
+        content_type: content_type.into(),
+    }
+}
+
+#[test]
+fn description_and_avatar_travel_end_to_end_from_admins_only() {
+    let mut net = Net::new(29);
+    let [alice, laptop, bob, carol] = setup(&mut net);
+    let now = net.now;
+    // Bad input and non-admins: typed errors, nothing written.
+    let a = &mut net.nodes[alice].client;
+    assert_eq!(
+        a.set_group_description(now, GROUP, &"d".repeat(501)),
+        Err(GroupError::InvalidDescription)
+    );
+    assert_eq!(
+        a.set_group_avatar(now, GROUP, Some(avatar(6 << 20, "image/png"))),
+        Err(GroupError::InvalidAvatar)
+    );
+    assert_eq!(
+        a.set_group_avatar(now, GROUP, Some(avatar(1000, "text/html"))),
+        Err(GroupError::InvalidAvatar)
+    );
+    assert!(net.nodes[alice].client.take_writes().is_empty());
+    let b = &mut net.nodes[bob].client;
+    assert_eq!(
+        b.set_group_description(now, GROUP, "bob's"),
+        Err(GroupError::NotAdmin)
+    );
+    assert_eq!(
+        b.set_group_avatar(now, GROUP, Some(avatar(1000, "image/png"))),
+        Err(GroupError::NotAdmin)
+    );
+    assert!(net.nodes[bob].client.take_writes().is_empty());
+
+    // The admin sets both: every device holds them; the relay saw neither.
+    let a = &mut net.nodes[alice].client;
+    a.set_group_description(now, GROUP, "Sundays, 9 am, by the lake")
+        .unwrap();
+    a.set_group_avatar(now, GROUP, Some(avatar(48_000, "image/png")))
+        .unwrap();
+    net.run();
+    for n in [alice, laptop, bob, carol] {
+        let g = net.nodes[n].client.group(GROUP).unwrap();
+        assert_eq!(
+            g.description, "Sundays, 9 am, by the lake",
+            "{}",
+            net.nodes[n].name
+        );
+        assert_eq!(g.avatar, Some(avatar(48_000, "image/png")));
+    }
+    let log: Vec<u8> = net
+        .relay
+        .log
+        .iter()
+        .flat_map(|(_, _, b)| b.clone())
+        .collect();
+    assert!(!log.windows(10).any(|w| w == b"by the lake"[..10].as_ref()));
+    // They survive a restart from the store.
+    net.restart(carol);
+    let g = net.nodes[carol].client.group(GROUP).unwrap();
+    assert_eq!(g.description, "Sundays, 9 am, by the lake");
+    assert!(g.avatar.is_some());
+    // Cleared, for everyone.
+    let now = net.now;
+    net.nodes[alice]
+        .client
+        .set_group_avatar(now, GROUP, None)
+        .unwrap();
+    net.run();
+    assert_eq!(net.nodes[bob].client.group(GROUP).unwrap().avatar, None);
+}

@@ -37,6 +37,8 @@ impl From<GroupError> for GroupOpError {
         match e {
             GroupError::NotAdmin => Self::NotAdmin,
             GroupError::InvalidName => Self::InvalidName,
+            GroupError::InvalidDescription => Self::InvalidDescription,
+            GroupError::InvalidAvatar => Self::InvalidAvatar,
             GroupError::InvalidMembers => Self::InvalidMembers,
             GroupError::UnknownMember => Self::UnknownMember,
             _ => Self::UnknownGroup,
@@ -165,6 +167,82 @@ impl SottoClient {
         self.inner.core().rename_group(now_ms(), group_id, name)?;
         self.inner.drain().await;
         Ok(())
+    }
+
+    /// Sets the group's description (admins only; 0-500 characters, empty clears it); it
+    /// travels only end to end.
+    pub async fn set_group_description(
+        &self,
+        group_id: &str,
+        description: &str,
+    ) -> Result<(), GroupOpError> {
+        self.inner
+            .core()
+            .set_group_description(now_ms(), group_id, description)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Sets the group's avatar from an image file (admins only; `image/*`, at most 5 MB), or
+    /// clears it with `None`. The image is encrypted and uploaded like an attachment; its key
+    /// travels only inside the end-to-end encrypted group state.
+    pub async fn set_group_avatar(
+        &self,
+        group_id: &str,
+        image: Option<(&std::path::Path, &str)>,
+    ) -> Result<(), GroupOpError> {
+        {
+            let core = self.inner.core();
+            let g = core.group(group_id).filter(|g| g.active);
+            let me = core.user_id().to_owned();
+            let g = g.ok_or(GroupOpError::UnknownGroup)?;
+            if !g.members.iter().any(|m| m.user_id == me && m.admin) {
+                return Err(GroupOpError::NotAdmin);
+            }
+        }
+        let pointer = match image {
+            None => None,
+            Some((path, content_type)) => {
+                let size = tokio::fs::metadata(path)
+                    .await
+                    .map_err(|e| GroupOpError::Rejected(format!("{}: {e}", path.display())))?
+                    .len();
+                if !content_type.starts_with("image/")
+                    || size == 0
+                    || size > sotto_client_core::MAX_GROUP_AVATAR_BYTES
+                {
+                    return Err(GroupOpError::InvalidAvatar);
+                }
+                let pointer = crate::attachments::upload(&self.inner.http, path, content_type)
+                    .await
+                    .map_err(|e| match e {
+                        crate::AttachmentError::Unreachable => GroupOpError::Unreachable,
+                        e => GroupOpError::Rejected(e.to_string()),
+                    })?;
+                Some(pointer)
+            }
+        };
+        self.inner
+            .core()
+            .set_group_avatar(now_ms(), group_id, pointer)?;
+        self.inner.drain().await;
+        Ok(())
+    }
+
+    /// Downloads, verifies and decrypts the group's avatar into `dest`; `Ok(None)` when the
+    /// group has none.
+    pub async fn download_group_avatar(
+        &self,
+        group_id: &str,
+        dest: &std::path::Path,
+    ) -> Result<Option<u64>, crate::AttachmentError> {
+        let avatar = self.inner.core().group(group_id).and_then(|g| g.avatar);
+        match avatar {
+            Some(pointer) => crate::attachments::download(&self.inner.http, &pointer, dest)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Leaves the group.
