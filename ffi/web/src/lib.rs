@@ -87,7 +87,7 @@ export interface Device { deviceId: number; createdAt: number; thisDevice: boole
 export interface Presence { userId: string; status: "online" | "away" | "offline"; lastSeen: number | null; }
 export interface UserProfile { userId: string; username: string; }
 export interface GroupMember { userId: string; admin: boolean; }
-export interface Group { groupId: string; name: string; members: GroupMember[]; revision: number; active: boolean; }
+export interface Group { groupId: string; name: string; description: string; avatar: AttachmentPointer | null; members: GroupMember[]; revision: number; active: boolean; }
 export interface GroupInvitation { groupId: string; fromUserId: string; invitedAt: number; }
 
 export interface StoreOptions {

@@ -1402,3 +1402,34 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_wire_form() {
+        let mut g = Group {
+            group_id: "g1".into(),
+            name: "Choir".into(),
+            revision: 3,
+            ..Group::default()
+        };
+        g.members.insert("u1".into(), true);
+        let json = serde_json::to_string(&g.state_change()).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"type":"state","group_id":"g1","revision":3,"name":"Choir","members":[["u1",true]]}"#
+        );
+        g.description = "d".into();
+        let json = serde_json::to_string(&g.state_change()).unwrap_or_default();
+        assert!(
+            json.ends_with(r#""members":[["u1",true]],"description":"d"}"#),
+            "{json}"
+        );
+        let back: GroupChange = serde_json::from_str(&json).unwrap_or(GroupChange::Leave {
+            group_id: String::new(),
+        });
+        assert_eq!(back, g.state_change());
+    }
+}
