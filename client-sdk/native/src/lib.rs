@@ -257,7 +257,7 @@ pub enum GroupOpError {
     /// A group description is at most 500 characters.
     #[error("a group description is at most 500 characters")]
     InvalidDescription,
-    /// A group avatar is an image (`image/*`) of at most 5 MB.
+    /// A group avatar is an image (image) of at most 5 MB.
     #[error("a group avatar is an image of at most 5 MB")]
     InvalidAvatar,
     /// A member id is invalid or this account, or too many members.

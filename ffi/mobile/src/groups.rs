@@ -57,7 +57,7 @@ pub enum GroupError {
     /// A group description is at most 500 characters.
     #[error("a group description is at most 500 characters")]
     InvalidDescription,
-    /// A group avatar is an image (`image/*`) of at most 5 MB.
+    /// A group avatar is an image (image) of at most 5 MB.
     #[error("a group avatar is an image of at most 5 MB")]
     InvalidAvatar,
     /// A member id is invalid or this account, or too many members.
@@ -198,7 +198,7 @@ impl Client {
         group_call!(self, |c| c.set_group_description(&group_id, &description))
     }
 
-    /// Sets the group's avatar from an image file (admins only; `image/*`, at most 5 MB), or
+    /// Sets the group's avatar from an image file (admins only; image, at most 5 MB), or
     /// clears it when `path` is `None`.
     pub async fn set_group_avatar(
         &self,

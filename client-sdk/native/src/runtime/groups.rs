@@ -183,7 +183,7 @@ impl SottoClient {
         Ok(())
     }
 
-    /// Sets the group's avatar from an image file (admins only; `image/*`, at most 5 MB), or
+    /// Sets the group's avatar from an image file (admins only; image, at most 5 MB), or
     /// clears it with `None`. The image is encrypted and uploaded like an attachment; its key
     /// travels only inside the end-to-end encrypted group state.
     pub async fn set_group_avatar(
