@@ -28,32 +28,21 @@ impl SottoClient {
                 "usernames are 3-20 of A-Z, a-z, 0-9 and _",
             ));
         }
-        let p: UserProfile = self
-            .inner
-            .http
-            .json(
-                Method::GET,
-                &format!("/api/usernames/{}", segment(username)),
-                None::<&()>,
-            )
+        self.profile_at(&format!("/api/usernames/{}", segment(username)))
             .await
-            .map_err(lookup_error)?;
-        Ok(UserRecord {
-            user_id: p.user_id,
-            username: p.username,
-        })
     }
 
     /// A user id's username. `Unknown` when the relay knows no such user.
     pub async fn user_profile(&self, user_id: &str) -> Result<UserRecord, QueryError> {
+        self.profile_at(&format!("/api/users/{}/profile", segment(user_id)))
+            .await
+    }
+
+    async fn profile_at(&self, path: &str) -> Result<UserRecord, QueryError> {
         let p: UserProfile = self
             .inner
             .http
-            .json(
-                Method::GET,
-                &format!("/api/users/{}/profile", segment(user_id)),
-                None::<&()>,
-            )
+            .json(Method::GET, path, None::<&()>)
             .await
             .map_err(lookup_error)?;
         Ok(UserRecord {
