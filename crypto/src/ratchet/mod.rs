@@ -296,6 +296,9 @@ impl DoubleRatchet {
         aad.extend_from_slice(&message.header());
         let counter = message.counter;
 
+        if self.is_past_an_old_chain(message) {
+            return Err(DecryptError::AuthenticationFailed);
+        }
         if let Some(chain) = self
             .receiving
             .iter_mut()

@@ -553,44 +553,78 @@ impl SessionRecord {
     }
 
     /// Moves the current session to the archive: for resets, when the peer reported that it
-    /// cannot decrypt what the current session sends. Late messages on it still decrypt (and, by
-    /// the rules of [`SessionRecord::decrypt`], can make it current again when the peer keeps
-    /// using it).
+    /// cannot decrypt what the current session sends (see also
+    /// [`SessionRecord::peer_cannot_decrypt`], which uses what the report says). Late messages on
+    /// it still decrypt (and, by the rules of [`SessionRecord::decrypt`], can make it current
+    /// again when the peer keeps using it).
     ///
-    /// The record falls back to the session the peer most plausibly still has: the one the
-    /// current session beat in the simultaneous-initiation tie-break, if any (the peer uses it),
-    /// else the newest archived session with the same peer identity that is not pending (the
-    /// peer has sent on it) and was never reset, else the newest archived pending one of ours that
-    /// was never reset (its messages repeat the setup data, so the peer can decrypt them even if
-    /// it does not hold it, as long as the prekeys it names are still there; typically the peer
-    /// answered on it and that answer is on its way). Each reset rules one session out as a
-    /// fallback, so repeated resets end in a new session. With no candidate there is no current
-    /// session and
+    /// The record falls back to the session the peer most plausibly still has. The archive is
+    /// kept in order of use (a session moves to the front when it is archived and whenever a
+    /// message of the peer's decrypts in it), and the successor is the first archived session
+    /// with the same peer identity that was never reset and is not pending (the peer has sent on
+    /// it, most recently of all such sessions), else the first pending one of ours that was never
+    /// reset (its messages repeat the setup data, so the peer can decrypt them even if it does
+    /// not hold it, as long as the prekeys it names are still there; typically the peer answered
+    /// on it and that answer is on its way). Each reset rules one session out as a fallback, so
+    /// repeated resets end in a new session. With no candidate there is no current session and
     /// [`SessionRecord::has_usable_session`] is false until [`SessionRecord::initiate`] or an
     /// incoming pre-key message sets one up.
     pub fn archive_current(&mut self) {
-        let contest = self.contest.take();
+        self.contest = None;
         let Some(mut old) = self.current.take() else {
             return;
         };
         old.reset = true;
         let candidate = |s: &Session| !s.reset && s.remote_identity == old.remote_identity;
-        let successor = contest
-            .and_then(|c| {
-                // The peer's newest session that lost to ours.
-                self.archived
-                    .iter()
-                    .position(|s| c.lost(&s.id()) && candidate(s))
-            })
-            .or_else(|| {
-                self.archived
-                    .iter()
-                    .position(|s| !s.is_pending() && candidate(s))
-            })
+        let successor = self
+            .archived
+            .iter()
+            .position(|s| !s.is_pending() && candidate(s))
             .or_else(|| self.archived.iter().position(candidate))
             .and_then(|index| self.archived.remove(index));
         self.archive(old);
         self.current = successor;
+    }
+
+    /// The peer reported that it could not decrypt a message we sent on session `failed` (a
+    /// decryption-failure report, see `docs/protocol.md` §5), and named the session it uses now
+    /// (`peer_uses`, `None` if it holds none with us).
+    ///
+    /// Acts only when `failed` is still the current session (a report about a session we have
+    /// already left says nothing new) and returns whether it did. Then the current session is
+    /// reset; if the record holds the session the peer named (same peer identity, not `failed`
+    /// itself), that one becomes current, since the peer sends on it and reads what we send on
+    /// it; otherwise the record falls back as [`SessionRecord::archive_current`] does. A forged
+    /// report can only move the record between sessions it already holds with the same peer
+    /// identity, as a forged reset could.
+    pub fn peer_cannot_decrypt(
+        &mut self,
+        failed: &[u8; X25519_PUBLIC_KEY_LEN],
+        peer_uses: Option<&[u8; X25519_PUBLIC_KEY_LEN]>,
+    ) -> bool {
+        let Some(current) = &self.current else {
+            return false;
+        };
+        if current.id() != *failed {
+            return false;
+        }
+        let identity = current.remote_identity.clone();
+        let named = peer_uses.filter(|id| *id != failed).and_then(|id| {
+            self.archived
+                .iter()
+                .position(|s| s.id() == *id && s.remote_identity == identity)
+        });
+        match named.and_then(|index| self.archived.remove(index)) {
+            Some(session) => {
+                self.contest = None;
+                if let Some(mut old) = self.current.replace(session) {
+                    old.reset = true;
+                    self.archive(old);
+                }
+            }
+            None => self.archive_current(),
+        }
+        true
     }
 
     fn archive(&mut self, session: Session) {
@@ -768,9 +802,18 @@ impl SessionRecord {
             if let Some(session) = self.archived.remove(index) {
                 self.promote(session);
             }
-        } else if heard_loser {
+            return;
+        }
+        if heard_loser {
             if let Some(contest) = &mut self.contest {
                 contest.offered = Offered::PeerSentOnce;
+            }
+        }
+        // The archive is kept newest first by use: the session the peer sent on last is the
+        // first fallback candidate of `archive_current`.
+        if index > 0 {
+            if let Some(session) = self.archived.remove(index) {
+                self.archived.push_front(session);
             }
         }
     }

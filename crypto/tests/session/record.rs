@@ -200,11 +200,12 @@ fn late_prekey_message_after_an_answer_still_converges() {
 }
 
 /// A peer that restored an older copy of a session sends past the announced end of a chain it had
-/// already left behind. Once the session is archived, such a message is refused and changes
-/// nothing (it must not make the broken session current again), while a genuinely late message
-/// on that chain still decrypts.
+/// already left behind. Such a message is refused and changes nothing, on the current session (so
+/// the peer learns at once that its copy is behind and moves to another session) as on an archived
+/// one (it must not make the broken session current again), while a genuinely late message on that
+/// chain still decrypts.
 #[test]
-fn archived_session_refuses_messages_from_a_restored_copy() {
+fn sessions_refuse_messages_from_a_restored_copy() {
     let mut p = Pair::established(22);
     let late = p.b_to_a(b"late, on bob's first chain");
     let backup = p.b.to_bytes();
@@ -216,11 +217,14 @@ fn archived_session_refuses_messages_from_a_restored_copy() {
     // Bob restores his backup and sends on his first chain again, past its announced end.
     p.b = SessionRecord::from_bytes(&backup).unwrap();
     let stale = p.b_to_a(b"from a restored copy");
-    // On the current session the message still decrypts (the peer's reset will follow)...
-    let mut copy = SessionRecord::from_bytes(&p.a.to_bytes()).unwrap();
-    let from = p.bob.address.clone();
-    assert!(p.alice.receive(&mut copy, &from, &stale).is_ok());
-    // ...but once Alice has moved to a new session, the archived one refuses it.
+    // Refused on the current session...
+    let before = p.a.to_bytes();
+    assert_eq!(
+        p.a_receive(&stale).unwrap_err(),
+        DecryptError::AuthenticationFailed
+    );
+    assert_eq!(p.a.to_bytes(), before);
+    // ...and once Alice has moved to a new session, on the archived one.
     let (alice, bob) = (&p.alice, &p.bob);
     alice.initiate_with(&mut p.a, bob, false, false, &mut p.rng);
     let before = p.a.to_bytes();
@@ -230,4 +234,52 @@ fn archived_session_refuses_messages_from_a_restored_copy() {
     );
     assert_eq!(p.a.to_bytes(), before);
     assert_eq!(p.a_receive(&late).unwrap(), b"late, on bob's first chain");
+}
+
+/// Alice and Bob on a second session, Bob's, with Alice's first one archived on both sides.
+fn on_a_second_session(seed: u8) -> (Pair, [u8; 33], [u8; 33]) {
+    let mut p = Pair::established(seed);
+    let first = p.a.current().unwrap().id();
+    p.b.archive_current();
+    let (alice, bob) = (&p.alice, &p.bob);
+    bob.initiate(&mut p.b, alice, &mut p.rng);
+    let second = p.b.current().unwrap().id();
+    let m = p.b_to_a(b"on bob's session");
+    assert_eq!(p.a_receive(&m).unwrap(), b"on bob's session");
+    assert_eq!(p.a.current().unwrap().id(), second);
+    (p, first, second)
+}
+
+/// A failure report that names the session the peer uses makes that one current (the failed one is
+/// reset), and what is sent next decrypts there.
+#[test]
+fn a_failure_report_moves_to_the_session_the_peer_uses() {
+    let (mut p, first, second) = on_a_second_session(60);
+    assert!(p.a.peer_cannot_decrypt(&second, Some(&first)));
+    assert_eq!(p.a.current().unwrap().id(), first);
+    assert_eq!(p.a.archived().next().unwrap().id(), second);
+    let m = p.a_to_b(b"again, on the session bob named");
+    assert_eq!(p.b_receive(&m).unwrap(), b"again, on the session bob named");
+    // The reset session is no fallback any more: a reset now leaves no session.
+    p.a.archive_current();
+    assert!(p.a.current().is_none());
+}
+
+/// A report about a session that is no longer current changes nothing; one that names a session
+/// the record does not hold, or the failed one itself, is a reset.
+#[test]
+fn failure_reports_change_only_the_current_session() {
+    let (p, first, second) = on_a_second_session(61);
+    let mut a = SessionRecord::from_bytes(&p.a.to_bytes()).unwrap();
+    let before = a.to_bytes();
+    assert!(!a.peer_cannot_decrypt(&first, Some(&second)));
+    assert_eq!(a.to_bytes(), before);
+
+    let mut reset = SessionRecord::from_bytes(&before).unwrap();
+    reset.archive_current();
+    for named in [None, Some([7u8; 33]), Some(second)] {
+        let mut a = SessionRecord::from_bytes(&before).unwrap();
+        assert!(a.peer_cannot_decrypt(&second, named.as_ref()));
+        assert_eq!(a.to_bytes(), reset.to_bytes(), "named {named:?}");
+    }
 }
