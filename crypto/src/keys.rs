@@ -35,7 +35,7 @@
 //! pair, `0x82` signed prekey, `0x83` one-time prekey, `0x84` KEM prekey); see `docs/protocol.md`.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use ml_kem::{EncodedSizeUser, KemCore};
+use libcrux_ml_kem::mlkem768;
 use rand_core::{CryptoRng, RngCore};
 use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -69,9 +69,33 @@ const TAG_ONE_TIME_PREKEY: u8 = 0x83;
 const TAG_KEM_PREKEY: u8 = 0x84;
 const KEM_DECAPSULATION_KEY_LEN: usize = 2400;
 
-pub(crate) type MlKem = ml_kem::MlKem768;
-pub(crate) type KemDecapsulationKey = <MlKem as KemCore>::DecapsulationKey;
-pub(crate) type KemEncapsulationKey = <MlKem as KemCore>::EncapsulationKey;
+/// An ML-KEM-768 encapsulation key (FIPS 203 `ek`, 1184 bytes), checked on decoding.
+pub(crate) type KemEncapsulationKey = mlkem768::MlKem768PublicKey;
+
+/// An ML-KEM-768 decapsulation key (FIPS 203 `dk`, 2400 bytes), wiped on drop.
+pub(crate) struct KemDecapsulationKey(mlkem768::MlKem768PrivateKey);
+
+impl KemDecapsulationKey {
+    pub(crate) fn key(&self) -> &mlkem768::MlKem768PrivateKey {
+        &self.0
+    }
+
+    /// The encapsulation key embedded in `dk` (`dk = dk_pke || ek || H(ek) || z`).
+    fn encapsulation_key_bytes(&self) -> &[u8] {
+        let dk = self.0.as_slice();
+        dk.get(KEM_CPA_SECRET_KEY_LEN..KEM_CPA_SECRET_KEY_LEN + KEM_PUBLIC_KEY_LEN - 1)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for KemDecapsulationKey {
+    fn drop(&mut self) {
+        self.0[0..].zeroize();
+    }
+}
+
+/// Length of `dk_pke`, the encoded secret vector at the start of an ML-KEM-768 `dk`.
+const KEM_CPA_SECRET_KEY_LEN: usize = 1152;
 
 /// Why a signature did not verify. Distinguishes only what the verifier can see publicly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,14 +209,14 @@ pub(crate) fn decode_kem_public(bytes: &[u8]) -> Result<KemEncapsulationKey, Dec
     r.tag(KEY_TYPE_ML_KEM_768)?;
     let raw = r.fixed(KEM_PUBLIC_KEY_LEN - 1)?;
     r.finish()?;
-    let encoded = ml_kem::Encoded::<KemEncapsulationKey>::try_from(raw)
+    let key = KemEncapsulationKey::try_from(raw)
         .map_err(|_| DecodeError::InvalidValue("ML-KEM-768 key length"))?;
     if !kem_coefficients_in_range(raw) {
         return Err(DecodeError::InvalidValue(
             "ML-KEM-768 key coefficient out of range",
         ));
     }
-    Ok(KemEncapsulationKey::from_bytes(&encoded))
+    Ok(key)
 }
 
 /// FIPS 203 section 7.2's modulus check on an encoded encapsulation key `t̂ || ρ`: every 12-bit
@@ -200,9 +224,14 @@ pub(crate) fn decode_kem_public(bytes: &[u8]) -> Result<KemEncapsulationKey, Dec
 /// standard's "`ByteEncode12(ByteDecode12(t̂)) = t̂`" without the round trip: decoding reduces
 /// each coefficient mod q, so the bytes come back unchanged exactly when none is >= q.
 fn kem_coefficients_in_range(raw: &[u8]) -> bool {
+    coefficients_in_range(raw.get(..raw.len().saturating_sub(32)).unwrap_or_default())
+}
+
+/// Whether every 12-bit coefficient of a `ByteEncode12` string (two per three bytes,
+/// little-endian) is below q = 3329.
+fn coefficients_in_range(encoded: &[u8]) -> bool {
     const Q: u16 = 3329;
-    let t_hat = raw.get(..raw.len().saturating_sub(32)).unwrap_or_default();
-    t_hat.chunks_exact(3).all(|c| match c {
+    encoded.chunks_exact(3).all(|c| match c {
         [b0, b1, b2] => {
             let low = u16::from(*b0) | (u16::from(*b1 & 0x0f) << 8);
             let high = u16::from(*b1 >> 4) | (u16::from(*b2) << 4);
@@ -215,7 +244,7 @@ fn kem_coefficients_in_range(raw: &[u8]) -> bool {
 pub(crate) fn encode_kem_public(key: &KemEncapsulationKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(KEM_PUBLIC_KEY_LEN);
     out.push(KEY_TYPE_ML_KEM_768);
-    out.extend_from_slice(key.as_bytes().as_slice());
+    out.extend_from_slice(key.as_slice());
     out
 }
 
@@ -714,7 +743,7 @@ pub struct KemPreKey {
     signature: [u8; SIGNATURE_LEN],
 }
 
-// The ml-kem decapsulation key wipes itself on drop.
+// The decapsulation key wipes itself on drop.
 impl ZeroizeOnDrop for KemPreKey {}
 
 impl core::fmt::Debug for KemPreKey {
@@ -759,7 +788,11 @@ impl KemPreKey {
         identity: &IdentityKeyPair,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
-        let (secret, public) = MlKem::generate(rng);
+        // FIPS 203 ML-KEM.KeyGen: the seeds d then z, 32 bytes each.
+        let mut seeds = Zeroizing::new([0u8; 64]);
+        rng.fill_bytes(&mut seeds[..]);
+        let (secret, public) = mlkem768::generate_key_pair(*seeds).into_parts();
+        let secret = KemDecapsulationKey(secret);
         let public_key = encode_kem_public(&public);
         let message = prekey_signature_message(KEY_TYPE_ML_KEM_768, id, &public_key);
         let signature = identity.sign(&message).to_bytes();
@@ -808,11 +841,9 @@ impl KemPreKey {
             TAG_KEM_PREKEY,
             self.id,
         );
-        let mut dk = self.secret.as_bytes();
         w.bool(self.last_resort)
-            .fixed(dk.as_slice())
+            .fixed(self.secret.0.as_slice())
             .fixed(&self.signature);
-        dk.zeroize();
         w.into_zeroizing()
     }
 
@@ -824,19 +855,21 @@ impl KemPreKey {
         let raw = r.fixed(KEM_DECAPSULATION_KEY_LEN)?;
         let signature = read_signature(&mut r)?;
         r.finish()?;
-        let mut encoded = ml_kem::Encoded::<KemDecapsulationKey>::try_from(raw)
-            .map_err(|_| DecodeError::InvalidValue("ML-KEM-768 secret key length"))?;
-        let secret = Box::new(KemDecapsulationKey::from_bytes(&encoded));
-        // FIPS 203 section 7.3 checks on a stored key: every coefficient canonical (the key
-        // re-encodes to the same bytes) and the embedded hash equal to H(ek) (a freshly decoded
-        // encapsulation key recomputes it, and equality compares it).
-        let mut again = secret.as_bytes();
-        let canonical = again.as_slice() == encoded.as_slice();
-        again.zeroize();
-        encoded.zeroize();
-        let public_key = encode_kem_public(secret.encapsulation_key());
-        let recomputed = decode_kem_public(&public_key)?;
-        if !canonical || recomputed != *secret.encapsulation_key() {
+        let secret = Box::new(KemDecapsulationKey(
+            mlkem768::MlKem768PrivateKey::try_from(raw)
+                .map_err(|_| DecodeError::InvalidValue("ML-KEM-768 secret key length"))?,
+        ));
+        // FIPS 203 section 7.3 checks on a stored key: the embedded hash equals H(ek), and, as
+        // on any encapsulation key, every coefficient of the embedded ek is canonical; and so is
+        // every coefficient of dk_pke (the same 12-bit encoding).
+        let dk_pke = raw.get(..KEM_CPA_SECRET_KEY_LEN).unwrap_or_default();
+        let mut public_key = Vec::with_capacity(KEM_PUBLIC_KEY_LEN);
+        public_key.push(KEY_TYPE_ML_KEM_768);
+        public_key.extend_from_slice(secret.encapsulation_key_bytes());
+        decode_kem_public(&public_key)?;
+        if !coefficients_in_range(dk_pke)
+            || !mlkem768::portable::validate_private_key_only(secret.key())
+        {
             return Err(DecodeError::InvalidValue("ML-KEM-768 secret key"));
         }
         Ok(Self {
@@ -1142,23 +1175,26 @@ mod tests {
         assert!(decode_kem_public(&bad).is_err());
     }
 
-    /// The direct coefficient check accepts exactly the keys that survive ml-kem's decode and
-    /// re-encode, on valid keys and on keys with coefficients pushed to and beyond q.
+    /// The direct coefficient check accepts exactly the keys that pass the ML-KEM library's own
+    /// FIPS 203 modulus check, on valid keys and on keys with coefficients pushed to and beyond q.
     #[test]
     fn coefficient_check_matches_the_round_trip() {
         use rand_chacha::rand_core::RngCore;
         let mut rng = rng();
         let round_trip = |raw: &[u8]| {
-            let encoded = ml_kem::Encoded::<KemEncapsulationKey>::try_from(raw).unwrap();
-            KemEncapsulationKey::from_bytes(&encoded)
-                .as_bytes()
+            mlkem768::validate_public_key(&KemEncapsulationKey::try_from(raw).unwrap())
+        };
+        let generate = |rng: &mut ChaCha20Rng| {
+            let mut seeds = [0u8; 64];
+            rng.fill_bytes(&mut seeds);
+            mlkem768::generate_key_pair(seeds)
+                .public_key()
                 .as_slice()
-                == raw
+                .to_vec()
         };
         let (mut accepted, mut rejected) = (0, 0);
         for _ in 0..200 {
-            let (_, ek) = MlKem::generate(&mut rng);
-            let mut raw = ek.as_bytes().to_vec();
+            let mut raw = generate(&mut rng);
             let at = (rng.next_u32() % 384) as usize * 3;
             // One coefficient pair set to values around q = 3329 = 0xd01 (low 12 bits in bytes
             // at, at+1; high 12 bits in at+1, at+2), or random bytes anywhere in t-hat.
@@ -1187,8 +1223,7 @@ mod tests {
         }
         assert!(accepted > 20 && rejected > 20, "{accepted} {rejected}");
         // rho (the last 32 bytes) is not checked.
-        let (_, ek) = MlKem::generate(&mut rng);
-        let mut raw = ek.as_bytes().to_vec();
+        let mut raw = generate(&mut rng);
         raw[1184 - 32..].fill(0xff);
         assert!(kem_coefficients_in_range(&raw) && round_trip(&raw));
     }

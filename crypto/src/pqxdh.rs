@@ -26,7 +26,7 @@
 //! the session state it sits in.) Every DH output is checked to be
 //! non-zero (contributory), so a small-order key can never force a known secret.
 
-use ml_kem::kem::{Decapsulate, Encapsulate};
+use libcrux_ml_kem::mlkem768;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey as X25519PublicKey, StaticSecret};
@@ -334,12 +334,11 @@ pub(crate) fn initiate(
         spk_key,
         opk.map(|(_, k)| k),
     )?;
-    let (ct, ss) = bundle
-        .kem_prekey
-        .1
-        .encapsulate(&mut *rng)
-        .map_err(|()| SessionSetupError::Kem)?;
-    let ss = Zeroizing::new(<[u8; 32]>::from(ss));
+    // FIPS 203 ML-KEM.Encaps: the message m, 32 bytes of randomness.
+    let mut m = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut m[..]);
+    let (ct, ss) = mlkem768::encapsulate(&bundle.kem_prekey.1, *m);
+    let ss = Zeroizing::new(ss);
     let local_identity = identity.public();
     let transcript = Transcript {
         initiator_identity: &local_identity,
@@ -359,7 +358,7 @@ pub(crate) fn initiate(
         root_key,
         chain_key,
         base: base_pair,
-        kem_ciphertext: ct.to_vec(),
+        kem_ciphertext: ct.as_slice().to_vec(),
     })
 }
 
@@ -400,12 +399,11 @@ pub(crate) fn respond(
     ))?;
     let agreements = responder_agreements(keys.identity, spk, opk, &message.identity_key, &base)
         .ok_or_else(fail)?;
-    let ct = ml_kem::Ciphertext::<crate::keys::MlKem>::try_from(message.kem_ciphertext.as_slice())
+    let ct = mlkem768::MlKem768Ciphertext::try_from(message.kem_ciphertext.as_slice())
         .map_err(|_| DecryptError::Malformed(DecodeError::InvalidValue("KEM ciphertext")))?;
     // ML-KEM decapsulation never reports a bad ciphertext (implicit rejection): a forged one
     // yields an unrelated secret, and the first message then fails to authenticate.
-    let ss = kem.secret().decapsulate(&ct).map_err(|()| fail())?;
-    let ss = Zeroizing::new(<[u8; 32]>::from(ss));
+    let ss = Zeroizing::new(mlkem768::decapsulate(kem.secret().key(), &ct));
     let local_identity = keys.identity.public();
     let transcript = Transcript {
         initiator_identity: &message.identity_key,
