@@ -54,9 +54,6 @@ pub enum SessionSetupError {
     /// A Diffie-Hellman output was all zeros: some key in the bundle is of small order.
     #[error("non-contributory key agreement")]
     NonContributory,
-    /// ML-KEM encapsulation failed.
-    #[error("KEM encapsulation failed")]
-    Kem,
     /// The bundle's identity key is not one the caller's trust decision admits
     /// ([`crate::session::IdentityTrust`]). Nothing changed; `offered` is the bundle's identity
     /// key, for the app to show (safety number) and, if the user accepts it, to pass back as
