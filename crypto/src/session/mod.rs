@@ -616,11 +616,10 @@ impl SessionRecord {
         });
         match named.and_then(|index| self.archived.remove(index)) {
             Some(session) => {
-                self.contest = None;
-                if let Some(mut old) = self.current.replace(session) {
+                if let Some(old) = &mut self.current {
                     old.reset = true;
-                    self.archive(old);
                 }
+                self.promote(session);
             }
             None => self.archive_current(),
         }
@@ -730,15 +729,9 @@ impl SessionRecord {
             let Some(session) = self.archived.get_mut(index) else {
                 break;
             };
-            // A message past the announced end of one of the session's older receiving chains
-            // comes from a copy of the session the peer restored from an older backup, which can
-            // no longer read what we send on it. Refused (before anything is computed, like a
-            // forgery), so the peer's client resets and resends on another session instead of
-            // pulling us back to this one.
-            if session.ratchet.is_past_an_old_chain(message) {
-                error.get_or_insert(DecryptError::AuthenticationFailed);
-                continue;
-            }
+            // A message from a copy of the session the peer restored from an older backup (past
+            // the announced end of an older chain) is refused by the ratchet itself, so it cannot
+            // pull us back to this session.
             match session.decrypt(message) {
                 Ok(plaintext) => {
                     self.after_archived_decrypt(index, true);
@@ -889,15 +882,6 @@ impl SessionRecord {
             let plaintext = match location {
                 None => self.current.as_mut().map(|s| s.decrypt(&message.message)),
                 Some(index) => {
-                    // As in `decrypt`: a setup message past the announced end of the session's
-                    // first chain comes from a copy the peer restored from an older backup.
-                    if self
-                        .archived
-                        .get(index)
-                        .is_some_and(|s| s.ratchet.is_past_an_old_chain(&message.message))
-                    {
-                        return Err(DecryptError::AuthenticationFailed);
-                    }
                     let r = self
                         .archived
                         .get_mut(index)
