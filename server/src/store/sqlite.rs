@@ -1,11 +1,12 @@
-//! SQLite: one writer connection owned by a task that commits queued operations in groups, plus a
-//! pool of reader connections (WAL lets them read while the writer writes).
+//! SQLite: writes are committed in groups by one writer at a time, plus a pool of reader
+//! connections (WAL lets them read while the writer writes). The hot paths (sends, acks) run on
+//! the writer thread of [`writer`], which calls SQLite directly; the rarer writes keep their sqlx
+//! code on a second writer connection that takes turns with that thread.
 //!
 //! Group commit is what makes `synchronous=FULL` affordable: every operation runs inside its own
 //! savepoint of a shared transaction, and nobody is answered before the single `COMMIT` (one fsync)
 //! that makes the whole group durable. An operation that fails rolls back to its savepoint only.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -20,9 +21,9 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    check_devices, duplicate_outcome, to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow,
-    KeyUpdate, NewUser, SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope,
-    StoredKey, UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC, KIND_KEM,
+    to_u32, AckOutcome, ClaimedBundle, DeviceAuth, DeviceRow, KeyUpdate, NewUser, SendBatch,
+    SendOutcome, SetKeysOutcome, Store, StoreError, StoredEnvelope, StoredKey, UserCredentials,
+    KIND_EC, KIND_KEM,
 };
 use crate::config::{Config, SqliteSync};
 
@@ -38,11 +39,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[path = "sqlite_groups.rs"]
 mod groups;
+#[path = "sqlite_writer.rs"]
+mod writer;
 
 /// The SQLite store.
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<Work>,
+    /// The writer thread (see [`writer`]).
+    direct: mpsc::Sender<writer::Job>,
     tokens: std::sync::Mutex<TokenCache>,
     contacts: super::ContactCache,
 }
@@ -80,16 +85,20 @@ impl SqliteStore {
             });
         let mut writer = SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut writer).await?;
+        let direct_conn = open_direct(&options, config.sqlite_synchronous)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.db_max_connections)
             .connect_with(options.read_only(true))
             .await?;
+        let (direct, direct_rx) = mpsc::channel(4096);
+        writer::spawn(direct_conn, direct_rx).map_err(|e| StoreError::Commit(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4096);
-        // The writer exits when the store (the last sender) is dropped.
-        tokio::spawn(writer_loop(writer, rx));
+        // The writers exit when the store (the last sender) is dropped.
+        tokio::spawn(writer_loop(writer, rx, direct.clone()));
         Ok(Self {
             readers,
             writer: tx,
+            direct,
             tokens: std::sync::Mutex::default(),
             contacts: super::ContactCache::default(),
         })
@@ -102,7 +111,35 @@ impl SqliteStore {
         }
     }
 
-    /// Runs `f` on the writer connection inside the next group commit; answers after the commit.
+    /// Runs `f` on the writer thread inside its next group commit; answers after the commit. An
+    /// `Ok` value for which `keep` is false is answered with its changes rolled back.
+    async fn write_direct<T, F>(&self, keep: fn(&T) -> bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let op: writer::Op = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.as_ref().is_ok_and(keep);
+            let finish: Finish = Box::new(move |commit| {
+                let out = match commit {
+                    Ok(()) => result,
+                    Err(e) => result.and(Err(StoreError::Commit(e))),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, finish)
+        });
+        self.direct
+            .send(writer::Job::Op(op))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the sqlx writer connection inside its next group commit; answers after the
+    /// commit.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -145,10 +182,38 @@ impl SqliteStore {
     }
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
+/// Opens the writer thread's connection with the same settings as sqlx's.
+fn open_direct(
+    options: &SqliteConnectOptions,
+    sync: SqliteSync,
+) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(options.get_filename())?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(match sync {
+        SqliteSync::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+        SqliteSync::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+    })?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Work>,
+    direct: mpsc::Sender<writer::Job>,
+) {
     let mut group = Vec::with_capacity(64);
     let mut finishes: Vec<Finish> = Vec::with_capacity(64);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        // The writer thread commits what it holds, then waits until this group is done.
+        let (go, go_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel::<()>();
+        let turn = writer::Job::Turn { go, done: done_rx };
+        if direct.send(turn).await.is_err() || go_rx.await.is_err() {
+            // The store is closing: dropping the work answers its callers with `Closed`.
+            group.clear();
+            continue;
+        }
         // Statements between operations are batched into one call each: the per-statement round
         // trip to SQLite's worker thread is the writer's main cost.
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE; SAVEPOINT op")
@@ -189,6 +254,7 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Work>) {
         } else {
             Ok(())
         };
+        drop(done);
         for finish in finishes.drain(..) {
             finish(commit.clone());
         }
@@ -376,250 +442,6 @@ async fn claim_tx(
         });
     }
     Ok(Some((identity, bundles)))
-}
-
-async fn send_tx(
-    conn: &mut SqliteConnection,
-    batch: SendBatch,
-    record_contact: bool,
-) -> Result<SendOutcome, StoreError> {
-    // Claims the idempotency key first; any outcome but `Accepted` is rolled back (see `send`).
-    let claimed = sqlx::query(
-        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
-    )
-    .bind(batch.sender.pk)
-    .bind(&batch.client_message_id)
-    .bind(&batch.server_message_id)
-    .bind(batch.now)
-    .bind(batch.digest.as_slice())
-    .execute(&mut *conn)
-    .await;
-    let claimed = match claimed {
-        Ok(done) => done,
-        // The sending device was removed after its token was checked.
-        Err(e) if is_foreign_key_violation(&e) => return Ok(SendOutcome::SenderRemoved),
-        Err(e) => return Err(e.into()),
-    };
-    if claimed.rows_affected() == 0 {
-        let prior = sqlx::query(
-            "SELECT server_message_id, server_ts, digest FROM sent_messages WHERE device_pk = ? AND client_message_id = ?",
-        )
-        .bind(batch.sender.pk)
-        .bind(&batch.client_message_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        return duplicate_outcome(
-            prior.try_get("server_message_id")?,
-            prior.try_get("server_ts")?,
-            prior.try_get("digest")?,
-            &batch.digest,
-        );
-    }
-    // Reads the current devices and reserves the next sequence of each in one statement; when
-    // the device set matches, every one of them gets exactly one envelope.
-    let rows = sqlx::query(
-        "UPDATE devices SET last_seq = last_seq + 1 WHERE (user_id = ?1 OR user_id = ?2) AND pk <> ?3 \
-         RETURNING pk, user_id, device_id, registration_id, last_seq",
-    )
-    .bind(&batch.recipient)
-    .bind(&batch.sender.user_id)
-    .bind(batch.sender.pk)
-    .fetch_all(&mut *conn)
-    .await?;
-    let recipient_has_devices = rows
-        .iter()
-        .any(|r| r.try_get::<&str, _>("user_id").ok() == Some(batch.recipient.as_str()));
-    if !recipient_has_devices && batch.recipient != batch.sender.user_id {
-        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?")
-            .bind(&batch.recipient)
-            .fetch_one(&mut *conn)
-            .await?;
-        if exists == 0 {
-            return Ok(SendOutcome::UnknownRecipient);
-        }
-    }
-    let mut current = BTreeMap::new();
-    let mut pks = BTreeMap::new();
-    for row in &rows {
-        let key = (
-            row.try_get::<String, _>("user_id")?,
-            to_u32(row.try_get("device_id")?, "device_id")?,
-        );
-        pks.insert(
-            key.clone(),
-            (
-                row.try_get::<i64, _>("pk")?,
-                row.try_get::<i64, _>("last_seq")?,
-            ),
-        );
-        current.insert(
-            key,
-            to_u32(row.try_get("registration_id")?, "registration_id")?,
-        );
-    }
-    if let Err(mismatch) = check_devices(&current, &batch.targets) {
-        return Ok(SendOutcome::Mismatch(mismatch));
-    }
-    let mut notify = Vec::with_capacity(batch.targets.len());
-    let mut envelopes = Vec::with_capacity(batch.targets.len());
-    for target in &batch.targets {
-        let Some(&(pk, seq)) = pks.get(&(target.user_id.clone(), target.device_id)) else {
-            return Err(StoreError::Corrupt("device vanished during send"));
-        };
-        sqlx::query(
-            "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
-             client_message_id, server_ts, expires_at, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(pk)
-        .bind(seq)
-        .bind(ENVELOPE_MESSAGE)
-        .bind(&batch.sender.user_id)
-        .bind(i64::from(batch.sender.device_id))
-        .bind(&batch.server_message_id)
-        .bind(&batch.client_message_id)
-        .bind(batch.now)
-        .bind(batch.expires_at)
-        .bind(&target.content)
-        .execute(&mut *conn)
-        .await?;
-        notify.push(pk);
-        envelopes.push((
-            pk,
-            StoredEnvelope {
-                seq,
-                kind: ENVELOPE_MESSAGE,
-                source_user: batch.sender.user_id.clone(),
-                source_device: batch.sender.device_id,
-                server_message_id: batch.server_message_id.clone(),
-                client_message_id: batch.client_message_id.clone(),
-                server_ts: batch.now,
-                content: Some(target.content.clone()),
-            },
-        ));
-    }
-    if record_contact {
-        sqlx::query(
-            "INSERT INTO contacts (user_id, contact_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&batch.sender.user_id)
-        .bind(&batch.recipient)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(SendOutcome::Accepted {
-        server_message_id: batch.server_message_id,
-        server_timestamp: batch.now,
-        notify,
-        envelopes,
-    })
-}
-
-/// SQLite's `FOREIGN KEY constraint failed` (extended code 787).
-pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("787"))
-}
-
-async fn ack_tx(
-    conn: &mut SqliteConnection,
-    device: DeviceAuth,
-    seqs: Vec<i64>,
-    now: i64,
-    expires_at: i64,
-) -> Result<AckOutcome, StoreError> {
-    let mut outcome = AckOutcome::default();
-    // One statement deletes the whole batch.
-    let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
-    let mut rows = sqlx::query(
-        "DELETE FROM envelopes WHERE device_pk = ? AND seq IN (SELECT value FROM json_each(?)) \
-         RETURNING seq, kind, source_user, server_message_id, client_message_id",
-    )
-    .bind(device.pk)
-    .bind(format!("[{}]", list.join(",")))
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| Ok((row.try_get::<i64, _>("seq")?, row)))
-    .collect::<Result<Vec<_>, StoreError>>()?;
-    rows.sort_unstable_by_key(|(seq, _)| *seq);
-    // Receipts per sender account, in mailbox order.
-    let mut receipts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (seq, row) in &rows {
-        outcome.deleted.push(*seq);
-        let kind: i64 = row.try_get("kind")?;
-        let source_user: String = row.try_get("source_user")?;
-        if kind != ENVELOPE_MESSAGE || source_user == device.user_id {
-            continue;
-        }
-        receipts.entry(source_user).or_default().push((
-            row.try_get("server_message_id")?,
-            row.try_get("client_message_id")?,
-        ));
-    }
-    if receipts.is_empty() {
-        return Ok(outcome);
-    }
-    // Reserves as many sequences as receipts in every device of each sender, in one statement.
-    let counts: Vec<(&str, usize)> = receipts
-        .iter()
-        .map(|(user, list)| (user.as_str(), list.len()))
-        .collect();
-    let counts = serde_json::to_string(&counts).map_err(|_| StoreError::Corrupt("ack batch"))?;
-    let mut devices: Vec<(i64, String, i64)> = sqlx::query_as(
-        "UPDATE devices SET last_seq = last_seq + c.n \
-         FROM (SELECT json_extract(value, '$[0]') AS u, json_extract(value, '$[1]') AS n FROM json_each(?)) AS c \
-         WHERE devices.user_id = c.u RETURNING pk, user_id, last_seq",
-    )
-    .bind(counts)
-    .fetch_all(&mut *conn)
-    .await?;
-    devices.sort_unstable_by_key(|(pk, _, _)| *pk);
-    let mut rows: Vec<(i64, i64, &str, &str)> = Vec::new();
-    for (pk, user, last) in &devices {
-        let Some(list) = receipts.get(user) else {
-            return Err(StoreError::Corrupt("receipt for an unknown sender"));
-        };
-        let count = i64::try_from(list.len()).map_err(|_| StoreError::Corrupt("ack size"))?;
-        for (i, (server_message_id, client_message_id)) in (0..count).zip(list) {
-            let seq = last - count + 1 + i;
-            rows.push((*pk, seq, server_message_id, client_message_id));
-            outcome.envelopes.push((
-                *pk,
-                StoredEnvelope {
-                    seq,
-                    kind: ENVELOPE_RECEIPT,
-                    source_user: device.user_id.clone(),
-                    source_device: device.device_id,
-                    server_message_id: server_message_id.clone(),
-                    client_message_id: client_message_id.clone(),
-                    server_ts: now,
-                    content: None,
-                },
-            ));
-        }
-        if !outcome.notify.contains(pk) {
-            outcome.notify.push(*pk);
-        }
-    }
-    if rows.is_empty() {
-        return Ok(outcome);
-    }
-    let rows = serde_json::to_string(&rows).map_err(|_| StoreError::Corrupt("ack batch"))?;
-    sqlx::query(
-        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
-         client_message_id, server_ts, expires_at, content) \
-         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ?, ?, \
-         json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?, ?, NULL FROM json_each(?)",
-    )
-    .bind(ENVELOPE_RECEIPT)
-    .bind(&device.user_id)
-    .bind(i64::from(device.device_id))
-    .bind(now)
-    .bind(expires_at)
-    .bind(rows)
-    .execute(&mut *conn)
-    .await?;
-    Ok(outcome)
 }
 
 #[async_trait]
@@ -880,9 +702,9 @@ impl Store for SqliteStore {
         let (from, to) = (batch.sender.user_id.clone(), batch.recipient.clone());
         let record_contact = self.contacts.needs(&from, &to);
         let outcome = self
-            .write_if(
+            .write_direct(
                 |outcome| matches!(outcome, SendOutcome::Accepted { .. }),
-                move |conn| Box::pin(send_tx(conn, batch, record_contact)),
+                move |conn| writer::send(conn, batch, record_contact),
             )
             .await?;
         if record_contact && matches!(outcome, SendOutcome::Accepted { .. }) {
@@ -925,8 +747,11 @@ impl Store for SqliteStore {
         expires_at: i64,
     ) -> Result<AckOutcome, StoreError> {
         let device = device.clone();
-        self.write(move |conn| Box::pin(ack_tx(conn, device, seqs, now, expires_at)))
-            .await
+        self.write_direct(
+            |_| true,
+            move |conn| writer::ack(conn, device, seqs, now, expires_at),
+        )
+        .await
     }
 
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError> {
@@ -1020,7 +845,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // A no-op write returns once everything queued before it is committed.
+        // A no-op write returns once everything queued before it is committed (its turn waits
+        // for the writer thread's queue too).
         let _ = self.write(|_| Box::pin(async { Ok(()) })).await;
         self.readers.close().await;
     }

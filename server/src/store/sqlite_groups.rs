@@ -106,20 +106,10 @@ impl GroupStore for SqliteStore {
     }
 
     async fn delete_acked(&self, acks: Vec<(i64, i64)>) -> Result<Vec<(i64, i64)>, StoreError> {
-        let pairs = serde_json::to_string(&acks).map_err(|_| StoreError::Corrupt("ack batch"))?;
-        self.write(move |conn| {
-            Box::pin(async move {
-                Ok(sqlx::query_as(
-                    "DELETE FROM envelopes WHERE kind <> $1 AND (device_pk, seq) IN \
-                     (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($2)) \
-                     RETURNING device_pk, seq",
-                )
-                .bind(crate::store::ENVELOPE_MESSAGE)
-                .bind(pairs)
-                .fetch_all(&mut *conn)
-                .await?)
-            })
-        })
+        self.write_direct(
+            |_| true,
+            move |conn| super::writer::delete_acked(conn, acks),
+        )
         .await
     }
 
