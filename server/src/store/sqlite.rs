@@ -85,13 +85,21 @@ impl SqliteStore {
             });
         let mut writer = SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut writer).await?;
-        let direct_conn = open_direct(&options, config.sqlite_synchronous)?;
+        let direct_conn = open_direct(&options)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.db_max_connections)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
         let (direct, direct_rx) = mpsc::channel(4096);
-        writer::spawn(direct_conn, direct_rx).map_err(|e| StoreError::Commit(e.to_string()))?;
+        // `synchronous=full`: the writer thread commits without syncing and its syncer syncs the
+        // WAL before answering (see `writer`).
+        let wal = (config.sqlite_synchronous == SqliteSync::Full).then(|| {
+            let mut name = options.get_filename().as_os_str().to_owned();
+            name.push("-wal");
+            std::path::PathBuf::from(name)
+        });
+        writer::spawn(direct_conn, direct_rx, wal)
+            .map_err(|e| StoreError::Commit(format!("cannot start the writer: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         // The writers exit when the store (the last sender) is dropped.
         tokio::spawn(writer_loop(writer, rx, direct.clone()));
@@ -182,17 +190,12 @@ impl SqliteStore {
     }
 }
 
-/// Opens the writer thread's connection with the same settings as sqlx's.
-fn open_direct(
-    options: &SqliteConnectOptions,
-    sync: SqliteSync,
-) -> Result<rusqlite::Connection, StoreError> {
+/// Opens the writer thread's connection. It commits with `synchronous=normal` in both modes:
+/// under `full`, its syncer thread syncs the WAL before any caller is answered.
+fn open_direct(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(options.get_filename())?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.execute_batch(match sync {
-        SqliteSync::Full => "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
-        SqliteSync::Normal => "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
-    })?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
