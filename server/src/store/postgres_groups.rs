@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use super::PgStore;
+use crate::store::{DeviceMismatch, ENVELOPE_MESSAGE};
 
 // `FOR NO KEY UPDATE`: the lock the following `UPDATE devices` takes anyway. The stronger
 // `FOR UPDATE` would also conflict with the key-share locks that foreign-key checks of concurrent
@@ -222,4 +223,206 @@ impl LinkStore for PgStore {
     async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
         on_conn!(self, |conn| last_seen_tx(&mut conn, user_id))
     }
+}
+
+// Group sends: on SQLite they run on its writer thread (`sqlite_writer.rs`).
+
+async fn prior_send(
+    conn: &mut PgConnection,
+    b: &GroupSendBatch,
+) -> Result<Option<GroupSendOutcome>, StoreError> {
+    let prior = sqlx::query(
+            "SELECT server_message_id, server_ts, digest FROM sent_messages WHERE device_pk = $1 AND client_message_id = $2",
+        )
+        .bind(b.sender.pk)
+        .bind(&b.client_message_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(p) = prior else { return Ok(None) };
+    let stored: Option<Vec<u8>> = p.try_get("digest")?;
+    if stored.is_some_and(|d| d.as_slice() != b.digest.as_slice()) {
+        return Ok(Some(GroupSendOutcome::Reused));
+    }
+    Ok(Some(GroupSendOutcome::Duplicate {
+        server_message_id: p.try_get("server_message_id")?,
+        server_timestamp: p.try_get("server_ts")?,
+    }))
+}
+
+async fn group_send_tx(
+    conn: &mut PgConnection,
+    b: &GroupSendBatch,
+) -> Result<GroupSendOutcome, StoreError> {
+    // The sender's row (key-share: only a removal waits for it), then every member
+    // device the send bumps, in `pk` order before anything is read: a device removed
+    // concurrently is either gone from the reads below or removed after this commit.
+    let sender: Option<i64> = sqlx::query_scalar(if LOCKS {
+        "SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE"
+    } else {
+        "SELECT pk FROM devices WHERE pk = $1"
+    })
+    .bind(b.sender.pk)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if sender.is_none() {
+        return Ok(GroupSendOutcome::SenderRemoved);
+    }
+    if let Some(dup) = prior_send(conn, b).await? {
+        return Ok(dup);
+    }
+    if member_role(conn, &b.group_id, &b.sender.user_id)
+        .await?
+        .is_none()
+    {
+        return Ok(GroupSendOutcome::NotMember);
+    }
+    if LOCKS {
+        sqlx::query(concat!(
+            "SELECT d.pk FROM devices d JOIN group_members m ON m.user_id = d.user_id \
+                 WHERE m.group_id = $1 AND d.pk <> $2 ORDER BY d.pk ",
+            "FOR NO KEY UPDATE",
+            " OF d"
+        ))
+        .bind(&b.group_id)
+        .bind(b.sender.pk)
+        .fetch_all(&mut *conn)
+        .await?;
+    }
+    // Pairwise targets must be current devices of members (the sender's own included).
+    let mut pks = std::collections::BTreeMap::new();
+    if !b.targets.is_empty() {
+        let rows = sqlx::query(
+                "SELECT d.pk, d.user_id, d.device_id, d.registration_id FROM devices d \
+                 JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2",
+            )
+            .bind(&b.group_id)
+            .bind(b.sender.pk)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut current = std::collections::BTreeMap::new();
+        for row in &rows {
+            let key = (
+                row.try_get::<String, _>("user_id")?,
+                to_u32(row.try_get("device_id")?, "device_id")?,
+            );
+            current.insert(
+                key.clone(),
+                to_u32(row.try_get("registration_id")?, "registration_id")?,
+            );
+            pks.insert(key, row.try_get::<i64, _>("pk")?);
+        }
+        let mut mismatch = DeviceMismatch::default();
+        for t in &b.targets {
+            match current.get(&(t.user_id.clone(), t.device_id)) {
+                None => mismatch.extra.push((t.user_id.clone(), t.device_id)),
+                Some(reg) if *reg != t.registration_id => {
+                    mismatch.stale.push((t.user_id.clone(), t.device_id))
+                }
+                Some(_) => {}
+            }
+        }
+        if !mismatch.extra.is_empty() || !mismatch.stale.is_empty() {
+            return Ok(GroupSendOutcome::Mismatch(mismatch));
+        }
+    }
+    let claimed = sqlx::query(
+            "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_pk, client_message_id) DO NOTHING",
+        )
+        .bind(b.sender.pk)
+        .bind(&b.client_message_id)
+        .bind(&b.server_message_id)
+        .bind(b.now)
+        .bind(b.digest.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    if claimed.rows_affected() == 0 {
+        // A concurrent retry won the race.
+        if let Some(dup) = prior_send(conn, b).await? {
+            return Ok(dup);
+        }
+    }
+    let mut notify = Vec::new();
+    // Pairwise envelopes first, so a new member has the sender key before the message.
+    for t in &b.targets {
+        let Some(&pk) = pks.get(&(t.user_id.clone(), t.device_id)) else {
+            return Err(StoreError::Corrupt("device vanished during group send"));
+        };
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = $1 RETURNING last_seq",
+        )
+        .bind(pk)
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query(
+                "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+                 client_message_id, server_ts, expires_at, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(pk)
+            .bind(seq)
+            .bind(ENVELOPE_MESSAGE)
+            .bind(&b.sender.user_id)
+            .bind(i64::from(b.sender.device_id))
+            .bind(&b.server_message_id)
+            .bind(&b.client_message_id)
+            .bind(b.now)
+            .bind(b.expires_at)
+            .bind(&t.content)
+            .execute(&mut *conn)
+            .await?;
+        notify.push(pk);
+    }
+    let message_id: i64 = sqlx::query_scalar(
+        "INSERT INTO group_messages (group_id, content, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&b.group_id)
+    .bind(&b.content)
+    .bind(b.now)
+    .bind(b.expires_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    // Fan-out on write of references: two set-based statements whatever the member count
+    // (one on PostgreSQL, so the devices bumped are exactly the devices written).
+    let sql = if LOCKS {
+        "WITH bumped AS (UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN \
+             (SELECT d.pk FROM devices d JOIN group_members m ON m.user_id = d.user_id \
+             WHERE m.group_id = $1 AND d.pk <> $2) RETURNING pk, last_seq) \
+             INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+             client_message_id, server_ts, expires_at, content, group_message_id) \
+             SELECT pk, last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM bumped RETURNING device_pk, seq"
+    } else {
+        sqlx::query(
+                "UPDATE devices SET last_seq = last_seq + 1 WHERE pk IN (SELECT d.pk FROM devices d \
+                 JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2)",
+            )
+            .bind(&b.group_id)
+            .bind(b.sender.pk)
+            .execute(&mut *conn)
+            .await?;
+        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+             client_message_id, server_ts, expires_at, content, group_message_id) \
+             SELECT d.pk, d.last_seq, $3, $4, $5, $6, $7, $8, $9, NULL, $10 FROM devices d \
+             JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = $1 AND d.pk <> $2 \
+             RETURNING device_pk, seq"
+    };
+    let references: Vec<(i64, i64)> = sqlx::query_as(sql)
+        .bind(&b.group_id)
+        .bind(b.sender.pk)
+        .bind(ENVELOPE_GROUP_MESSAGE)
+        .bind(&b.sender.user_id)
+        .bind(i64::from(b.sender.device_id))
+        .bind(&b.server_message_id)
+        .bind(&b.client_message_id)
+        .bind(b.now)
+        .bind(b.expires_at)
+        .bind(message_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(GroupSendOutcome::Accepted {
+        server_message_id: b.server_message_id.clone(),
+        server_timestamp: b.now,
+        notify,
+        references,
+    })
 }

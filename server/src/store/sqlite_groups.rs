@@ -82,8 +82,12 @@ impl GroupStore for SqliteStore {
     }
 
     async fn group_send(&self, batch: GroupSendBatch) -> Result<GroupSendOutcome, StoreError> {
-        self.write(move |conn| Box::pin(async move { group_send_tx(conn, &batch).await }))
-            .await
+        // Only an accepted send keeps its changes.
+        self.write_direct(
+            |outcome| matches!(outcome, GroupSendOutcome::Accepted { .. }),
+            move |conn| super::writer::group_send(conn, batch),
+        )
+        .await
     }
 
     async fn group_devices(

@@ -32,9 +32,10 @@ use std::path::PathBuf;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::groups::{GroupSendBatch, GroupSendOutcome, ENVELOPE_GROUP_MESSAGE};
 use super::super::{
-    check_devices, duplicate_outcome, to_u32, AckOutcome, DeviceAuth, SendBatch, SendOutcome,
-    StoreError, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
+    check_devices, duplicate_outcome, to_u32, AckOutcome, DeviceAuth, DeviceMismatch, SendBatch,
+    SendOutcome, StoreError, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
 };
 use super::{Finish, MAX_GROUP};
 
@@ -521,6 +522,164 @@ pub(super) fn ack(
         }
     }
     Ok(outcome)
+}
+
+/// A group send: pairwise envelopes first (so a new member has the sender key before the
+/// message), the shared ciphertext once, and a reference in the mailbox of every other member
+/// device. Any outcome but `Accepted` is decided by reads, before the first write (see [`Op`]).
+pub(super) fn group_send(
+    conn: &Connection,
+    b: GroupSendBatch,
+) -> Result<GroupSendOutcome, StoreError> {
+    let sender = conn
+        .prepare_cached("SELECT 1 FROM devices WHERE pk = ?1")?
+        .query_row([b.sender.pk], |_| Ok(()))
+        .optional()?;
+    if sender.is_none() {
+        return Ok(GroupSendOutcome::SenderRemoved);
+    }
+    let prior = conn
+        .prepare_cached(
+            "SELECT server_message_id, server_ts, digest FROM sent_messages \
+             WHERE device_pk = ?1 AND client_message_id = ?2",
+        )?
+        .query_row(params![b.sender.pk, b.client_message_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        })
+        .optional()?;
+    if let Some((server_message_id, server_timestamp, digest)) = prior {
+        if digest.is_some_and(|d| d.as_slice() != b.digest.as_slice()) {
+            return Ok(GroupSendOutcome::Reused);
+        }
+        return Ok(GroupSendOutcome::Duplicate {
+            server_message_id,
+            server_timestamp,
+        });
+    }
+    let member = conn
+        .prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+        .query_row(params![b.group_id, b.sender.user_id], |_| Ok(()))
+        .optional()?;
+    if member.is_none() {
+        return Ok(GroupSendOutcome::NotMember);
+    }
+    // Pairwise targets must be current devices of members (the sender's own included).
+    let mut pks = BTreeMap::new();
+    if !b.targets.is_empty() {
+        let mut current = BTreeMap::new();
+        let mut devices = conn.prepare_cached(
+            "SELECT d.pk, d.user_id, d.device_id, d.registration_id FROM devices d \
+             JOIN group_members m ON m.user_id = d.user_id WHERE m.group_id = ?1 AND d.pk <> ?2",
+        )?;
+        let mut rows = devices.query(params![b.group_id, b.sender.pk])?;
+        while let Some(row) = rows.next()? {
+            let key = (row.get::<_, String>(1)?, to_u32(row.get(2)?, "device_id")?);
+            current.insert(key.clone(), to_u32(row.get(3)?, "registration_id")?);
+            pks.insert(key, row.get::<_, i64>(0)?);
+        }
+        let mut mismatch = DeviceMismatch::default();
+        for t in &b.targets {
+            match current.get(&(t.user_id.clone(), t.device_id)) {
+                None => mismatch.extra.push((t.user_id.clone(), t.device_id)),
+                Some(reg) if *reg != t.registration_id => {
+                    mismatch.stale.push((t.user_id.clone(), t.device_id))
+                }
+                Some(_) => {}
+            }
+        }
+        if !mismatch.extra.is_empty() || !mismatch.stale.is_empty() {
+            return Ok(GroupSendOutcome::Mismatch(mismatch));
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        b.sender.pk,
+        b.client_message_id,
+        b.server_message_id,
+        b.now,
+        b.digest.as_slice(),
+    ])?;
+    let mut notify = Vec::with_capacity(b.targets.len());
+    {
+        let mut next_seq = conn.prepare_cached(
+            "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = ?1 RETURNING last_seq",
+        )?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+             client_message_id, server_ts, expires_at, content) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for t in &b.targets {
+            let Some(&pk) = pks.get(&(t.user_id.clone(), t.device_id)) else {
+                return Err(StoreError::Corrupt("device vanished during group send"));
+            };
+            let seq: i64 = next_seq.query_row([pk], |r| r.get(0))?;
+            insert.execute(params![
+                pk,
+                seq,
+                ENVELOPE_MESSAGE,
+                b.sender.user_id,
+                i64::from(b.sender.device_id),
+                b.server_message_id,
+                b.client_message_id,
+                b.now,
+                b.expires_at,
+                t.content,
+            ])?;
+            notify.push(pk);
+        }
+    }
+    let message_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO group_messages (group_id, content, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )?
+        .query_row(params![b.group_id, b.content, b.now, b.expires_at], |r| {
+            r.get(0)
+        })?;
+    // The member devices and their next sequences, read once; then one reference row each.
+    let members: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT d.pk, d.last_seq + 1 FROM devices d JOIN group_members m ON m.user_id = d.user_id \
+             WHERE m.group_id = ?1 AND d.pk <> ?2",
+        )?
+        .query_map(params![b.group_id, b.sender.pk], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    {
+        let mut reserve = conn.prepare_cached("UPDATE devices SET last_seq = ?2 WHERE pk = ?1")?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+             client_message_id, server_ts, expires_at, content, group_message_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+        )?;
+        for &(pk, seq) in &members {
+            reserve.execute(params![pk, seq])?;
+            insert.execute(params![
+                pk,
+                seq,
+                ENVELOPE_GROUP_MESSAGE,
+                b.sender.user_id,
+                i64::from(b.sender.device_id),
+                b.server_message_id,
+                b.client_message_id,
+                b.now,
+                b.expires_at,
+                message_id,
+            ])?;
+        }
+    }
+    Ok(GroupSendOutcome::Accepted {
+        server_message_id: b.server_message_id,
+        server_timestamp: b.now,
+        notify,
+        references: members,
+    })
 }
 
 /// Deletes the acked `(device, seq)` pairs that are not 1:1 messages (those need [`ack`]'s
