@@ -77,41 +77,6 @@ fn envelope_from_row(row: &PgRow) -> Result<StoredEnvelope, StoreError> {
     })
 }
 
-async fn next_seq(conn: &mut PgConnection, device_pk: i64) -> Result<i64, StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE devices SET last_seq = last_seq + 1 WHERE pk = $1 RETURNING last_seq",
-    )
-    .bind(device_pk)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(seq)
-}
-
-async fn insert_envelope(
-    conn: &mut PgConnection,
-    device_pk: i64,
-    env: &StoredEnvelope,
-    expires_at: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
-         client_message_id, server_ts, expires_at, content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(device_pk)
-    .bind(env.seq)
-    .bind(env.kind)
-    .bind(&env.source_user)
-    .bind(i64::from(env.source_device))
-    .bind(&env.server_message_id)
-    .bind(&env.client_message_id)
-    .bind(env.server_ts)
-    .bind(expires_at)
-    .bind(env.content.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 async fn replace_keys(
     conn: &mut PgConnection,
     device_pk: i64,
@@ -187,6 +152,62 @@ where
     }
 }
 
+/// Sets `last_seq` of every device in `envelopes` to its last sequence there and inserts the
+/// envelopes, in one statement. The caller holds the devices' row locks (taken when it read their
+/// `last_seq`), so the sequences it numbered from stay current.
+async fn insert_envelopes(
+    conn: &mut PgConnection,
+    envelopes: &[(i64, StoredEnvelope)],
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for (pk, env) in envelopes {
+        let top = last.entry(*pk).or_insert(env.seq);
+        *top = (*top).max(env.seq);
+    }
+    let (bump_pks, bump_seqs): (Vec<i64>, Vec<i64>) = last.into_iter().unzip();
+    let column = |f: fn(&StoredEnvelope) -> i64| -> Vec<i64> {
+        envelopes.iter().map(|(_, e)| f(e)).collect()
+    };
+    let pks: Vec<i64> = envelopes.iter().map(|(pk, _)| *pk).collect();
+    let texts = |f: fn(&StoredEnvelope) -> &str| -> Vec<&str> {
+        envelopes.iter().map(|(_, e)| f(e)).collect()
+    };
+    let contents: Vec<Option<&[u8]>> = envelopes
+        .iter()
+        .map(|(_, e)| e.content.as_deref())
+        .collect();
+    sqlx::query(
+        "WITH bump AS (UPDATE devices d SET last_seq = v.last \
+         FROM unnest($1::bigint[], $2::bigint[]) AS v(pk, last) WHERE d.pk = v.pk) \
+         INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
+         client_message_id, server_ts, expires_at, content) \
+         SELECT e.pk, e.seq, e.kind, e.source_user, e.source_device, e.server_message_id, \
+         e.client_message_id, e.server_ts, $11, e.content \
+         FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
+         $9::text[], $10::bigint[], $12::bytea[]) \
+         AS e(pk, seq, kind, source_user, source_device, server_message_id, client_message_id, server_ts, content)",
+    )
+    .bind(&bump_pks)
+    .bind(&bump_seqs)
+    .bind(&pks)
+    .bind(column(|e| e.seq))
+    .bind(column(|e| e.kind))
+    .bind(texts(|e| e.source_user.as_str()))
+    .bind(column(|e| i64::from(e.source_device)))
+    .bind(texts(|e| e.server_message_id.as_str()))
+    .bind(texts(|e| e.client_message_id.as_str()))
+    .bind(column(|e| e.server_ts))
+    .bind(expires_at)
+    .bind(&contents)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl PgStore {
     async fn ack_once(
         &self,
@@ -197,17 +218,11 @@ impl PgStore {
     ) -> Result<AckOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The acking device's row first (a key-share lock, which only a removal waits for): a
-        // removal of this device either finished (nothing to ack) or waits for this commit.
-        let present: Option<i64> =
-            sqlx::query_scalar("SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE")
-                .bind(device.pk)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if present.is_none() {
-            return Ok(AckOutcome::default());
-        }
+        // removal of this device either finished (nothing to ack, nothing deleted) or waits for
+        // this commit.
         let rows = sqlx::query(
-            "DELETE FROM envelopes WHERE device_pk = $1 AND seq = ANY($2) \
+            "WITH present AS MATERIALIZED (SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE) \
+             DELETE FROM envelopes WHERE device_pk = (SELECT pk FROM present) AND seq = ANY($2) \
              RETURNING seq, kind, source_user, server_message_id, client_message_id",
         )
         .bind(device.pk)
@@ -229,50 +244,58 @@ impl PgStore {
             }
         }
         outcome.deleted.sort_unstable();
+        if receipts.is_empty() {
+            tx.commit().await?;
+            return Ok(outcome);
+        }
         let users: Vec<String> = {
             let mut u: Vec<String> = receipts.iter().map(|r| r.0.clone()).collect();
             u.sort();
             u.dedup();
             u
         };
-        let mut sender_devices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        if !users.is_empty() {
-            let rows = sqlx::query("SELECT user_id, pk FROM devices WHERE user_id = ANY($1) ORDER BY pk FOR NO KEY UPDATE")
-                .bind(&users)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in rows {
-                sender_devices
-                    .entry(row.try_get("user_id")?)
-                    .or_default()
-                    .push(row.try_get("pk")?);
+        // The senders' devices, locked in `pk` order like every other writer, with the last
+        // sequence of each.
+        let mut sender_devices: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        let rows = sqlx::query(
+            "SELECT user_id, pk, last_seq FROM devices WHERE user_id = ANY($1) ORDER BY pk FOR NO KEY UPDATE",
+        )
+        .bind(&users)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            sender_devices
+                .entry(row.try_get("user_id")?)
+                .or_default()
+                .push((row.try_get("pk")?, row.try_get("last_seq")?));
+        }
+        let mut last: BTreeMap<i64, i64> = sender_devices.values().flatten().copied().collect();
+        for (user, server_message_id, client_message_id) in &receipts {
+            for &(pk, _) in sender_devices.get(user).into_iter().flatten() {
+                let Some(seq) = last.get_mut(&pk) else {
+                    return Err(StoreError::Corrupt("receipt device"));
+                };
+                *seq += 1;
+                outcome.envelopes.push((
+                    pk,
+                    StoredEnvelope {
+                        seq: *seq,
+                        kind: ENVELOPE_RECEIPT,
+                        source_user: device.user_id.clone(),
+                        source_device: device.device_id,
+                        server_message_id: server_message_id.clone(),
+                        client_message_id: client_message_id.clone(),
+                        server_ts: now,
+                        content: None,
+                    },
+                ));
+                if !outcome.notify.contains(&pk) {
+                    outcome.notify.push(pk);
+                }
             }
         }
-        let mut inserts: Vec<(i64, &(String, String, String))> = Vec::new();
-        for receipt in &receipts {
-            for &pk in sender_devices.get(&receipt.0).into_iter().flatten() {
-                inserts.push((pk, receipt));
-            }
-        }
-        inserts.sort_by_key(|(pk, _)| *pk);
-        for (pk, (_, server_message_id, client_message_id)) in inserts {
-            let seq = next_seq(&mut tx, pk).await?;
-            let env = StoredEnvelope {
-                seq,
-                kind: ENVELOPE_RECEIPT,
-                source_user: device.user_id.clone(),
-                source_device: device.device_id,
-                server_message_id: server_message_id.clone(),
-                client_message_id: client_message_id.clone(),
-                server_ts: now,
-                content: None,
-            };
-            insert_envelope(&mut tx, pk, &env, expires_at).await?;
-            outcome.envelopes.push((pk, env));
-            if !outcome.notify.contains(&pk) {
-                outcome.notify.push(pk);
-            }
-        }
+        outcome.envelopes.sort_by_key(|(pk, env)| (*pk, env.seq));
+        insert_envelopes(&mut tx, &outcome.envelopes, expires_at).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -283,44 +306,47 @@ impl PgStore {
         record_contact: bool,
     ) -> Result<SendOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let recipient_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
-            .bind(&batch.recipient)
-            .fetch_one(&mut *tx)
-            .await?;
-        if recipient_exists == 0 {
-            return Ok(SendOutcome::UnknownRecipient);
-        }
-        // The sender's row first, with a key-share lock (only a removal waits for it, so sends
-        // of one device do not queue behind each other): a sender removed meanwhile is refused,
-        // not a foreign-key error. Then the device set, read under the row locks the sequence
-        // bumps take anyway (in `pk` order, like every other writer): a device removed
-        // concurrently is either gone from this read (the send answers 409) or removed after
-        // this commit.
-        let sender: Option<i64> =
-            sqlx::query_scalar("SELECT pk FROM devices WHERE pk = $1 FOR KEY SHARE")
-                .bind(batch.sender.pk)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if sender.is_none() {
-            return Ok(SendOutcome::SenderRemoved);
-        }
+        // One read: whether the recipient exists; the sender's row, with a key-share lock (only a
+        // removal waits for it, so sends of one device do not queue behind each other), so a
+        // sender removed meanwhile is refused, not a foreign-key error; and the device set with
+        // last sequences, under the row locks the sequence bumps take anyway (in `pk` order,
+        // like every other writer): a device removed concurrently is either gone from this read
+        // (the send answers 409) or removed after this commit. Key-share and no-key-update locks
+        // never conflict, so the order between the two locks cannot deadlock two sends.
         let rows = sqlx::query(
-            "SELECT pk, user_id, device_id, registration_id FROM devices \
-             WHERE (user_id = $1 OR user_id = $2) AND pk <> $3 ORDER BY pk FOR NO KEY UPDATE",
+            "WITH sender AS MATERIALIZED (SELECT pk FROM devices WHERE pk = $3 FOR KEY SHARE), \
+             current AS MATERIALIZED (SELECT pk, user_id, device_id, registration_id, last_seq FROM devices \
+             WHERE (user_id = $1 OR user_id = $2) AND pk <> $3 ORDER BY pk FOR NO KEY UPDATE) \
+             SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS recipient, \
+             EXISTS (SELECT 1 FROM sender) AS sender, \
+             c.pk, c.user_id, c.device_id, c.registration_id, c.last_seq \
+             FROM (SELECT 1) AS one LEFT JOIN current c ON true ORDER BY c.pk",
         )
         .bind(&batch.recipient)
         .bind(&batch.sender.user_id)
         .bind(batch.sender.pk)
         .fetch_all(&mut *tx)
         .await?;
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Corrupt("send read"));
+        };
+        if !first.try_get::<bool, _>("recipient")? {
+            return Ok(SendOutcome::UnknownRecipient);
+        }
+        if !first.try_get::<bool, _>("sender")? {
+            return Ok(SendOutcome::SenderRemoved);
+        }
         let mut current = BTreeMap::new();
         let mut pks = BTreeMap::new();
         for row in &rows {
+            let Some(pk) = row.try_get::<Option<i64>, _>("pk")? else {
+                continue;
+            };
             let key = (
                 row.try_get::<String, _>("user_id")?,
                 to_u32(row.try_get("device_id")?, "device_id")?,
             );
-            pks.insert(key.clone(), row.try_get::<i64, _>("pk")?);
+            pks.insert(key.clone(), (pk, row.try_get::<i64, _>("last_seq")?));
             current.insert(
                 key,
                 to_u32(row.try_get("registration_id")?, "registration_id")?,
@@ -357,32 +383,27 @@ impl PgStore {
         if let Err(mismatch) = check_devices(&current, &batch.targets) {
             return Ok(SendOutcome::Mismatch(mismatch));
         }
-        let mut ordered = Vec::with_capacity(batch.targets.len());
+        let mut envelopes = Vec::with_capacity(batch.targets.len());
         for target in &batch.targets {
-            let Some(&pk) = pks.get(&(target.user_id.clone(), target.device_id)) else {
+            let Some(&(pk, last)) = pks.get(&(target.user_id.clone(), target.device_id)) else {
                 return Err(StoreError::Corrupt("device vanished during send"));
             };
-            ordered.push((pk, target));
+            envelopes.push((
+                pk,
+                StoredEnvelope {
+                    seq: last + 1,
+                    kind: ENVELOPE_MESSAGE,
+                    source_user: batch.sender.user_id.clone(),
+                    source_device: batch.sender.device_id,
+                    server_message_id: batch.server_message_id.clone(),
+                    client_message_id: batch.client_message_id.clone(),
+                    server_ts: batch.now,
+                    content: Some(target.content.clone()),
+                },
+            ));
         }
-        ordered.sort_by_key(|(pk, _)| *pk);
-        let mut notify = Vec::with_capacity(ordered.len());
-        let mut envelopes = Vec::with_capacity(ordered.len());
-        for (pk, target) in ordered {
-            let seq = next_seq(&mut tx, pk).await?;
-            let env = StoredEnvelope {
-                seq,
-                kind: ENVELOPE_MESSAGE,
-                source_user: batch.sender.user_id.clone(),
-                source_device: batch.sender.device_id,
-                server_message_id: batch.server_message_id.clone(),
-                client_message_id: batch.client_message_id.clone(),
-                server_ts: batch.now,
-                content: Some(target.content.clone()),
-            };
-            insert_envelope(&mut tx, pk, &env, batch.expires_at).await?;
-            notify.push(pk);
-            envelopes.push((pk, env));
-        }
+        envelopes.sort_by_key(|(pk, _)| *pk);
+        insert_envelopes(&mut tx, &envelopes, batch.expires_at).await?;
         if record_contact {
             sqlx::query(
                 "INSERT INTO contacts (user_id, contact_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -393,6 +414,7 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
+        let notify = envelopes.iter().map(|(pk, _)| *pk).collect();
         Ok(SendOutcome::Accepted {
             server_message_id: batch.server_message_id.clone(),
             server_timestamp: batch.now,

@@ -343,6 +343,10 @@ pub(super) fn send(
     if let Err(mismatch) = check_devices(&current, &batch.targets) {
         return Ok(SendOutcome::Mismatch(mismatch));
     }
+    if batch.targets.len() != pks.len() {
+        // Two envelopes for one device (the API refuses that): refused before any write.
+        return Err(StoreError::Corrupt("duplicate target device"));
+    }
     let claimed = conn
         .prepare_cached(
             "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
@@ -593,6 +597,15 @@ pub(super) fn group_send(
         }
         if !mismatch.extra.is_empty() || !mismatch.stale.is_empty() {
             return Ok(GroupSendOutcome::Mismatch(mismatch));
+        }
+        let distinct: std::collections::BTreeSet<_> = b
+            .targets
+            .iter()
+            .map(|t| (&t.user_id, t.device_id))
+            .collect();
+        if distinct.len() != b.targets.len() {
+            // Two envelopes for one device (the API refuses that): refused before any write.
+            return Err(StoreError::Corrupt("duplicate target device"));
         }
     }
     conn.prepare_cached(
