@@ -1,7 +1,7 @@
 //! Persistent state behind one trait, with one implementation per database.
 //!
 //! ```text
-//!  handlers ──▶ Arc<dyn Store> ──┬─▶ SqliteStore: one writer task (group commit) + reader pool
+//!  handlers ──▶ Arc<dyn Store> ──┬─▶ SqliteStore: writer thread + sqlx writer (group commit, in turns) + reader pool
 //!                                └─▶ PgStore:     pool, one transaction per operation
 //! ```
 //!

@@ -196,6 +196,8 @@ fn open_direct(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, S
     let conn = rusqlite::Connection::open(options.get_filename())?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+    // A first read opens (creating if need be) the WAL file that the syncer opens next.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
