@@ -195,7 +195,12 @@ impl SqliteStore {
 fn open_direct(options: &SqliteConnectOptions) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(options.get_filename())?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+    // Checkpoints every 8,000 WAL pages (~32 MiB) instead of SQLite's 1,000: the same hot pages
+    // (mailbox indexes, device rows) are rewritten by every group, and a checkpoint copies each
+    // only once however often it changed (measured: ~10% more sends per second).
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 8000;",
+    )?;
     // A first read opens (creating if need be) the WAL file that the syncer opens next.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
     conn.set_prepared_statement_cache_capacity(64);
