@@ -1,11 +1,13 @@
 //! SQLite: writes are committed in groups by one writer at a time, plus a pool of reader
-//! connections (WAL lets them read while the writer writes). The hot paths (sends, acks) run on
-//! the writer thread of [`writer`], which calls SQLite directly; the rarer writes keep their sqlx
-//! code on a second writer connection that takes turns with that thread.
+//! connections (WAL lets them read while the writer writes). The hot paths (sends, acks, group
+//! sends) run on the writer thread of `sqlite_writer.rs`, which calls SQLite directly; the rarer
+//! writes keep their sqlx code on a second writer connection that takes turns with that thread.
 //!
-//! Group commit is what makes `synchronous=FULL` affordable: every operation runs inside its own
-//! savepoint of a shared transaction, and nobody is answered before the single `COMMIT` (one fsync)
-//! that makes the whole group durable. An operation that fails rolls back to its savepoint only.
+//! Group commit is what makes `synchronous=FULL` affordable: nobody is answered before the single
+//! `COMMIT` (one fsync) that makes the whole group durable. On the sqlx connection every operation
+//! runs inside its own savepoint of the shared transaction, and one that fails rolls back to its
+//! savepoint only; the writer thread's operations decide every refusal before their first write
+//! instead (see `sqlite_writer.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
