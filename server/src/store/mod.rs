@@ -329,6 +329,29 @@ pub struct StoredEnvelope {
     pub content: Option<Vec<u8>>,
 }
 
+impl StoredEnvelope {
+    /// The delivery receipt, at `seq` of a sender's mailbox, that `device` acked the message
+    /// `server_message_id` / `client_message_id` at `now`.
+    pub(crate) fn receipt(
+        seq: i64,
+        device: &DeviceAuth,
+        server_message_id: &str,
+        client_message_id: &str,
+        now: i64,
+    ) -> Self {
+        Self {
+            seq,
+            kind: ENVELOPE_RECEIPT,
+            source_user: device.user_id.clone(),
+            source_device: device.device_id,
+            server_message_id: server_message_id.to_owned(),
+            client_message_id: client_message_id.to_owned(),
+            server_ts: now,
+            content: None,
+        }
+    }
+}
+
 /// Outcome of [`Store::ack`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AckOutcome {
@@ -443,6 +466,29 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(postgres::PgStore::open(config).await?))
     } else {
         Ok(Arc::new(sqlite::SqliteStore::open(config).await?))
+    }
+}
+
+/// Checks a group send's pairwise targets against the current devices of the members: each must
+/// be one (else `extra`) with the registration id the sender believes (else `stale`).
+pub(crate) fn check_pairwise(
+    current: &BTreeMap<(String, u32), u32>,
+    targets: &[Target],
+) -> Result<(), DeviceMismatch> {
+    let mut mismatch = DeviceMismatch::default();
+    for t in targets {
+        match current.get(&(t.user_id.clone(), t.device_id)) {
+            None => mismatch.extra.push((t.user_id.clone(), t.device_id)),
+            Some(reg) if *reg != t.registration_id => {
+                mismatch.stale.push((t.user_id.clone(), t.device_id))
+            }
+            Some(_) => {}
+        }
+    }
+    if mismatch.extra.is_empty() && mismatch.stale.is_empty() {
+        Ok(())
+    } else {
+        Err(mismatch)
     }
 }
 

@@ -17,8 +17,7 @@ use std::str::FromStr;
 use super::{
     check_devices, duplicate_outcome, is_transient, to_u32, AckOutcome, ClaimedBundle, DeviceAuth,
     DeviceRow, KeyUpdate, NewUser, SendBatch, SendOutcome, SetKeysOutcome, Store, StoreError,
-    StoredEnvelope, StoredKey, UserCredentials, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT, KIND_EC,
-    KIND_KEM,
+    StoredEnvelope, StoredKey, UserCredentials, ENVELOPE_MESSAGE, KIND_EC, KIND_KEM,
 };
 use crate::config::Config;
 
@@ -278,16 +277,13 @@ impl PgStore {
                 *seq += 1;
                 outcome.envelopes.push((
                     pk,
-                    StoredEnvelope {
-                        seq: *seq,
-                        kind: ENVELOPE_RECEIPT,
-                        source_user: device.user_id.clone(),
-                        source_device: device.device_id,
-                        server_message_id: server_message_id.clone(),
-                        client_message_id: client_message_id.clone(),
-                        server_ts: now,
-                        content: None,
-                    },
+                    StoredEnvelope::receipt(
+                        *seq,
+                        device,
+                        server_message_id,
+                        client_message_id,
+                        now,
+                    ),
                 ));
                 if !outcome.notify.contains(&pk) {
                     outcome.notify.push(pk);

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use super::PgStore;
-use crate::store::{DeviceMismatch, ENVELOPE_MESSAGE};
+use crate::store::ENVELOPE_MESSAGE;
 
 // `FOR NO KEY UPDATE`: the lock the following `UPDATE devices` takes anyway. The stronger
 // `FOR UPDATE` would also conflict with the key-share locks that foreign-key checks of concurrent
@@ -311,17 +311,7 @@ async fn group_send_tx(
             );
             pks.insert(key, row.try_get::<i64, _>("pk")?);
         }
-        let mut mismatch = DeviceMismatch::default();
-        for t in &b.targets {
-            match current.get(&(t.user_id.clone(), t.device_id)) {
-                None => mismatch.extra.push((t.user_id.clone(), t.device_id)),
-                Some(reg) if *reg != t.registration_id => {
-                    mismatch.stale.push((t.user_id.clone(), t.device_id))
-                }
-                Some(_) => {}
-            }
-        }
-        if !mismatch.extra.is_empty() || !mismatch.stale.is_empty() {
+        if let Err(mismatch) = crate::store::check_pairwise(&current, &b.targets) {
             return Ok(GroupSendOutcome::Mismatch(mismatch));
         }
     }

@@ -129,18 +129,7 @@ impl SqliteStore {
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
-        let op: writer::Op = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.as_ref().is_ok_and(keep);
-            let finish: Finish = Box::new(move |commit| {
-                let out = match commit {
-                    Ok(()) => result,
-                    Err(e) => result.and(Err(StoreError::Commit(e))),
-                };
-                let _ = tx.send(out);
-            });
-            (ok, finish)
-        });
+        let op: writer::Op = Box::new(move |conn| answer_after_commit(f(conn), keep, tx));
         self.direct
             .send(writer::Job::Op(op))
             .await
@@ -171,18 +160,7 @@ impl SqliteStore {
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let work: Work = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = f(conn).await;
-                let ok = result.as_ref().is_ok_and(keep);
-                let finish: Finish = Box::new(move |commit| {
-                    let out = match commit {
-                        Ok(()) => result,
-                        Err(e) => result.and(Err(StoreError::Commit(e))),
-                    };
-                    let _ = tx.send(out);
-                });
-                (ok, finish)
-            })
+            Box::pin(async move { answer_after_commit(f(conn).await, keep, tx) })
         });
         self.writer
             .send(work)
@@ -190,6 +168,24 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Whether to keep an operation's changes, and how to answer its caller with `result` once the
+/// group's commit succeeded or failed.
+fn answer_after_commit<T: Send + 'static>(
+    result: Result<T, StoreError>,
+    keep: fn(&T) -> bool,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+) -> (bool, Finish) {
+    let ok = result.as_ref().is_ok_and(keep);
+    let finish: Finish = Box::new(move |commit| {
+        let out = match commit {
+            Ok(()) => result,
+            Err(e) => result.and(Err(StoreError::Commit(e))),
+        };
+        let _ = tx.send(out);
+    });
+    (ok, finish)
 }
 
 /// Opens the writer thread's connection. It commits with `synchronous=normal` in both modes:

@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::groups::{GroupSendBatch, GroupSendOutcome, ENVELOPE_GROUP_MESSAGE};
 use super::super::{
-    check_devices, duplicate_outcome, to_u32, AckOutcome, DeviceAuth, DeviceMismatch, SendBatch,
-    SendOutcome, StoreError, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
+    check_devices, duplicate_outcome, to_u32, AckOutcome, DeviceAuth, SendBatch, SendOutcome,
+    StoreError, StoredEnvelope, ENVELOPE_MESSAGE, ENVELOPE_RECEIPT,
 };
 use super::{Finish, MAX_GROUP};
 
@@ -285,6 +285,22 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 787)
 }
 
+/// Stores the idempotency record of a new send.
+fn record_sent(
+    conn: &Connection,
+    device_pk: i64,
+    client_message_id: &str,
+    server_message_id: &str,
+    now: i64,
+    digest: &[u8; 32],
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![device_pk, client_message_id, server_message_id, now, digest.as_slice()])
+}
+
 /// A new 1:1 send: the idempotency record, a sequence and an envelope per target device, the
 /// contact row if asked. Any outcome but `Accepted` is rolled back by the caller.
 pub(super) fn send(
@@ -347,18 +363,14 @@ pub(super) fn send(
         // Two envelopes for one device (the API refuses that): refused before any write.
         return Err(StoreError::Corrupt("duplicate target device"));
     }
-    let claimed = conn
-        .prepare_cached(
-            "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            batch.sender.pk,
-            batch.client_message_id,
-            batch.server_message_id,
-            batch.now,
-            batch.digest.as_slice(),
-        ]);
+    let claimed = record_sent(
+        conn,
+        batch.sender.pk,
+        &batch.client_message_id,
+        &batch.server_message_id,
+        batch.now,
+        &batch.digest,
+    );
     match claimed {
         Ok(_) => {}
         // The sending device was removed after its token was checked; the failed statement
@@ -508,16 +520,13 @@ pub(super) fn ack(
                 ])?;
                 outcome.envelopes.push((
                     pk,
-                    StoredEnvelope {
+                    StoredEnvelope::receipt(
                         seq,
-                        kind: ENVELOPE_RECEIPT,
-                        source_user: device.user_id.clone(),
-                        source_device: device.device_id,
-                        server_message_id: server_message_id.clone(),
-                        client_message_id: client_message_id.clone(),
-                        server_ts: now,
-                        content: None,
-                    },
+                        &device,
+                        server_message_id,
+                        client_message_id,
+                        now,
+                    ),
                 ));
             }
             if !outcome.notify.contains(&pk) {
@@ -585,17 +594,7 @@ pub(super) fn group_send(
             current.insert(key.clone(), to_u32(row.get(3)?, "registration_id")?);
             pks.insert(key, row.get::<_, i64>(0)?);
         }
-        let mut mismatch = DeviceMismatch::default();
-        for t in &b.targets {
-            match current.get(&(t.user_id.clone(), t.device_id)) {
-                None => mismatch.extra.push((t.user_id.clone(), t.device_id)),
-                Some(reg) if *reg != t.registration_id => {
-                    mismatch.stale.push((t.user_id.clone(), t.device_id))
-                }
-                Some(_) => {}
-            }
-        }
-        if !mismatch.extra.is_empty() || !mismatch.stale.is_empty() {
+        if let Err(mismatch) = crate::store::check_pairwise(&current, &b.targets) {
             return Ok(GroupSendOutcome::Mismatch(mismatch));
         }
         let distinct: std::collections::BTreeSet<_> = b
@@ -608,17 +607,14 @@ pub(super) fn group_send(
             return Err(StoreError::Corrupt("duplicate target device"));
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO sent_messages (device_pk, client_message_id, server_message_id, server_ts, digest) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
+    record_sent(
+        conn,
         b.sender.pk,
-        b.client_message_id,
-        b.server_message_id,
+        &b.client_message_id,
+        &b.server_message_id,
         b.now,
-        b.digest.as_slice(),
-    ])?;
+        &b.digest,
+    )?;
     let mut notify = Vec::with_capacity(b.targets.len());
     {
         let mut next_seq = conn.prepare_cached(
