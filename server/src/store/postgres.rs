@@ -23,6 +23,8 @@ use crate::config::Config;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+#[path = "postgres_acks.rs"]
+mod acks;
 #[path = "postgres_groups.rs"]
 mod groups;
 
@@ -30,6 +32,8 @@ mod groups;
 pub struct PgStore {
     pool: PgPool,
     contacts: super::ContactCache,
+    /// 1:1 acks gathered into batches (see `postgres_acks.rs`).
+    acks: acks::AckQueue,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -51,6 +55,7 @@ impl PgStore {
         Ok(Self {
             pool,
             contacts: super::ContactCache::default(),
+            acks: acks::AckQueue::default(),
         })
     }
 }
@@ -152,12 +157,13 @@ where
 }
 
 /// Sets `last_seq` of every device in `envelopes` to its last sequence there and inserts the
-/// envelopes, in one statement. The caller holds the devices' row locks (taken when it read their
-/// `last_seq`), so the sequences it numbered from stay current.
+/// envelopes, each expiring `ttl` ms after its `server_ts`, in one statement. The caller holds the
+/// devices' row locks (taken when it read their `last_seq`), so the sequences it numbered from
+/// stay current.
 async fn insert_envelopes(
     conn: &mut PgConnection,
     envelopes: &[(i64, StoredEnvelope)],
-    expires_at: i64,
+    ttl: i64,
 ) -> Result<(), StoreError> {
     if envelopes.is_empty() {
         return Ok(());
@@ -185,7 +191,7 @@ async fn insert_envelopes(
          INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
          client_message_id, server_ts, expires_at, content) \
          SELECT e.pk, e.seq, e.kind, e.source_user, e.source_device, e.server_message_id, \
-         e.client_message_id, e.server_ts, $11, e.content \
+         e.client_message_id, e.server_ts, e.server_ts + $11, e.content \
          FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], \
          $9::text[], $10::bigint[], $12::bytea[]) \
          AS e(pk, seq, kind, source_user, source_device, server_message_id, client_message_id, server_ts, content)",
@@ -200,7 +206,7 @@ async fn insert_envelopes(
     .bind(texts(|e| e.server_message_id.as_str()))
     .bind(texts(|e| e.client_message_id.as_str()))
     .bind(column(|e| e.server_ts))
-    .bind(expires_at)
+    .bind(ttl)
     .bind(&contents)
     .execute(&mut *conn)
     .await?;
@@ -291,7 +297,7 @@ impl PgStore {
             }
         }
         outcome.envelopes.sort_by_key(|(pk, env)| (*pk, env.seq));
-        insert_envelopes(&mut tx, &outcome.envelopes, expires_at).await?;
+        insert_envelopes(&mut tx, &outcome.envelopes, expires_at - now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -399,7 +405,7 @@ impl PgStore {
             ));
         }
         envelopes.sort_by_key(|(pk, _)| *pk);
-        insert_envelopes(&mut tx, &envelopes, batch.expires_at).await?;
+        insert_envelopes(&mut tx, &envelopes, batch.expires_at - batch.now).await?;
         if record_contact {
             sqlx::query(
                 "INSERT INTO contacts (user_id, contact_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -781,7 +787,7 @@ impl Store for PgStore {
         now: i64,
         expires_at: i64,
     ) -> Result<AckOutcome, StoreError> {
-        retry_transient(|| self.ack_once(device, &seqs, now, expires_at)).await
+        self.ack_batched(device, seqs, now, expires_at).await
     }
 
     async fn expire(&self, now: i64, idempotency_cutoff: i64) -> Result<u64, StoreError> {

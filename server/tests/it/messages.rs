@@ -223,3 +223,92 @@ async fn expiry_removes_old_envelopes(b: Backend) {
     t.finish().await;
 }
 both!(expiry_removes_old_envelopes);
+
+/// Acks of many devices at once (which PostgreSQL writes as one batch): each deletes only its
+/// own envelopes, an id acked twice at once is deleted once, and every sender gets exactly the
+/// receipts of its acked messages.
+async fn concurrent_acks_each_get_their_receipts(b: Backend) {
+    let t = TestApp::new(b).await;
+    let carol = t.client("carol").await;
+    let mut pairs = Vec::new();
+    for i in 0..6 {
+        let sender = t.client(&format!("sender{i}")).await;
+        let receiver = t.client(&format!("receiver{i}")).await;
+        for (from, id) in [(&sender, format!("s{i}")), (&carol, format!("c{i}"))] {
+            let (s, v) = t.send(from, &receiver, &id, id.as_bytes()).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+        pairs.push((sender, receiver));
+    }
+    // Every receiver acks both of its envelopes, the first one twice, all at the same time.
+    let mut acks = Vec::new();
+    for (_, receiver) in &pairs {
+        let (_, v) = t.get("/api/messages", &receiver.token).await;
+        let seqs: Vec<u64> = v["envelopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs.len(), 2, "{v}");
+        for seq in [seqs[0], seqs[0], seqs[1]] {
+            let token = receiver.token.clone();
+            let t = &t;
+            acks.push(async move {
+                t.call(
+                    Method::DELETE,
+                    &format!("/api/messages/{seq}"),
+                    Some(&token),
+                    None,
+                )
+                .await
+            });
+        }
+    }
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(acks)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    for per_receiver in statuses.chunks(3) {
+        let mut twice = [per_receiver[0], per_receiver[1]];
+        twice.sort();
+        assert_eq!(
+            twice,
+            [StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+            "{statuses:?}"
+        );
+        assert_eq!(per_receiver[2], StatusCode::NO_CONTENT, "{statuses:?}");
+    }
+    for (sender, receiver) in &pairs {
+        let (_, v) = t.get("/api/messages/unread", &receiver.token).await;
+        assert_eq!(v, json!({"count": 0}));
+        let (_, v) = t.get("/api/messages", &sender.token).await;
+        let receipts = v["envelopes"].as_array().unwrap();
+        assert_eq!(receipts.len(), 1, "{v}");
+        assert_eq!(receipts[0]["kind"], "deliveryReceipt");
+        assert_eq!(receipts[0]["sourceUserId"], receiver.user_id.as_str());
+    }
+    // Carol wrote to every receiver: one receipt each, in her mailbox's order.
+    let (_, v) = t.get("/api/messages", &carol.token).await;
+    let mut from: Vec<&str> = v["envelopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["kind"], "deliveryReceipt");
+            e["clientMessageId"].as_str().unwrap()
+        })
+        .collect();
+    let seqs: Vec<u64> = v["envelopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    from.sort_unstable();
+    assert_eq!(from, ["c0", "c1", "c2", "c3", "c4", "c5"]);
+    t.finish().await;
+}
+both!(concurrent_acks_each_get_their_receipts);
