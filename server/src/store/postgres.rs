@@ -23,8 +23,8 @@ use crate::config::Config;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-#[path = "postgres_acks.rs"]
-mod acks;
+#[path = "postgres_batch.rs"]
+mod batch;
 #[path = "postgres_groups.rs"]
 mod groups;
 
@@ -32,8 +32,10 @@ mod groups;
 pub struct PgStore {
     pool: PgPool,
     contacts: super::ContactCache,
-    /// 1:1 acks gathered into batches (see `postgres_acks.rs`).
-    acks: acks::AckQueue,
+    /// 1:1 acks gathered into batches (see `postgres_batch.rs`).
+    acks: batch::Queue<batch::PendingAck>,
+    /// 1:1 sends gathered into batches.
+    sends: batch::Queue<batch::PendingSend>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -55,7 +57,8 @@ impl PgStore {
         Ok(Self {
             pool,
             contacts: super::ContactCache::default(),
-            acks: acks::AckQueue::default(),
+            acks: batch::Queue::default(),
+            sends: batch::Queue::default(),
         })
     }
 }
@@ -746,10 +749,10 @@ impl Store for PgStore {
 
     async fn send(&self, batch: SendBatch) -> Result<SendOutcome, StoreError> {
         let record_contact = self.contacts.needs(&batch.sender.user_id, &batch.recipient);
-        let outcome = retry_transient(|| self.send_once(&batch, record_contact)).await?;
+        let (from, to) = (batch.sender.user_id.clone(), batch.recipient.clone());
+        let outcome = self.send_batched(batch, record_contact).await?;
         if record_contact && matches!(outcome, SendOutcome::Accepted { .. }) {
-            self.contacts
-                .remember(&batch.sender.user_id, &batch.recipient);
+            self.contacts.remember(&from, &to);
         }
         Ok(outcome)
     }

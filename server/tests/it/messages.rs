@@ -312,3 +312,106 @@ async fn concurrent_acks_each_get_their_receipts(b: Backend) {
     t.finish().await;
 }
 both!(concurrent_acks_each_get_their_receipts);
+
+/// Sends of many devices at once (which PostgreSQL writes as one batch), each with its own
+/// outcome: accepted, a stale registration id, an unknown recipient, a retry of an accepted send,
+/// a reused id, and the same new send twice at once (stored once).
+async fn concurrent_sends_each_get_their_outcome(b: Backend) {
+    let t = TestApp::new(b).await;
+    let bob = t.client("bob").await;
+    let mut senders = Vec::new();
+    for i in 0..8 {
+        senders.push(t.client(&format!("sender{i}")).await);
+    }
+    let (s, v) = t.send(&senders[0], &bob, "earlier", b"earlier").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let earlier_id = v["serverMessageId"].as_str().unwrap().to_owned();
+    let body = |to: &str, id: &str, reg: u32, content: &[u8]| {
+        json!({
+            "recipientId": to,
+            "clientMessageId": id,
+            "messages": [{"deviceId": bob.device_id, "registrationId": reg, "content": b64(content)}],
+        })
+    };
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let requests = [
+        (
+            &senders[0],
+            body(&bob.user_id, "earlier", bob.registration_id, b"earlier"),
+        ),
+        (
+            &senders[0],
+            body(&bob.user_id, "new0", bob.registration_id, b"new0"),
+        ),
+        (
+            &senders[1],
+            body(&bob.user_id, "earlier", bob.registration_id, b"not a retry"),
+        ),
+        (
+            &senders[2],
+            body(&bob.user_id, "stale", bob.registration_id ^ 2, b"stale"),
+        ),
+        (&senders[3], body(unknown, "nobody", 1, b"nobody")),
+        (
+            &senders[4],
+            body(&bob.user_id, "twice", bob.registration_id, b"twice"),
+        ),
+        (
+            &senders[4],
+            body(&bob.user_id, "twice", bob.registration_id, b"twice"),
+        ),
+        (
+            &senders[5],
+            body(&bob.user_id, "new5", bob.registration_id, b"new5"),
+        ),
+        (
+            &senders[6],
+            body(&bob.user_id, "new6", bob.registration_id, b"new6"),
+        ),
+    ];
+    let calls = requests.iter().map(|(from, body)| {
+        let t = &t;
+        async move {
+            t.post("/api/messages/send", Some(&from.token), body.clone())
+                .await
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let status: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
+    // A retry of an accepted send answers its first outcome.
+    assert_eq!(status[0], StatusCode::OK, "{answers:?}");
+    assert_eq!(answers[0].1["duplicate"], true);
+    assert_eq!(answers[0].1["serverMessageId"], earlier_id.as_str());
+    assert_eq!(status[1], StatusCode::OK, "{answers:?}");
+    // "earlier" is a new id for another sender.
+    assert_eq!(status[2], StatusCode::OK, "{answers:?}");
+    assert_eq!(answers[2].1["duplicate"], false);
+    assert_eq!(status[3], StatusCode::GONE, "{answers:?}");
+    assert_eq!(status[4], StatusCode::NOT_FOUND, "{answers:?}");
+    // The same new send twice at once: stored once, both answered with its id.
+    assert_eq!((status[5], status[6]), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        answers[5].1["serverMessageId"],
+        answers[6].1["serverMessageId"]
+    );
+    let mut dup = [&answers[5].1["duplicate"], &answers[6].1["duplicate"]];
+    dup.sort_by_key(|d| d.as_bool());
+    assert_eq!(dup, [&json!(false), &json!(true)]);
+    assert_eq!((status[7], status[8]), (StatusCode::OK, StatusCode::OK));
+    // Bob's mailbox: exactly the stored sends, each once, in increasing sequence.
+    let (_, v) = t.get("/api/messages", &bob.token).await;
+    let envelopes = v["envelopes"].as_array().unwrap();
+    let seqs: Vec<u64> = envelopes
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let mut ids: Vec<&str> = envelopes
+        .iter()
+        .map(|e| e["clientMessageId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["earlier", "earlier", "new0", "new5", "new6", "twice"]);
+    t.finish().await;
+}
+both!(concurrent_sends_each_get_their_outcome);
