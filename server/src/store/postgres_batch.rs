@@ -261,6 +261,9 @@ impl PgStore {
     }
 }
 
+/// A stored send's id, time and request digest, by (sending device, client message id).
+type Prior = (String, i64, Option<Vec<u8>>);
+
 /// A 1:1 send waiting for its batch.
 pub(super) struct PendingSend {
     batch: SendBatch,
@@ -377,7 +380,7 @@ impl PgStore {
                 .into_iter()
                 .collect();
         let (key_pks, key_ids): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
-        let mut prior: BTreeMap<(i64, String), (String, i64, Option<Vec<u8>>)> = BTreeMap::new();
+        let mut prior: BTreeMap<(i64, String), Prior> = BTreeMap::new();
         let rows = sqlx::query(
             "SELECT s.device_pk, s.client_message_id, s.server_message_id, s.server_ts, s.digest \
              FROM sent_messages s JOIN unnest($1::bigint[], $2::text[]) AS k(pk, id) \
