@@ -1,4 +1,5 @@
-//! PostgreSQL: a connection pool and one transaction per operation.
+//! PostgreSQL: a connection pool and one transaction per operation, except 1:1 sends and acks,
+//! which arriving together share one transaction per batch (`postgres_batch.rs`).
 //!
 //! Concurrency rules: per-mailbox sequence numbers come from `UPDATE devices … RETURNING`, which
 //! holds the device row until commit, so a mailbox's sequence order is its commit order and a reader
