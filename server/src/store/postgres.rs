@@ -1,8 +1,9 @@
 //! PostgreSQL: a connection pool and one transaction per operation, except 1:1 sends and acks,
 //! which arriving together share one transaction per batch (`postgres_batch.rs`).
 //!
-//! Concurrency rules: per-mailbox sequence numbers come from `UPDATE devices … RETURNING`, which
-//! holds the device row until commit, so a mailbox's sequence order is its commit order and a reader
+//! Concurrency rules: per-mailbox sequence numbers come from the device row's `last_seq`, read
+//! under its row lock (`FOR NO KEY UPDATE`, or taken by `UPDATE devices … RETURNING`) and bumped
+//! in the same transaction; the lock is held until commit, so a mailbox's sequence order is its commit order and a reader
 //! never skips an envelope committed late. Mailbox rows are locked in `pk` order to rule out
 //! deadlocks. One-time prekeys are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent fetches get
 //! different keys instead of waiting and finding none.
