@@ -116,23 +116,24 @@ impl PgStore {
     }
 
     async fn write_acks(&self, batch: Vec<PendingAck>) {
-        if batch.len() == 1 {
-            for p in batch {
-                let out =
-                    retry_transient(|| self.ack_once(&p.device, &p.seqs, p.now, p.expires_at))
-                        .await;
-                let _ = p.answer.send(out);
+        let outcomes = if batch.len() == 1 {
+            None
+        } else {
+            match retry_transient(|| self.acks_once(&batch)).await {
+                Ok(outcomes) => Some(outcomes),
+                Err(e) => {
+                    tracing::debug!(error = %e, "batched ack failed: acking one by one");
+                    None
+                }
             }
-            return;
-        }
-        match retry_transient(|| self.acks_once(&batch)).await {
-            Ok(outcomes) => {
+        };
+        match outcomes {
+            Some(outcomes) => {
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.answer.send(Ok(outcome));
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "batched ack failed: acking one by one");
+            None => {
                 for p in batch {
                     let out =
                         retry_transient(|| self.ack_once(&p.device, &p.seqs, p.now, p.expires_at))
