@@ -330,6 +330,20 @@ pub struct StoredEnvelope {
 }
 
 impl StoredEnvelope {
+    /// The 1:1 message of `send`, at `seq` of a recipient device's mailbox.
+    pub(crate) fn message(seq: i64, send: &SendBatch, content: Vec<u8>) -> Self {
+        Self {
+            seq,
+            kind: ENVELOPE_MESSAGE,
+            source_user: send.sender.user_id.clone(),
+            source_device: send.sender.device_id,
+            server_message_id: send.server_message_id.clone(),
+            client_message_id: send.client_message_id.clone(),
+            server_ts: send.now,
+            content: Some(content),
+        }
+    }
+
     /// The delivery receipt, at `seq` of a sender's mailbox, that `device` acked the message
     /// `server_message_id` / `client_message_id` at `now`.
     pub(crate) fn receipt(

@@ -397,16 +397,7 @@ impl PgStore {
             };
             envelopes.push((
                 pk,
-                StoredEnvelope {
-                    seq: last + 1,
-                    kind: ENVELOPE_MESSAGE,
-                    source_user: batch.sender.user_id.clone(),
-                    source_device: batch.sender.device_id,
-                    server_message_id: batch.server_message_id.clone(),
-                    client_message_id: batch.client_message_id.clone(),
-                    server_ts: batch.now,
-                    content: Some(target.content.clone()),
-                },
+                StoredEnvelope::message(last + 1, batch, target.content.clone()),
             ));
         }
         envelopes.sort_by_key(|(pk, _)| *pk);

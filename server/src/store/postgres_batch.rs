@@ -86,6 +86,33 @@ impl<P> Queue<P> {
     }
 }
 
+/// A queued operation, answered once its batch is written.
+trait Answered {
+    type Out;
+    fn answer(self, out: Result<Self::Out, StoreError>);
+}
+
+/// A batch's outcomes, or `None` (with the reason logged) when its operations must be written one
+/// at a time.
+fn batched<T>(written: Result<Option<Vec<T>>, StoreError>) -> Option<Vec<T>> {
+    written.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "batched write failed: writing one by one");
+        None
+    })
+}
+
+/// Answers every operation of `batch` with its outcome when the batch was written as one (then
+/// nothing is left); else gives the batch back, to be written one operation at a time.
+fn answer_batch<P: Answered>(batch: Vec<P>, outcomes: Option<Vec<P::Out>>) -> Vec<P> {
+    let Some(outcomes) = outcomes else {
+        return batch;
+    };
+    for (p, outcome) in batch.into_iter().zip(outcomes) {
+        p.answer(Ok(outcome));
+    }
+    Vec::new()
+}
+
 /// An ack waiting for its batch.
 pub(super) struct PendingAck {
     device: DeviceAuth,
@@ -93,6 +120,13 @@ pub(super) struct PendingAck {
     now: i64,
     expires_at: i64,
     answer: oneshot::Sender<Result<AckOutcome, StoreError>>,
+}
+
+impl Answered for PendingAck {
+    type Out = AckOutcome;
+    fn answer(self, out: Result<AckOutcome, StoreError>) {
+        let _ = self.answer.send(out);
+    }
 }
 
 impl PgStore {
@@ -119,28 +153,12 @@ impl PgStore {
         let outcomes = if batch.len() == 1 {
             None
         } else {
-            match retry_transient(|| self.acks_once(&batch)).await {
-                Ok(outcomes) => Some(outcomes),
-                Err(e) => {
-                    tracing::debug!(error = %e, "batched ack failed: acking one by one");
-                    None
-                }
-            }
+            batched(retry_transient(|| self.acks_once(&batch)).await.map(Some))
         };
-        match outcomes {
-            Some(outcomes) => {
-                for (p, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = p.answer.send(Ok(outcome));
-                }
-            }
-            None => {
-                for p in batch {
-                    let out =
-                        retry_transient(|| self.ack_once(&p.device, &p.seqs, p.now, p.expires_at))
-                            .await;
-                    let _ = p.answer.send(out);
-                }
-            }
+        for p in answer_batch(batch, outcomes) {
+            let out =
+                retry_transient(|| self.ack_once(&p.device, &p.seqs, p.now, p.expires_at)).await;
+            p.answer(out);
         }
     }
 
@@ -272,6 +290,13 @@ pub(super) struct PendingSend {
     answer: oneshot::Sender<Result<SendOutcome, StoreError>>,
 }
 
+impl Answered for PendingSend {
+    type Out = SendOutcome;
+    fn answer(self, out: Result<SendOutcome, StoreError>) {
+        let _ = self.answer.send(out);
+    }
+}
+
 impl PgStore {
     /// Queues a send and waits for its batch.
     pub(super) async fn send_batched(
@@ -294,26 +319,11 @@ impl PgStore {
         let outcomes = if batch.len() == 1 {
             None
         } else {
-            match retry_transient(|| self.sends_once(&batch)).await {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    tracing::debug!(error = %e, "batched send failed: sending one by one");
-                    None
-                }
-            }
+            batched(retry_transient(|| self.sends_once(&batch)).await)
         };
-        match outcomes {
-            Some(outcomes) => {
-                for (p, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = p.answer.send(Ok(outcome));
-                }
-            }
-            None => {
-                for p in batch {
-                    let out = retry_transient(|| self.send_once(&p.batch, p.record_contact)).await;
-                    let _ = p.answer.send(out);
-                }
-            }
+        for p in answer_batch(batch, outcomes) {
+            let out = retry_transient(|| self.send_once(&p.batch, p.record_contact)).await;
+            p.answer(out);
         }
     }
 
@@ -453,16 +463,7 @@ impl PgStore {
                     return Err(StoreError::Corrupt("device vanished during send"));
                 };
                 *seq += 1;
-                let env = StoredEnvelope {
-                    seq: *seq,
-                    kind: ENVELOPE_MESSAGE,
-                    source_user: b.sender.user_id.clone(),
-                    source_device: b.sender.device_id,
-                    server_message_id: b.server_message_id.clone(),
-                    client_message_id: b.client_message_id.clone(),
-                    server_ts: b.now,
-                    content: Some(target.content.clone()),
-                };
+                let env = StoredEnvelope::message(*seq, b, target.content.clone());
                 if let Some(&pk) = pk {
                     envelopes.push((pk, env.clone()));
                     mine.push((pk, env));

@@ -305,7 +305,7 @@ fn record_sent(
 /// contact row if asked. Any outcome but `Accepted` is rolled back by the caller.
 pub(super) fn send(
     conn: &Connection,
-    batch: SendBatch,
+    mut batch: SendBatch,
     record_contact: bool,
 ) -> Result<SendOutcome, StoreError> {
     // Every outcome but `Accepted` is decided by reads, before the first write (see [`Op`]).
@@ -393,7 +393,7 @@ pub(super) fn send(
             "INSERT INTO envelopes (device_pk, seq, kind, source_user, source_device, server_message_id, \
              client_message_id, server_ts, expires_at, content) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for target in batch.targets {
+        for target in std::mem::take(&mut batch.targets) {
             let Some(&(pk, seq)) = pks.get(&(target.user_id, target.device_id)) else {
                 return Err(StoreError::Corrupt("device vanished during send"));
             };
@@ -410,19 +410,7 @@ pub(super) fn send(
                 target.content,
             ])?;
             notify.push(pk);
-            envelopes.push((
-                pk,
-                StoredEnvelope {
-                    seq,
-                    kind: ENVELOPE_MESSAGE,
-                    source_user: batch.sender.user_id.clone(),
-                    source_device: batch.sender.device_id,
-                    server_message_id: batch.server_message_id.clone(),
-                    client_message_id: batch.client_message_id.clone(),
-                    server_ts: batch.now,
-                    content: Some(target.content),
-                },
-            ));
+            envelopes.push((pk, StoredEnvelope::message(seq, &batch, target.content)));
         }
     }
     if record_contact {
